@@ -1,0 +1,85 @@
+"""The plugin zip as Krita's own importer sees it, and the development install into a profile."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "packaging"))
+import build_plugin  # noqa: E402
+
+KRITA_IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
+
+
+@pytest.fixture(scope="module")
+def plugin_zip(tmp_path_factory) -> Path:
+    return build_plugin.build_zip(tmp_path_factory.mktemp("dist"))
+
+
+def test_zip_holds_desktop_package_and_vendored_libraries(plugin_zip: Path) -> None:
+    names = set(zipfile.ZipFile(plugin_zip).namelist())
+    name = build_plugin.PLUGIN_NAME
+    assert f"{name}.desktop" in names
+    assert f"{name}/__init__.py" in names
+    assert f"{name}/vendor/websockets/asyncio/client.py" in names
+    assert f"{name}/vendor/shared/__init__.py" in names
+    # Pure Python only: Krita's interpreter may not match any compiled extension.
+    assert not [n for n in names if n.endswith((".so", ".pyd", ".pyc", ".c"))]
+    desktop = zipfile.ZipFile(plugin_zip).read(f"{name}.desktop").decode()
+    assert "ServiceTypes=Krita/PythonPlugin" in desktop
+    assert f"X-KDE-Library={name}" in desktop
+
+
+@pytest.mark.skipif(not KRITA_IMPORTER.exists(), reason="Krita is not installed")
+def test_krita_importer_installs_the_zip(plugin_zip: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("krita_plugin_importer", KRITA_IMPORTER)
+    importer_module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(importer_module)
+    imported = importer_module.PluginImporter(str(plugin_zip), str(tmp_path), lambda _: True).import_all()
+    assert [p["name"] for p in imported] == [build_plugin.PLUGIN_NAME]
+    package = tmp_path / "pykrita" / build_plugin.PLUGIN_NAME
+    assert (package / "__init__.py").is_file()
+    assert (package / "vendor" / "websockets" / "version.py").is_file()
+    assert (tmp_path / "pykrita" / f"{build_plugin.PLUGIN_NAME}.desktop").is_file()
+
+
+def test_vendored_libraries_import_without_site_packages(tmp_path: Path) -> None:
+    package = build_plugin.stage(tmp_path)
+    vendor = package / "vendor"
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]);"
+        "import websockets.asyncio.client, shared;"
+        "print(websockets.__file__); print(shared.__file__)"
+    )
+    # -S: no site-packages, like Krita's embedded Python that has neither library.
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(vendor)],
+                         capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
+    assert all(line.startswith(str(vendor)) for line in out), out
+
+
+def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:
+    kritarc = tmp_path / "kritarc"
+    kritarc.write_text("[General]\nfoo=1\n\n[python]\nenable_scripter=true\n\n[theme]\nTheme=Krita dark\n")
+    build_plugin.enable_in_kritarc(kritarc)
+    build_plugin.enable_in_kritarc(kritarc)  # twice: still one line
+    text = kritarc.read_text()
+    key = f"enable_{build_plugin.PLUGIN_NAME}=true"
+    assert text.count(key) == 1
+    assert "enable_scripter=true" in text and "Theme=Krita dark" in text and "foo=1" in text
+    python_section = text.split("[python]")[1].split("[theme]")[0]
+    assert key in python_section
+
+
+def test_enable_in_kritarc_creates_section_and_flips_false(tmp_path: Path) -> None:
+    kritarc = tmp_path / "kritarc"
+    build_plugin.enable_in_kritarc(kritarc)
+    assert kritarc.read_text().splitlines()[-2:] == ["[python]", f"enable_{build_plugin.PLUGIN_NAME}=true"]
+    kritarc.write_text(f"[python]\nenable_{build_plugin.PLUGIN_NAME}=false\n")
+    build_plugin.enable_in_kritarc(kritarc)
+    assert kritarc.read_text() == f"[python]\nenable_{build_plugin.PLUGIN_NAME}=true\n"
