@@ -1,0 +1,25 @@
+"""Differential Diffusion for Krita: paint how much each part of the picture may change.
+
+Packaged as `differential_diffusion` with `websockets` and the protocol (`shared`) under
+`vendor/`; in the repository, PYTHONPATH=<repo root> makes `shared` importable instead.
+Only relative imports inside the package, so it works under either name.
+"""
+
+import os
+import sys
+
+_VENDOR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "vendor")
+if os.path.isdir(_VENDOR) and _VENDOR not in sys.path:
+    # First, so our tested protocol and websockets win over anything else on Krita's path.
+    sys.path.insert(0, _VENDOR)
+
+try:
+    import krita
+except ImportError:
+    krita = None
+
+if krita is not None and not os.environ.get("DIFFDIFF_NO_REGISTER"):
+    from .docker import DiffDiffPanel
+    from .krita_io import register_docker
+
+    register_docker(DiffDiffPanel)

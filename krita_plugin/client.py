@@ -1,0 +1,198 @@
+"""The websocket client: its own asyncio loop on a background thread, events to Qt by signals.
+
+Nothing here blocks the UI thread: `submit`/`cancel` only validate and queue frames, the loop
+thread does the network I/O, and every event crosses back as a Qt signal (queued, because the
+receiving objects live on the UI thread). The connection comes back by itself after a server
+restart, with a growing delay between attempts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Sequence
+
+from shared import protocol
+
+from .qt import QObject, Signal
+
+CLIENT_NAME = "krita-plugin/0.1"
+RECEIVE_LIMIT = 512 * 1024 * 1024  # results of a large canvas are big PNGs; the server caps what it sends
+RECONNECT_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+class NotConnected(RuntimeError):
+    """Raised by submit/cancel while there is no server connection; the message is for the painter."""
+
+
+class ServerClient(QObject):
+    # Connection state: "connecting", "connected", "disconnected", "refused" (handshake errors,
+    # which retrying would not fix), with a sentence for the painter.
+    state_changed = Signal(str, str)
+    # shared.protocol events: Welcome, Accepted, QueuePosition, Started, Progress, Preview, Result,
+    # Done, Cancelled, Error, Models, ModelLoaded.
+    event = Signal(object)
+
+    def __init__(self, parent: QObject | None = None, reconnect_delays: Sequence[float] = RECONNECT_DELAYS_S):
+        super().__init__(parent)
+        self.reconnect_delays = tuple(reconnect_delays)
+        self.url = ""
+        self.token = ""
+        self.state = "disconnected"
+        self._lock = threading.Lock()  # guards the session, used from both threads
+        self._session: protocol.ClientSession | None = None
+        self._ws = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._wake: asyncio.Event | None = None
+        self._stopping = False
+
+    # -- UI thread API ------------------------------------------------------------------------------
+    @property
+    def capabilities(self) -> protocol.Capabilities | None:
+        with self._lock:
+            return self._session.capabilities if self._session else None
+
+    def connect_to(self, url: str, token: str = "") -> None:
+        """(Re)connect to `url`; returns at once, progress comes through `state_changed`."""
+        self.url, self.token = url.strip(), token.strip()
+        self._stopping = False
+        if self._thread is None or not self._thread.is_alive():
+            ready = threading.Event()
+            self._thread = threading.Thread(target=self._thread_main, args=(ready,), name="diffdiff-client",
+                                             daemon=True)
+            self._thread.start()
+            ready.wait(5)
+        else:
+            self._call_soon(self._restart)
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Disconnect and stop the loop thread (Krita is closing, or the docker goes away)."""
+        self._stopping = True
+        if self._loop is not None and self._thread is not None and self._thread.is_alive():
+            self._call_soon(self._restart)
+            self._thread.join(timeout_s)
+        self._thread = None
+
+    def submit(self, request: protocol.SubmitRequest, image_png: bytes, map_gray8: bytes | None) -> int:
+        """Validate and queue one job; returns its ref. Raises NotConnected or protocol.ProtocolError
+        (a request the server would refuse, e.g. too many pixels) before anything is sent."""
+        with self._lock:
+            if self._session is None or not self._session.connected:
+                raise NotConnected("Not connected to the server: start it, check the URL, then try again.")
+            frames = self._session.submit(request, image_png, map_gray8)
+        self._send(frames)
+        return request.ref
+
+    def cancel(self, job_id: int | None = None, ref: int | None = None) -> None:
+        with self._lock:
+            if self._session is None:
+                return
+            frame = self._session.cancel(job_id=job_id, ref=ref)
+        self._send([frame])
+
+    def load_model(self, model: str) -> None:
+        with self._lock:
+            if self._session is None or not self._session.connected:
+                raise NotConnected("Not connected to the server.")
+            frame = self._session.load_model(model)
+        self._send([frame])
+
+    # -- loop thread ---------------------------------------------------------------------------------
+    def _call_soon(self, fn) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(fn)
+
+    def _restart(self) -> None:
+        """Drop the current connection so the loop reconnects (to a new URL) or stops."""
+        if self._wake is not None:
+            self._wake.set()
+        if self._ws is not None:
+            asyncio.ensure_future(self._ws.close())
+
+    def _send(self, frames: list[str | bytes]) -> None:
+        async def send() -> None:
+            ws = self._ws
+            if ws is None:
+                return
+            try:
+                for frame in frames:
+                    await ws.send(frame)
+            except Exception as exc:  # the receive loop sees the same failure and reconnects
+                self.event.emit(protocol.Error("send_failed", f"Could not send to the server: {exc}"))
+
+        if self._loop is not None and not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(send(), self._loop)
+
+    def _set_state(self, state: str, text: str) -> None:
+        self.state = state
+        self.state_changed.emit(state, text)
+
+    def _thread_main(self, ready: threading.Event) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+        self._wake = asyncio.Event()
+        ready.set()
+        try:
+            loop.run_until_complete(self._run())
+        finally:
+            loop.close()
+            self._loop = None
+
+    async def _run(self) -> None:
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+        attempt = 0
+        while not self._stopping:
+            url, token = self.url, self.token
+            self._wake.clear()
+            self._set_state("connecting", f"Connecting to {url} …")
+            refused = ""
+            try:
+                async with connect(url, max_size=RECEIVE_LIMIT, open_timeout=10, ping_interval=20,
+                                   ping_timeout=60, compression=None) as ws:
+                    self._ws = ws
+                    session = protocol.ClientSession(token=token or None, client=CLIENT_NAME)
+                    with self._lock:
+                        self._session = session
+                    await ws.send(session.hello())
+                    async for data in ws:
+                        with self._lock:
+                            events = session.receive(data)
+                        for ev in events:
+                            if isinstance(ev, protocol.Welcome):
+                                attempt = 0
+                                caps = ev.capabilities
+                                self._set_state("connected", f"Connected to {ev.server or url} "
+                                                             f"({caps.current_model} on {caps.device}).")
+                            elif isinstance(ev, protocol.Error) and ev.code in (
+                                    protocol.E_BAD_VERSION, protocol.E_UNAUTHORIZED, protocol.E_HANDSHAKE_REQUIRED):
+                                refused = ev.message
+                            self.event.emit(ev)
+                text = protocol.describe_close(ws.close_code, ws.close_reason or "")
+            except InvalidURI:
+                refused = f"'{url}' is not a websocket address; it looks like ws://127.0.0.1:7860."
+                text = refused
+            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+                text = f"Cannot reach the server at {url} ({exc.__class__.__name__}: {exc}). Is it running?"
+            finally:
+                self._ws = None
+                with self._lock:
+                    self._session = None
+            if self._stopping:
+                break
+            if refused:
+                # Retrying with the same token/version would fail the same way: wait for new settings.
+                self._set_state("refused", refused)
+                await self._wake.wait()
+                continue
+            self._set_state("disconnected", text)
+            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
+            attempt += 1
+            try:
+                await asyncio.wait_for(self._wake.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        self._set_state("disconnected", "Disconnected.")

@@ -1,0 +1,298 @@
+"""The docker's widgets. Krita-free: krita_io wraps this panel in a Krita DockWidget.
+
+Every control writes straight into the controller's settings (which persist them); the panel
+re-reads the controller's state when it signals a change.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .controller import Controller
+from .qt import (
+    ALIGN_TOP,
+    USER_ROLE,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QListWidgetItem,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+from .settings import MODE_LABELS, MODES
+
+SERVER_DEFAULT = "(server default)"
+
+
+def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
+    box = QSpinBox()
+    box.setRange(lo, hi)
+    box.setValue(value)
+    if suffix:
+        box.setSuffix(suffix)
+    return box
+
+
+def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
+    box = QDoubleSpinBox()
+    box.setRange(lo, hi)
+    box.setSingleStep(step)
+    box.setDecimals(2)
+    box.setValue(value)
+    return box
+
+
+class DiffDiffPanel(QWidget):
+    def __init__(self, host: Any, controller: Controller | None = None, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.controller = controller if controller is not None else Controller(host, parent=self)
+        c, s = self.controller, self.controller.settings
+        layout = QVBoxLayout(self)
+        layout.setAlignment(ALIGN_TOP)
+
+        # Server
+        server = QGroupBox("Server")
+        form = QFormLayout(server)
+        self.url = QLineEdit(s.server_url)
+        self.token = QLineEdit(s.token)
+        self.token.setEchoMode(QLineEdit.Password)
+        self.token.setPlaceholderText("only if the server was started with --token")
+        self.connection = QLabel(c.connection_text)
+        self.connection.setWordWrap(True)
+        form.addRow("URL", self.url)
+        form.addRow("Token", self.token)
+        form.addRow(self.connection)
+        layout.addWidget(server)
+
+        # Prompt and sampling
+        self.prompt = QPlainTextEdit(s.prompt)
+        self.prompt.setPlaceholderText("Prompt: what the changed parts should show")
+        self.prompt.setMaximumHeight(70)
+        self.negative = QLineEdit(s.negative_prompt)
+        self.negative.setPlaceholderText("Negative prompt")
+        layout.addWidget(self.prompt)
+        layout.addWidget(self.negative)
+        sampling = QFormLayout()
+        self.model = QComboBox()
+        self.scheduler = QComboBox()
+        self.steps = _spin(1, 500, s.steps)
+        self.guidance = _dspin(0.0, 50.0, s.guidance, 0.5)
+        self.variants = _spin(1, 16, s.variants)
+        seed_row = QHBoxLayout()
+        self.seed = _spin(0, 2**31 - 1, min(s.seed, 2**31 - 1))
+        self.random_seed = QCheckBox("random")
+        self.random_seed.setChecked(s.random_seed)
+        self.seed.setEnabled(not s.random_seed)
+        seed_row.addWidget(self.seed)
+        seed_row.addWidget(self.random_seed)
+        sampling.addRow("Model", self.model)
+        sampling.addRow("Scheduler", self.scheduler)
+        sampling.addRow("Steps", self.steps)
+        sampling.addRow("Guidance", self.guidance)
+        sampling.addRow("Seed", seed_row)
+        sampling.addRow("Variants", self.variants)
+        layout.addLayout(sampling)
+
+        # What may change
+        what = QGroupBox("What may change")
+        wl = QVBoxLayout(what)
+        self.mode = QComboBox()
+        for mode in MODES:
+            self.mode.addItem(MODE_LABELS[mode], mode)
+        self.mode.setCurrentIndex(MODES.index(s.mode))
+        wl.addWidget(self.mode)
+        self.mode_pages = QStackedWidget()
+        # change map
+        page = QWidget()
+        pl = QFormLayout(page)
+        self.map_layer = QLineEdit(s.map_layer)
+        self.create_map = QPushButton("Create Change Map layer")
+        pl.addRow("Map layer", self.map_layer)
+        pl.addRow(self.create_map)
+        pl.addRow(QLabel("White = change fully, black = keep."))
+        self.mode_pages.addWidget(page)
+        # soft inpaint
+        page = QWidget()
+        pl = QFormLayout(page)
+        self.softness = _spin(0, 512, s.softness_px, " px")
+        self.grow = _spin(-256, 256, s.grow_px, " px")
+        pl.addRow("Softness", self.softness)
+        pl.addRow("Grow", self.grow)
+        pl.addRow(QLabel("Repaints the selection; strength fades out over the softness."))
+        self.mode_pages.addWidget(page)
+        # fan
+        page = QWidget()
+        pl = QFormLayout(page)
+        self.fan_columns = _spin(2, 16, s.fan_columns)
+        self.fan_low = _dspin(0.0, 1.0, s.fan_low, 0.05)
+        self.fan_high = _dspin(0.0, 1.0, s.fan_high, 0.05)
+        pl.addRow("Columns", self.fan_columns)
+        pl.addRow("From strength", self.fan_low)
+        pl.addRow("To strength", self.fan_high)
+        self.mode_pages.addWidget(page)
+        # uniform
+        page = QWidget()
+        pl = QFormLayout(page)
+        self.strength = _dspin(0.0, 1.0, s.strength, 0.05)
+        pl.addRow("Strength", self.strength)
+        self.mode_pages.addWidget(page)
+        self.mode_pages.setCurrentIndex(MODES.index(s.mode))
+        wl.addWidget(self.mode_pages)
+        where = QFormLayout()
+        self.source = QComboBox()
+        self.source.addItem("Visible picture", "projection")
+        self.source.addItem("Active layer", "active_layer")
+        self.source.setCurrentIndex(0 if s.source == "projection" else 1)
+        self.region = QComboBox()
+        self.region.addItem("Whole canvas", "canvas")
+        self.region.addItem("Selection bounds", "selection")
+        self.region.setCurrentIndex(0 if s.region == "canvas" else 1)
+        where.addRow("Source", self.source)
+        where.addRow("Region", self.region)
+        wl.addLayout(where)
+        layout.addWidget(what)
+
+        # Generate
+        buttons = QHBoxLayout()
+        self.generate = QPushButton("Generate")
+        self.cancel = QPushButton("Cancel")
+        buttons.addWidget(self.generate)
+        buttons.addWidget(self.cancel)
+        layout.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        self.message = QLabel("")
+        self.message.setWordWrap(True)
+        layout.addWidget(self.progress)
+        layout.addWidget(self.status)
+        layout.addWidget(self.message)
+
+        # History
+        history = QGroupBox("Results")
+        hl = QVBoxLayout(history)
+        self.history = QListWidget()
+        self.history.setMaximumHeight(140)
+        hl.addWidget(self.history)
+        hb = QHBoxLayout()
+        self.show_button = QPushButton("Show")
+        self.apply_button = QPushButton("Apply")
+        self.discard_button = QPushButton("Discard")
+        for b in (self.show_button, self.apply_button, self.discard_button):
+            hb.addWidget(b)
+        hl.addLayout(hb)
+        layout.addWidget(history)
+
+        self._wire()
+        self.refresh()
+        self.refresh_history()
+
+    def _wire(self) -> None:
+        c = self.controller
+        self.url.editingFinished.connect(lambda: c.update_settings(server_url=self.url.text()))
+        self.token.editingFinished.connect(lambda: c.update_settings(token=self.token.text()))
+        self.prompt.textChanged.connect(lambda: c.update_settings(prompt=self.prompt.toPlainText()))
+        self.negative.textChanged.connect(lambda t: c.update_settings(negative_prompt=t))
+        self.model.activated.connect(lambda _i: c.update_settings(model=self.model.currentData() or ""))
+        self.scheduler.activated.connect(lambda _i: c.update_settings(scheduler=self.scheduler.currentData() or ""))
+        self.steps.valueChanged.connect(lambda v: c.update_settings(steps=v))
+        self.guidance.valueChanged.connect(lambda v: c.update_settings(guidance=v))
+        self.variants.valueChanged.connect(lambda v: c.update_settings(variants=v))
+        self.seed.valueChanged.connect(lambda v: c.update_settings(seed=v))
+        self.random_seed.toggled.connect(self._random_seed_toggled)
+        self.mode.currentIndexChanged.connect(self._mode_changed)
+        self.map_layer.editingFinished.connect(lambda: c.update_settings(map_layer=self.map_layer.text().strip()))
+        self.create_map.clicked.connect(c.create_map_layer)
+        self.softness.valueChanged.connect(lambda v: c.update_settings(softness_px=v))
+        self.grow.valueChanged.connect(lambda v: c.update_settings(grow_px=v))
+        self.fan_columns.valueChanged.connect(lambda v: c.update_settings(fan_columns=v))
+        self.fan_low.valueChanged.connect(lambda v: c.update_settings(fan_low=v))
+        self.fan_high.valueChanged.connect(lambda v: c.update_settings(fan_high=v))
+        self.strength.valueChanged.connect(lambda v: c.update_settings(strength=v))
+        self.source.currentIndexChanged.connect(lambda _i: c.update_settings(source=self.source.currentData()))
+        self.region.currentIndexChanged.connect(lambda _i: c.update_settings(region=self.region.currentData()))
+        self.generate.clicked.connect(self._generate)
+        self.cancel.clicked.connect(c.cancel)
+        self.show_button.clicked.connect(lambda: self._history_action(c.show_result))
+        self.apply_button.clicked.connect(lambda: self._history_action(c.apply_result))
+        self.discard_button.clicked.connect(lambda: self._history_action(c.discard_result))
+        self.history.itemDoubleClicked.connect(lambda _item: self._history_action(c.show_result))
+        c.changed.connect(self.refresh)
+        c.history_changed.connect(self.refresh_history)
+        c.notice.connect(self.show_notice)
+
+    # -- reactions -------------------------------------------------------------------------------
+    def _random_seed_toggled(self, checked: bool) -> None:
+        self.seed.setEnabled(not checked)
+        self.controller.update_settings(random_seed=checked)
+
+    def _mode_changed(self, index: int) -> None:
+        self.mode_pages.setCurrentIndex(index)
+        self.controller.update_settings(mode=MODES[index])
+
+    def _generate(self) -> None:
+        self.message.setText("")
+        if self.controller.generate() and self.controller.settings.random_seed:
+            self.status.setText(f"Seed {self.controller.last_seed}")
+
+    def _history_action(self, action) -> None:
+        item = self.history.currentItem()
+        if item is None:
+            self.show_notice("warning", "Pick a result in the list first.")
+            return
+        action(item.data(USER_ROLE))
+
+    def show_notice(self, level: str, text: str) -> None:
+        colour = {"error": "#d9534f", "warning": "#e0a000"}.get(level, "")
+        self.message.setStyleSheet(f"color: {colour}" if colour else "")
+        self.message.setText(text)
+
+    def on_document_changed(self) -> None:
+        self.refresh()
+
+    # -- state -> widgets ----------------------------------------------------------------------------
+    def _fill(self, combo: QComboBox, names: list[str], chosen: str) -> None:
+        combo.blockSignals(True)
+        combo.clear()
+        combo.addItem(SERVER_DEFAULT, "")
+        for name in names:
+            combo.addItem(name, name)
+        index = combo.findData(chosen)
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(False)
+
+    def refresh(self) -> None:
+        c = self.controller
+        self.connection.setText(c.connection_text)
+        caps = c.capabilities
+        models = caps.models if caps else []
+        schedulers = caps.schedulers if caps else []
+        if [self.model.itemData(i) for i in range(1, self.model.count())] != models:
+            self._fill(self.model, models, c.settings.model)
+        if [self.scheduler.itemData(i) for i in range(1, self.scheduler.count())] != schedulers:
+            self._fill(self.scheduler, schedulers, c.settings.scheduler)
+        text, value, maximum = c.status()
+        self.progress.setRange(0, maximum)
+        self.progress.setValue(value)
+        if text or not c.busy:
+            self.status.setText(text)
+        self.generate.setEnabled(c.connection_state == "connected")
+        self.cancel.setEnabled(c.busy)
+
+    def refresh_history(self) -> None:
+        self.history.clear()
+        for entry in reversed(self.controller.history.entries):
+            item = QListWidgetItem(entry.name)
+            item.setData(USER_ROLE, entry.key)
+            self.history.addItem(item)

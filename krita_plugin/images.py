@@ -1,0 +1,108 @@
+"""Pixel buffers <-> PNG and change maps, with QImage only (Krita's Python has no numpy).
+
+Krita hands out 8-bit RGBA layers as BGRA bytes, unpremultiplied, which is the memory layout of
+QImage.Format_ARGB32 on little-endian machines (every platform Krita ships on), so pixel buffers
+go in and out of QImage without a per-pixel Python loop.
+"""
+
+from __future__ import annotations
+
+from .qt import (
+    FORMAT_ARGB32,
+    FORMAT_GRAY8,
+    FORMAT_RGB32,
+    IGNORE_ASPECT,
+    READ_WRITE,
+    SMOOTH,
+    QBuffer,
+    QByteArray,
+    QImage,
+)
+
+
+class ImageError(ValueError):
+    """An image the plugin cannot use; the message says what to do."""
+
+
+def _image_bytes(image: QImage, bytes_per_pixel: int) -> bytes:
+    """Tightly packed rows (QImage pads each row to 32 bits)."""
+    width, height = image.width(), image.height()
+    stride = image.bytesPerLine()
+    bits = image.constBits()
+    bits.setsize(stride * height)
+    raw = bytes(bits)
+    row = width * bytes_per_pixel
+    if stride == row:
+        return raw
+    return b"".join(raw[y * stride : y * stride + row] for y in range(height))
+
+
+def bgra_image(bgra: bytes, width: int, height: int) -> QImage:
+    """A QImage owning a copy of `bgra` (Krita's 8-bit RGBA layer layout)."""
+    if len(bgra) != width * height * 4:
+        raise ImageError(f"expected {width}x{height}x4 bytes of pixels, got {len(bgra)}")
+    # QImage does not copy the buffer it is given; .copy() detaches it from `bgra`'s lifetime.
+    return QImage(bgra, width, height, width * 4, FORMAT_ARGB32).copy()
+
+
+def image_to_bgra(image: QImage) -> bytes:
+    """BGRA bytes of any QImage, unpremultiplied, rows packed."""
+    return _image_bytes(image.convertToFormat(FORMAT_ARGB32), 4)
+
+
+def encode_png(image: QImage) -> bytes:
+    data = QByteArray()
+    buffer = QBuffer(data)
+    buffer.open(READ_WRITE)
+    if not image.save(buffer, "PNG"):
+        raise ImageError("could not encode the picture as PNG")
+    buffer.close()
+    return bytes(data)
+
+
+def bgra_to_png(bgra: bytes, width: int, height: int) -> bytes:
+    return encode_png(bgra_image(bgra, width, height))
+
+
+def gray_to_png(gray: bytes, width: int, height: int) -> bytes:
+    if len(gray) != width * height:
+        raise ImageError(f"expected {width}x{height} bytes of map, got {len(gray)}")
+    return encode_png(QImage(gray, width, height, width, FORMAT_GRAY8).copy())
+
+
+def decode_png(data: bytes) -> QImage:
+    image = QImage.fromData(data)
+    if image.isNull():
+        raise ImageError("the server sent a picture that is not a readable PNG")
+    return image
+
+
+def png_to_bgra(data: bytes, width: int | None = None, height: int | None = None) -> bytes:
+    """Decode a PNG to BGRA bytes, scaled to (width, height) when given (previews come downscaled)."""
+    image = decode_png(data)
+    if width is not None and height is not None and (image.width(), image.height()) != (width, height):
+        image = image.scaled(width, height, IGNORE_ASPECT, SMOOTH)
+    return image_to_bgra(image)
+
+
+def png_to_gray(data: bytes) -> tuple[bytes, int, int]:
+    image = decode_png(data).convertToFormat(FORMAT_GRAY8)
+    return _image_bytes(image, 1), image.width(), image.height()
+
+
+def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:
+    """One byte per pixel: the layer's luminance composited over black.
+
+    White = change fully, black = keep (the painter's convention; the paper's mu is 1 - map).
+    Transparent pixels count as keep, half-transparent white as half change.
+    """
+    image = bgra_image(bgra, width, height)
+    # Premultiplied RGB is exactly "the colour over black"; read back as RGB32 the alpha byte is
+    # ignored, and Qt's RGB32 -> Grayscale8 conversion gives the luminance.
+    premultiplied = image.convertToFormat(QImage.Format_ARGB32_Premultiplied)
+    over_black = QImage(_image_bytes(premultiplied, 4), width, height, width * 4, FORMAT_RGB32)
+    return _image_bytes(over_black.convertToFormat(FORMAT_GRAY8), 1)
+
+
+def solid_bgra(width: int, height: int, blue: int, green: int, red: int, alpha: int = 255) -> bytes:
+    return bytes((blue, green, red, alpha)) * (width * height)

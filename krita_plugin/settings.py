@@ -1,0 +1,113 @@
+"""The docker's settings: one dataclass, persisted as strings in a key/value store.
+
+In Krita the store is Krita's own configuration (kritarc, via krita_io); in tests a dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, fields
+from typing import Protocol
+
+SETTINGS_GROUP = "differential_diffusion"
+
+MODES = ("change_map", "soft_inpaint", "fan", "uniform")
+MODE_LABELS = {
+    "change_map": "Change map layer",
+    "soft_inpaint": "Soft inpaint selection",
+    "fan": "Strength fan",
+    "uniform": "Uniform strength",
+}
+SOURCES = ("projection", "active_layer")
+REGIONS = ("canvas", "selection")
+DEFAULT_MAP_LAYER = "Change Map"
+
+
+class SettingsStore(Protocol):
+    def read(self, key: str, default: str) -> str: ...
+
+    def write(self, key: str, value: str) -> None: ...
+
+
+class DictStore:
+    """An in-memory store (tests, and a fallback when no persistent one exists)."""
+
+    def __init__(self) -> None:
+        self.values: dict[str, str] = {}
+
+    def read(self, key: str, default: str) -> str:
+        return self.values.get(key, default)
+
+    def write(self, key: str, value: str) -> None:
+        self.values[key] = value
+
+
+@dataclass
+class Settings:
+    server_url: str = "ws://127.0.0.1:7860"
+    token: str = ""
+    prompt: str = ""
+    negative_prompt: str = ""
+    model: str = ""
+    scheduler: str = ""
+    steps: int = 30
+    guidance: float = 7.0
+    seed: int = 0
+    random_seed: bool = True
+    variants: int = 1
+    mode: str = "change_map"
+    map_layer: str = DEFAULT_MAP_LAYER
+    softness_px: int = 32
+    grow_px: int = 0
+    fan_columns: int = 4
+    fan_low: float = 0.2
+    fan_high: float = 1.0
+    strength: float = 0.6
+    source: str = "projection"
+    region: str = "canvas"
+    preview_every: int = 2
+
+    def validated(self) -> Settings:
+        """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
+        s = dataclasses.replace(self)
+        s.steps = min(max(int(s.steps), 1), 500)
+        s.guidance = min(max(float(s.guidance), 0.0), 50.0)
+        s.seed = min(max(int(s.seed), 0), 2**32 - 1)
+        s.variants = min(max(int(s.variants), 1), 16)
+        s.mode = s.mode if s.mode in MODES else "change_map"
+        s.softness_px = min(max(int(s.softness_px), 0), 512)
+        s.grow_px = min(max(int(s.grow_px), -256), 256)
+        s.fan_columns = min(max(int(s.fan_columns), 2), 16)
+        s.fan_low = min(max(float(s.fan_low), 0.0), 1.0)
+        s.fan_high = min(max(float(s.fan_high), 0.0), 1.0)
+        s.strength = min(max(float(s.strength), 0.0), 1.0)
+        s.source = s.source if s.source in SOURCES else "projection"
+        s.region = s.region if s.region in REGIONS else "canvas"
+        s.preview_every = min(max(int(s.preview_every), 0), 100)
+        return s
+
+
+def _parse(kind: type, text: str, default: object) -> object:
+    try:
+        if kind is bool:
+            return text.strip().lower() in ("1", "true", "yes", "on")
+        return kind(text)
+    except (TypeError, ValueError):
+        return default
+
+
+def load_settings(store: SettingsStore) -> Settings:
+    defaults = Settings()
+    values = {}
+    for field in fields(Settings):
+        default = getattr(defaults, field.name)
+        text = store.read(field.name, "")
+        values[field.name] = default if text == "" else _parse(type(default), text, default)
+    return Settings(**values).validated()
+
+
+def save_settings(settings: Settings, store: SettingsStore) -> None:
+    for field in fields(Settings):
+        # The token is stored like the rest (Krita has no keyring); it guards a local server only.
+        value = getattr(settings, field.name)
+        store.write(field.name, str(value).lower() if isinstance(value, bool) else str(value))
