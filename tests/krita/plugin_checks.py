@@ -1,0 +1,269 @@
+"""Checks of the plugin that run inside the real Krita (called by tests/test_plugin_krita.py).
+
+Inputs come as files written by the test (raw BGRA / gray bytes), outputs go back as files and
+JSON, so the expectations are computed outside Krita, independently of the plugin's code.
+"""
+
+from __future__ import annotations
+
+import os
+
+from kscript import entry, layer_pixels, new_document
+
+
+def _read(args: dict, name: str) -> bytes:
+    with open(os.path.join(args["in_dir"], name), "rb") as f:
+        return f.read()
+
+
+def _write(args: dict, name: str, data: bytes) -> None:
+    with open(os.path.join(args["out_dir"], name), "wb") as f:
+        f.write(bytes(data))
+
+
+def _settings(**values):
+    from krita_plugin.settings import Settings
+
+    return Settings(**values).validated()
+
+
+def _picture_document(args: dict):
+    """A document whose Background holds the test's picture, plus an extra painted layer."""
+    w, h = args["width"], args["height"]
+    doc = new_document(w, h)
+    root = doc.rootNode()
+    background = root.childNodes()[0]
+    background.setPixelData(_read(args, "picture.bgra"), 0, 0, w, h)
+    return doc
+
+
+def _frames(request, inputs):
+    from krita_plugin.images import bgra_to_png
+    from shared import protocol
+
+    png = bgra_to_png(inputs.image_bgra, inputs.width, inputs.height)
+    frames = protocol.submit_frames(request, png, inputs.change_map if request.needs_map else None)
+    return [protocol.loads(frames[0])] + [protocol.decode_frame(f) for f in frames[1:]]
+
+
+@entry
+def job_from_map_layer(args: dict) -> dict:
+    """Picture + a visible, painted 'Change Map' layer -> the frames a submit would send."""
+    from krita_plugin.images import png_to_bgra
+    from krita_plugin.jobs import build_submit
+    from krita_plugin.krita_io import DocumentCanvas
+
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    map_layer = doc.createNode("Change Map", "paintlayer")
+    doc.rootNode().addChildNode(map_layer, None)
+    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    before = layer_pixels(doc)
+
+    canvas = DocumentCanvas(doc)
+    settings = _settings(mode="change_map", prompt="a red barn", steps=12, guidance=5.0, variants=2,
+                         random_seed=False, seed=77, region=args.get("region", "canvas"))
+    if args.get("selection"):
+        from krita import Selection
+
+        x, y, sw, sh = args["selection"]
+        selection = Selection()
+        selection.select(x, y, sw, sh, 255)
+        doc.setSelection(selection)
+    inputs = canvas.read_inputs(settings)
+    request = build_submit(settings, inputs, seed=77, ref=5)
+    message, image_frame, map_frame = _frames(request, inputs)
+    _write(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
+    _write(args, "sent_map.gray", map_frame.payload)
+    after = {k: v for k, v in layer_pixels(doc).items() if "Selection" not in k}
+    return {
+        "message": message,
+        "image_frame": [image_frame.kind, image_frame.ref, image_frame.width, image_frame.height],
+        "map_frame": [map_frame.kind, map_frame.ref, map_frame.width, map_frame.height],
+        "unchanged": {k: v for k, v in before.items()} == after,
+        "layers": len(after),
+    }
+
+
+@entry
+def soft_inpaint_map(args: dict) -> dict:
+    """A rectangular selection with softness -> the gray map read back from Krita's feathered copy."""
+    from krita import Selection
+
+    from krita_plugin.jobs import build_submit
+    from krita_plugin.krita_io import DocumentCanvas
+
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    x, y, sw, sh = args["selection"]
+    selection = Selection()
+    selection.select(x, y, sw, sh, 255)
+    doc.setSelection(selection)
+    settings = _settings(mode="soft_inpaint", softness_px=args["softness"], grow_px=args.get("grow", 0),
+                         region=args.get("region", "canvas"))
+    inputs = DocumentCanvas(doc).read_inputs(settings)
+    request = build_submit(settings, inputs, seed=1)
+    message, _image, map_frame = _frames(request, inputs)
+    _write(args, "soft_map.gray", map_frame.payload)
+    s = doc.selection()
+    return {"message": message, "selection_after": [s.x(), s.y(), s.width(), s.height()],
+            "map_size": [map_frame.width, map_frame.height], "w": w, "h": h}
+
+
+class _FakeClient:
+    """Stands in for client.ServerClient: the test feeds server events by hand."""
+
+    def __init__(self):
+        from krita_plugin.qt import QObject, Signal
+
+        class Signals(QObject):
+            state_changed = Signal(str, str)
+            event = Signal(object)
+
+        self.signals = Signals()
+        self.state_changed = self.signals.state_changed
+        self.event = self.signals.event
+        self.submitted = []
+
+    def submit(self, request, image_png, map_gray8):
+        request.ref = len(self.submitted) + 1
+        self.submitted.append((request, image_png, map_gray8))
+        return request.ref
+
+    def cancel(self, job_id=None, ref=None):
+        pass
+
+    def connect_to(self, url, token=""):
+        pass
+
+    def close(self):
+        pass
+
+
+class _Host:
+    def __init__(self, canvas):
+        from krita_plugin.settings import DictStore
+
+        self.canvas = canvas
+        self.store = DictStore()
+
+    def active_canvas(self):
+        return self.canvas
+
+
+@entry
+def preview_then_result(args: dict) -> dict:
+    """Drive the real controller with server events: previews rewrite one layer in place, the
+    result adds exactly one layer, and the painter's layers stay byte-identical."""
+    from krita_plugin.controller import Controller
+    from krita_plugin.jobs import PREVIEW_LAYER_NAME
+    from krita_plugin.krita_io import DocumentCanvas
+    from shared import protocol
+    from shared.protocol import Region
+
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    root = doc.rootNode()
+    ink = doc.createNode("Ink", "paintlayer")
+    root.addChildNode(ink, None)
+    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+    map_layer = doc.createNode("Change Map", "paintlayer")
+    root.addChildNode(map_layer, None)
+    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    before = layer_pixels(doc)
+
+    canvas = DocumentCanvas(doc)
+    client = _FakeClient()
+    controller = Controller(_Host(canvas), client=client)
+    notices = []
+    controller.notice.connect(lambda level, text: notices.append([level, text]))
+    controller.update_settings(mode="change_map", prompt="storm clouds", random_seed=False, seed=40, variants=1)
+    client.state_changed.emit("connected", "ok")
+    assert controller.generate(), notices
+    request = client.submitted[0][0]
+    rx, ry, rw, rh = args["region"]
+    region = Region(rx, ry, rw, rh)
+    client.event.emit(protocol.Accepted(ref=request.ref, job_id=9, position=0, seed=40))
+    snapshots = []
+    for i, name in enumerate(["preview1.png", "preview2.png"]):
+        png = _read(args, name)
+        client.event.emit(protocol.Preview(job_id=9, step=i + 1, region=region, png=png, width=0, height=0))
+        layers = layer_pixels(doc)
+        previews = {k: v for k, v in layers.items() if PREVIEW_LAYER_NAME in k}
+        node = canvas.find_node(canvas.preview_id)
+        _write(args, f"preview_layer{i + 1}.bgra", node.pixelData(0, 0, w, h))
+        snapshots.append({"layers": len(layers), "previews": list(previews.values())})
+    client.event.emit(protocol.Result(job_id=9, index=0, seed=40, region=region, png=_read(args, "result.png"),
+                                      width=rw, height=rh, timings={}))
+    client.event.emit(protocol.Done(job_id=9, images=1, steps_run=5, timings={"total_s": 1.0}))
+    after = layer_pixels(doc)
+    new = {k: v for k, v in after.items() if v["id"] not in {b["id"] for b in before.values()}}
+    new_nodes = [n for n in root.childNodes() if n.uniqueId().toString() in {v["id"] for v in new.values()}]
+    if new_nodes:
+        _write(args, "result_layer.bgra", new_nodes[0].pixelData(0, 0, w, h))
+    order = [n.name() for n in root.childNodes()]
+    history = [[e.name, e.seed] for e in controller.history.entries]
+
+    # History: discard removes the plugin's own layer; the painter's layers are still untouched.
+    key = controller.history.entries[0].key
+    controller.discard_result(key)
+    after_discard = layer_pixels(doc)
+    return {
+        "sent": request.to_message(),
+        "snapshots": snapshots,
+        "before": before,
+        "after": after,
+        "new": new,
+        "order": order,
+        "history": history,
+        "notices": notices,
+        "after_discard": after_discard,
+        "jobs_left": len(controller.jobs) + len(controller.pending),
+    }
+
+
+@entry
+def create_map_layer(args: dict) -> dict:
+    from krita_plugin.krita_io import DocumentCanvas
+
+    doc = _picture_document(args)
+    before = layer_pixels(doc)
+    layer_id = DocumentCanvas(doc).create_map_layer("Change Map")
+    after = layer_pixels(doc)
+    node = DocumentCanvas(doc).find_node(layer_id)
+    data = bytes(node.pixelData(0, 0, args["width"], args["height"]))
+    return {
+        "before": before,
+        "after": after,
+        "name": node.name(),
+        "type": node.type(),
+        "all_black_opaque": data == bytes((0, 0, 0, 255)) * (args["width"] * args["height"]),
+    }
+
+
+@entry
+def deep_document(args: dict) -> dict:
+    """A 16-bit RGBA document: the job is built from a converted copy, the result layer is 8-bit."""
+    from krita_plugin.jobs import build_submit
+    from krita_plugin.krita_io import DocumentCanvas
+    from shared.protocol import Region
+
+    w, h = args["width"], args["height"]
+    doc = new_document(w, h, model=args["model"], depth=args["depth"])
+    before = layer_pixels(doc)
+    canvas = DocumentCanvas(doc)
+    settings = _settings(mode="uniform", strength=0.5)
+    inputs = canvas.read_inputs(settings)
+    request = build_submit(settings, inputs, seed=3)
+    layer_id = canvas.add_result_layer("result", Region(0, 0, w, h), bytes((10, 20, 30, 255)) * (w * h))
+    node = canvas.find_node(layer_id)
+    after = layer_pixels(doc)
+    return {
+        "doc": [doc.colorModel(), doc.colorDepth()],
+        "notes": inputs.notes,
+        "image_len": len(inputs.image_bgra),
+        "message": request.to_message(),
+        "result_cs": [node.colorModel(), node.colorDepth()],
+        "result_px": list(bytes(node.pixelData(0, 0, 1, 1))),
+        "before_same": all(after.get(k) == v for k, v in before.items()),
+    }
