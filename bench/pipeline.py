@@ -1,0 +1,386 @@
+"""What the differential pipeline costs, as ratios measured in one run.
+
+    python bench/pipeline.py --quick            # tiny-sd on the CPU, under a minute on 2 cores
+    python bench/pipeline.py                    # tiny-sd, bigger and more repetitions
+    python bench/pipeline.py --model stabilityai/stable-diffusion-2-1-base --device cuda
+
+- overhead:  differential run with a uniform map of strength s / diffusers' StableDiffusionImg2ImgPipeline
+             (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.02).
+- skip_<v>:  run time with a change map whose maximum is v (a 0 -> v ramp) / with maximum 1.0: Algorithm 2
+             runs only the last floor(v * k) steps (paper Table 4; goal skip_0.1 <= 0.12).
+- fan5:      one 5-column strength fan (0.2 ... 1.0) / five img2img runs at those strengths (goal <= 0.36).
+- mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img.
+  CUDA: torch.cuda.max_memory_allocated. CPU: in a child process whose large allocations are all mmapped
+  (MALLOC_MMAP_THRESHOLD_), the peak resident set (VmHWM, reset through /proc/self/clear_refs) during the run.
+
+Every case runs once as warm-up, then the cases take turns for --repeats rounds (the machine may be shared
+and noisy: interleaving spreads its noise over all cases) and the median of each is compared.
+Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
+The last line holds `name=value` pairs for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/pipeline.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+SKIP_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
+PROMPT = "an oil painting of a harbour at dusk"
+NEGATIVE = "blurry"
+# Below this, glibc serves allocations from its heap, where freed memory stays resident and hides later
+# peaks; above it every block is its own mapping, returned at once. Large tensors are what we measure.
+_MMAP_THRESHOLD = 64 * 1024
+
+
+@dataclass
+class Settings:
+    model: str = "tiny-sd"
+    device: str = "cpu"
+    size: int = 128
+    steps: int = 20
+    repeats: int = 5
+    strength: float = 0.75
+    guidance_scale: float = 7.5
+    scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
+    seed: int = 0
+
+
+@dataclass
+class Report:
+    settings: Settings
+    medians: dict[str, float] = field(default_factory=dict)  # seconds per case
+    steps_run: dict[str, int] = field(default_factory=dict)
+    memory_mb: dict[str, float] = field(default_factory=dict)  # peak extra MB per case
+    memory_method: str = ""
+    uniform_max_diff: float = float("nan")  # ours vs img2img, output pixels in [0, 1]
+
+    def ratio(self, case: str, reference: str) -> float:
+        return self.medians[case] / self.medians[reference]
+
+    def summary(self) -> dict[str, float]:
+        out = {"overhead": self.ratio("ours_uniform", "img2img")}
+        for level in SKIP_LEVELS:
+            out[f"skip_{level:g}"] = self.ratio(f"ours_max_{level:g}", "ours_max_1")
+        out["fan5"] = self.ratio("ours_fan5", "img2img_x5")
+        if self.memory_mb:
+            out["mem_overhead_mb"] = self.memory_mb["ours_uniform"] - self.memory_mb["img2img"]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# Building the two pipelines and the cases
+# --------------------------------------------------------------------------------------------
+
+
+def load(settings: Settings) -> tuple[Any, Any]:
+    """Our pipeline and diffusers' img2img pipeline sharing its components (one copy of the weights)."""
+    import torch
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+
+    from server.models import load_pipeline
+    from server.schedulers import DEFAULT_SCHEDULER, make_scheduler
+
+    settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
+    dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
+    pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype)
+    components = {**pipe.components, "scheduler": make_scheduler(settings.scheduler, pipe.scheduler.config)}
+    if pipe.family == "sdxl":
+        reference = StableDiffusionXLImg2ImgPipeline(
+            **components, requires_aesthetics_score=False, add_watermarker=False
+        )
+    else:
+        reference = StableDiffusionImg2ImgPipeline(
+            **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+        )
+    reference.set_progress_bar_config(disable=True)
+    return pipe, reference
+
+
+def input_image(size: int) -> Any:
+    from PIL import Image
+
+    from eval.images import synthetic_image
+
+    return Image.fromarray(synthetic_image(size, size, seed=0))
+
+
+def ramp(size: int, maximum: float) -> np.ndarray:
+    """A 0 -> `maximum` left-to-right ramp: a real map (not uniform) whose largest strength is `maximum`."""
+    return np.tile(np.linspace(0.0, maximum, size, dtype=np.float32), (size, 1))
+
+
+def make_cases(pipe: Any, reference: Any, settings: Settings) -> dict[str, Callable[[], Any]]:
+    """Name -> a call that runs one case once and returns the pipeline output (or a list of them)."""
+    import torch
+
+    from server.maps import fan_map
+
+    image = input_image(settings.size)
+    size, steps = settings.size, settings.steps
+
+    def generator() -> torch.Generator:
+        return torch.Generator(device="cpu").manual_seed(settings.seed)
+
+    def ours(change_map: np.ndarray) -> Callable[[], Any]:
+        return lambda: pipe(
+            prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
+            num_inference_steps=steps, guidance_scale=settings.guidance_scale, generator=generator(),
+            scheduler=settings.scheduler, output_type="np",
+        )
+
+    def img2img(strength: float) -> Any:
+        return reference(
+            prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=strength,
+            num_inference_steps=steps, guidance_scale=settings.guidance_scale, generator=generator(),
+            output_type="np",
+        )
+
+    cases: dict[str, Callable[[], Any]] = {
+        "img2img": lambda: img2img(settings.strength),
+        "ours_uniform": ours(np.full((size, size), settings.strength, dtype=np.float32)),
+        "ours_fan5": ours(fan_map(size, size, FAN_STRENGTHS)),
+        "img2img_x5": lambda: [img2img(s) for s in FAN_STRENGTHS],
+    }
+    for level in SKIP_LEVELS:
+        cases[f"ours_max_{level:g}"] = ours(ramp(size, level))
+    return cases
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+
+def _synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def measure_times(cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu") -> dict[str, float]:
+    """Median seconds per case; the cases take turns, starting one later each round."""
+    names = list(cases)
+    for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
+        cases[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(repeats):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            _synchronize(device)
+            started = time.perf_counter()
+            cases[name]()
+            _synchronize(device)
+            samples[name].append(time.perf_counter() - started)
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+# --------------------------------------------------------------------------------------------
+# Peak memory
+# --------------------------------------------------------------------------------------------
+
+
+def _read_status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field_name}")
+    return int(match.group(1))
+
+
+def cpu_peak_mb(run: Callable[[], Any]) -> float:
+    """Peak resident memory above the start of `run`, in MB (Linux: VmHWM reset by clear_refs)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark to the current resident set
+    before = _read_status_kb("VmRSS")
+    run()
+    return (_read_status_kb("VmHWM") - before) / 1024
+
+
+def cuda_peak_mb(run: Callable[[], Any]) -> float:
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def measure_peaks(
+    cases: dict[str, Callable[[], Any]], names: Sequence[str], repeats: int, device: str
+) -> dict[str, float]:
+    """Median peak extra MB of the named cases, interleaved like the timings."""
+    peak = cuda_peak_mb if device.startswith("cuda") else cpu_peak_mb
+    for name in names:
+        cases[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            # The output is dropped inside: only memory the run itself needed counts.
+            samples[name].append(peak(lambda name=name: cases[name]() and None))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+MEMORY_CASES = ("img2img", "ours_uniform")
+
+
+def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
+    """CPU peaks measured in a fresh process whose large allocations all go through mmap."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0"}
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(settings.__dict__)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"memory measurement failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1]), "peak RSS (VmHWM) in a child process, mmapped allocations"
+
+
+def _memory_child(settings_json: str) -> None:
+    settings = Settings(**json.loads(settings_json))
+    pipe, reference = load(settings)
+    cases = make_cases(pipe, reference, settings)
+    print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
+
+
+# --------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any] | None = None) -> Report:
+    import torch
+
+    pipe, reference = pipes or load(settings)
+    cases = make_cases(pipe, reference, settings)
+    report = Report(settings)
+    # Same seed, same scheduler, same components: the uniform map must reproduce img2img.
+    ours_image = cases["ours_uniform"]().images
+    theirs_image = cases["img2img"]().images
+    report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
+    for name, call in cases.items():
+        if name.startswith("ours"):
+            report.steps_run[name] = call().steps_run
+    report.medians = measure_times(cases, settings.repeats, settings.device)
+    if memory:
+        if settings.device.startswith("cuda"):
+            report.memory_mb = measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)
+            report.memory_method = "torch.cuda.max_memory_allocated"
+        elif os.path.exists("/proc/self/clear_refs"):
+            report.memory_mb, report.memory_method = memory_in_child(settings)
+    report.torch = torch.__version__  # type: ignore[attr-defined]
+    report.threads = torch.get_num_threads()  # type: ignore[attr-defined]
+    return report
+
+
+def format_report(report: Report) -> str:
+    s = report.settings
+    k = s.steps
+    lines = [
+        f"bench/pipeline.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
+        f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
+        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds",
+        f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
+        f"{report.uniform_max_diff:.2e} (0 = the same computation)",
+        "",
+        f"{'case':<36}{'steps':>7}{'median s':>11}{'ratio':>9}  goal",
+        f"{'img2img (diffusers), strength ' + format(s.strength, 'g'):<36}{int(k * s.strength):>7}"
+        f"{report.medians['img2img']:>11.4f}{1.0:>9.3f}",
+        f"{'differential, uniform map ' + format(s.strength, 'g'):<36}{report.steps_run['ours_uniform']:>7}"
+        f"{report.medians['ours_uniform']:>11.4f}{report.ratio('ours_uniform', 'img2img'):>9.3f}  <= 1.02 (overhead)",
+        "",
+        "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max, time relative to max 1.0",
+        f"{'max strength':<36}{'steps':>7}{'median s':>11}{'ratio':>9}",
+    ]
+    for level in SKIP_LEVELS:
+        name = f"ours_max_{level:g}"
+        goal = "  <= 0.12" if level == 0.1 else ""
+        lines.append(
+            f"{level:<36g}{report.steps_run[name]:>7}{report.medians[name]:>11.4f}"
+            f"{report.ratio(name, 'ours_max_1'):>9.3f}{goal}"
+        )
+    steps5 = sum(int(k * x) for x in FAN_STRENGTHS)
+    lines += [
+        "",
+        f"Strength fan {', '.join(f'{x:g}' for x in FAN_STRENGTHS)}",
+        f"{'five img2img runs':<36}{steps5:>7}{report.medians['img2img_x5']:>11.4f}{1.0:>9.3f}",
+        f"{'one 5-column fan run':<36}{report.steps_run['ours_fan5']:>7}{report.medians['ours_fan5']:>11.4f}"
+        f"{report.ratio('ours_fan5', 'img2img_x5'):>9.3f}  <= 0.36 (fan5)",
+    ]
+    if report.memory_mb:
+        lines += [
+            "",
+            f"Peak memory above the run's start ({report.memory_method})",
+            f"{'img2img':<36}{'':>7}{report.memory_mb['img2img']:>10.2f} MB",
+            f"{'differential, uniform map':<36}{'':>7}{report.memory_mb['ours_uniform']:>10.2f} MB",
+        ]
+    else:
+        lines += ["", "Peak memory: not measured (needs CUDA or Linux /proc/self/clear_refs)"]
+    return "\n".join(lines)
+
+
+def summary_line(report: Report) -> str:
+    pairs = [f"{name}={value:.4f}" if "mem" not in name else f"{name}={value:.2f}"
+             for name, value in report.summary().items()]
+    return " ".join(pairs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, help="image side in px (default: 128 for tiny models, else native)")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--strength", type=float, default=0.75, help="uniform map / img2img strength for overhead")
+    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
+    parser.add_argument("--quick", action="store_true", help="64 px, 10 steps, 3 rounds: under a minute on 2 cores")
+    parser.add_argument("--memory-child", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.memory_child:
+        _memory_child(args.memory_child)
+        return 0
+
+    settings = Settings(
+        model=args.model, device=args.device, steps=args.steps, repeats=args.repeats, strength=args.strength,
+        guidance_scale=args.guidance_scale, scheduler=args.scheduler,
+    )
+    if args.quick:
+        settings.size, settings.steps, settings.repeats = 64, 10, 3
+    if args.size:
+        settings.size = args.size
+    elif not args.quick and not settings.model.startswith("tiny-"):
+        settings.size = 0  # native resolution, set once the model is loaded
+    pipes = load(settings)
+    if settings.size == 0:
+        settings.size = pipes[0].native_resolution
+    report = run_benchmark(settings, memory=not args.no_memory, pipes=pipes)
+    print(format_report(report))
+    print(summary_line(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Differential-diffusion server: model loading, the pipelines, the job queue and websocket app."""

@@ -1,0 +1,389 @@
+"""Websocket sessions: the handshake, each client's messages, and frames back to the client.
+
+One :class:`DiffusionServer` owns the model host and the worker (``server.jobs``); every
+connection is a :class:`Session`. Sessions parse what arrives with ``shared.protocol``, turn a
+complete submit into a :class:`~server.jobs.Job` (decoding the PNG and building the change map off
+the event loop), and send what the worker posts back, in order. A bad message gets an ``error``
+to that client only; nothing a client sends can stop the server or another client's job.
+
+Start it in-process (tests, tools)::
+
+    async with run_server(ServerConfig(model="tiny-sd", port=0)) as server:
+        print(server.url)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import ipaddress
+import itertools
+import logging
+import secrets
+import socket
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from server import regions
+from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
+from server.schedulers import SCHEDULER_NAMES
+from shared import protocol as p
+
+log = logging.getLogger("server.app")
+
+DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SERVER_NAME = "diffdiff-server 0.1.0"
+FAMILIES = ("sd", "sdxl")
+# Previews queued for a slow client beyond this are skipped; results and progress never are.
+MAX_QUEUED_PREVIEW_FRAMES = 8
+
+
+class ConfigError(ValueError):
+    """A server setting that cannot work; the message tells the operator what to change."""
+
+
+@dataclass
+class ServerConfig:
+    model: str = DEFAULT_MODEL
+    host: str = "127.0.0.1"
+    port: int = 7860  # 0: any free port (tests)
+    token: str | None = None
+    device: str = "cpu"
+    dtype: Any = None  # torch dtype; None: float32
+    preview_every: int = 5  # steps between previews, when the client does not say; 0: none
+    max_pixels: int = p.DEFAULT_MAX_PIXELS
+    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
+    max_region_pixels: int | None = None  # None: 1.5x native resolution per side, squared
+    extra_models: tuple[str, ...] = ()  # other models clients may ask for
+    max_jobs_per_client: int = 8
+    handshake_timeout_s: float = 10.0
+    console_progress: bool | None = False  # None: when stderr is a terminal
+
+    @property
+    def models(self) -> list[str]:
+        return list(dict.fromkeys([self.model, *self.extra_models]))
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", "localhost.localdomain"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to expose the GPU to the network without a token."""
+    if not is_loopback(host) and not token:
+        raise ConfigError(
+            f"Refusing to listen on {host!r} without a token: anyone on the network could use "
+            f"this GPU. Pass --token SECRET (and enter it in the Krita plugin), or bind to "
+            f"127.0.0.1.")
+
+
+def _close_reason(text: str) -> str:
+    # Websocket close reasons are at most 123 bytes of UTF-8.
+    data = text.encode("utf-8")[:123]
+    return data.decode("utf-8", errors="ignore")
+
+
+class Session:
+    """One client connection: its outbox (frames leave in the order they were posted) and its
+    pending submits."""
+
+    _ids = itertools.count(1)
+
+    def __init__(self, server: DiffusionServer, connection: ServerConnection) -> None:
+        self.id = next(self._ids)
+        self.server = server
+        self.connection = connection
+        self.loop = asyncio.get_running_loop()
+        self.collector = p.SubmitCollector(server.capabilities)
+        self.job_by_ref: dict[int, int] = {}
+        self._outbox: asyncio.Queue[tuple[list[str | bytes], bool]] = asyncio.Queue()
+        self._queued_previews = 0
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return f"<client {self.id} {self.connection.remote_address}>"
+
+    # Frames from any thread; the worker calls this.
+    def post(self, frames: list[str | bytes], droppable: bool = False) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self._enqueue, frames, droppable)
+        except RuntimeError:  # the loop is closed: the server is gone, nobody to tell
+            pass
+
+    def send_message(self, message: dict[str, Any]) -> None:
+        self._enqueue([p.dumps(message)], False)
+
+    def _enqueue(self, frames: list[str | bytes], droppable: bool) -> None:
+        if self.closed:
+            return
+        if droppable:
+            if self._queued_previews >= MAX_QUEUED_PREVIEW_FRAMES:
+                return
+            self._queued_previews += 1
+        self._outbox.put_nowait((frames, droppable))
+
+    async def pump(self) -> None:
+        """Send queued frames until the connection closes."""
+        while True:
+            frames, droppable = await self._outbox.get()
+            if droppable:
+                self._queued_previews -= 1
+            for frame in frames:
+                await self.connection.send(frame)
+
+
+class DiffusionServer:
+    """The model host, the worker and the websocket listener."""
+
+    def __init__(self, config: ServerConfig, loader: Callable[[str], Any] | None = None) -> None:
+        check_bind(config.host, config.token)
+        self.config = config
+        self.host = ModelHost(loader or self._default_loader, config.model)
+        self.capabilities: p.Capabilities | None = None
+        self.worker: Worker | None = None
+        self._listener: Any = None
+        self._ids = itertools.count(1)
+        self.sessions: set[Session] = set()
+
+    def _default_loader(self, model: str) -> Any:
+        import torch
+
+        from server.models import load_pipeline
+
+        return load_pipeline(model, device=self.config.device,
+                             dtype=self.config.dtype or torch.float32)
+
+    # --- life cycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        pipe = await asyncio.to_thread(self.host.load_initial)
+        c = self.config
+        self.capabilities = p.Capabilities(
+            models=c.models, current_model=self.host.name, schedulers=list(SCHEDULER_NAMES),
+            families=list(FAMILIES), native_resolution=int(pipe.native_resolution),
+            max_pixels=c.max_pixels, max_message_bytes=c.max_message_bytes,
+            max_steps=p.MAX_STEPS, max_variants=p.MAX_VARIANTS,
+            token_required=bool(c.token), device=str(c.device))
+        self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
+                             console=ConsoleProgress(enabled=c.console_progress),
+                             on_model_changed=self._model_changed)
+        self.worker.start()
+        self._listener = await serve(
+            self._handle, c.host, c.port, max_size=c.max_message_bytes,
+            compression=None,  # PNG is compressed already; deflate would only cost CPU
+            max_queue=4,  # frames buffered per client before reading pauses (backpressure)
+        )
+
+    async def stop(self) -> None:
+        """Cancel every job, tell the clients, close the connections, stop the worker."""
+        if self.worker is not None:
+            await asyncio.to_thread(self.worker.stop)
+        # Let the sessions flush their last 'cancelled' messages before closing.
+        await asyncio.sleep(0.05)
+        if self._listener is not None:
+            self._listener.close(close_connections=True)
+            await self._listener.wait_closed()
+
+    @property
+    def port(self) -> int:
+        for sock in self._listener.sockets:
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                return sock.getsockname()[1]
+        raise RuntimeError("the server is not listening")
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        host = f"[{host}]" if ":" in host else host
+        return f"ws://{host}:{self.port}"
+
+    def _model_changed(self, model: str, pipe: Any) -> None:
+        # Called on the worker thread; the capabilities object is only read by new handshakes.
+        if self.capabilities is not None:
+            self.capabilities.current_model = model
+            self.capabilities.native_resolution = int(pipe.native_resolution)
+
+    # --- one connection -----------------------------------------------------------------------
+
+    async def _handle(self, connection: ServerConnection) -> None:
+        session = Session(self, connection)
+        if not await self._handshake(session):
+            return
+        self.sessions.add(session)
+        log.info("client %d connected from %s", session.id, connection.remote_address)
+        pump = asyncio.create_task(session.pump())
+        try:
+            async for data in connection:
+                await self._dispatch(session, data)
+        except ConnectionClosed as exc:
+            log.info("client %d: connection closed (%s)", session.id, exc)
+        finally:
+            session.closed = True
+            self.sessions.discard(session)
+            cancelled = self.worker.cancel_owner(session, "the client disconnected")
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                await pump
+            log.info("client %d disconnected%s", session.id,
+                     f"; cancelled {cancelled} job(s)" if cancelled else "")
+
+    async def _handshake(self, session: Session) -> bool:
+        connection = session.connection
+        try:
+            first = await asyncio.wait_for(connection.recv(), self.config.handshake_timeout_s)
+        except TimeoutError:
+            await connection.close(p.CLOSE_POLICY_VIOLATION, "no hello received in time")
+            return False
+        except ConnectionClosed:
+            return False
+        try:
+            if not isinstance(first, str):
+                raise p.ProtocolError(p.E_HANDSHAKE_REQUIRED, "The first message must be a "
+                                                              "'hello' text frame.")
+            p.check_hello(p.loads(first), self.config.token)
+        except p.ProtocolError as exc:
+            log.warning("refused %s: %s", connection.remote_address, exc.message)
+            with contextlib.suppress(ConnectionClosed):
+                await connection.send(p.dumps(p.error_from(exc)))
+                await connection.close(p.CLOSE_POLICY_VIOLATION, _close_reason(exc.message))
+            return False
+        # A copy: the worker may update the live one while this is serialised.
+        caps = p.Capabilities.from_dict(self.capabilities.to_dict())
+        with contextlib.suppress(ConnectionClosed):
+            await connection.send(p.dumps(p.welcome(caps, SERVER_NAME)))
+            return True
+        return False
+
+    async def _dispatch(self, session: Session, data: str | bytes) -> None:
+        try:
+            if isinstance(data, str):
+                await self._on_message(session, p.loads(data))
+            else:
+                await self._on_frame(session, p.decode_frame(data))
+        except p.ProtocolError as exc:
+            log.info("client %d: %s: %s", session.id, exc.code, exc.message)
+            session.send_message(p.error_from(exc))
+        except Exception as exc:  # a bug must cost one request, not the connection
+            log.exception("client %d: unexpected error", session.id)
+            session.send_message(p.error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
+
+    async def _on_message(self, session: Session, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "submit":
+            if self.worker.count(session) + len(session.collector.pending_refs) >= \
+                    self.config.max_jobs_per_client:
+                raise p.ProtocolError(p.E_QUEUE_FULL, f"You already have "
+                                                      f"{self.config.max_jobs_per_client} jobs "
+                                                      f"waiting; wait for one to finish or "
+                                                      f"cancel one.", ref=message.get("ref"))
+            session.collector.add_submit(message)
+        elif kind == "cancel":
+            self._on_cancel(session, message)
+        elif kind == "list_models":
+            session.send_message(p.models(self.capabilities.models, self.host.name))
+        elif kind == "load_model":
+            model = p.read_str(message, "model", max_len=1000, required=True, where="load_model")
+            if model not in self.capabilities.models:
+                raise p.ProtocolError(p.E_UNKNOWN_MODEL, f"Unknown model {model!r}; this server "
+                                                         f"offers: "
+                                                         f"{', '.join(self.capabilities.models)}.")
+            task = ModelLoad(next(self._ids), session, model, session.post)
+            self.worker.submit(task)
+        elif kind == "hello":
+            raise p.ProtocolError(p.E_BAD_MESSAGE, "Already connected: 'hello' is sent once.")
+        else:
+            raise p.ProtocolError(p.E_UNKNOWN_TYPE, f"Unknown message type {kind!r}; expected "
+                                                    f"one of {', '.join(p.CLIENT_MESSAGE_TYPES)}.")
+
+    def _on_cancel(self, session: Session, message: dict[str, Any]) -> None:
+        job_id = p.read_int(message, "job_id", lo=0, hi=p.MAX_REF, where="cancel")
+        ref = p.read_int(message, "ref", lo=0, hi=p.MAX_REF, where="cancel")
+        if job_id is None and ref is not None:
+            if session.collector.drop(ref):
+                return  # its frames never all arrived: nothing was queued
+            job_id = session.job_by_ref.get(ref)
+        if job_id is None:
+            raise p.ProtocolError(p.E_BAD_MESSAGE, "cancel needs a 'job_id' (or the submit's "
+                                                   "'ref').", ref=ref)
+        if not self.worker.cancel(session, job_id):
+            raise p.ProtocolError(p.E_UNKNOWN_JOB, f"No job {job_id} of yours is queued or "
+                                                   f"running (it may have finished).",
+                                  job_id=job_id)
+
+    async def _on_frame(self, session: Session, frame: p.Frame) -> None:
+        complete = session.collector.add_frame(frame)
+        if complete is None:
+            return
+        # Decoding a big PNG and blurring a mask take a while: off the loop, so other clients'
+        # progress keeps flowing. Awaited here, so one client's jobs keep their order.
+        job = await asyncio.to_thread(self._make_job, session, complete)
+        request = complete.request
+        session.job_by_ref[request.ref] = job.id
+        self.worker.submit(job, p.accepted(request.ref, job.id, 0, job.seed))
+        log.info("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
+                 session.id, request.mode, request.width, request.height, request.steps,
+                 request.variants)
+
+    def _make_job(self, session: Session, complete: p.CompleteSubmit) -> Job:
+        request = complete.request
+        try:
+            with Image.open(io.BytesIO(complete.image_png)) as img:
+                if img.format != "PNG":
+                    raise ValueError(f"it is {img.format}, not PNG")
+                image = img.convert("RGB")  # alpha is dropped: the model paints opaque pixels
+        except Exception as exc:
+            raise p.ProtocolError(p.E_BAD_FRAME, f"The image could not be decoded as PNG: "
+                                                 f"{exc}", ref=request.ref) from None
+        canvas = (request.width, request.height)
+        try:
+            change = _build_map(request, complete.map_gray8, canvas)
+        except ValueError as exc:
+            raise p.ProtocolError(p.E_BAD_MESSAGE, f"Could not build the change map: {exc}",
+                                  ref=request.ref) from None
+        seed = request.seed if request.seed is not None else secrets.randbelow(2**31)
+        every = self.config.preview_every if request.preview_every is None else \
+            request.preview_every
+        return Job(id=next(self._ids), owner=session, request=request, image=image,
+                   change=change, seed=seed, send=session.post, preview_every=every)
+
+
+def _build_map(request: p.SubmitRequest, map_gray8: bytes | None,
+               canvas: tuple[int, int]) -> regions.CanvasMap:
+    """The job's change map from its mode (builders live in server.maps / server.regions)."""
+    if request.mode == "change_map":
+        return regions.map_from_gray8(map_gray8, canvas, request.region)
+    if request.mode == "soft_inpaint":
+        spec = request.soft_inpaint or p.SoftInpaint()
+        return regions.map_from_mask(map_gray8, canvas, spec.softness_px, spec.grow_px,
+                                     request.region)
+    if request.mode == "fan":
+        return regions.map_fan(canvas, request.fan.count, request.fan.low, request.fan.high,
+                               request.region)
+    return regions.map_uniform(canvas, request.strength, request.region)
+
+
+@contextlib.asynccontextmanager
+async def run_server(config: ServerConfig,
+                     loader: Callable[[str], Any] | None = None) -> AsyncIterator[DiffusionServer]:
+    """Start a server in this event loop; stopped (jobs cancelled, clients closed) on exit."""
+    server = DiffusionServer(config, loader)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+__all__ = ["ConfigError", "DiffusionServer", "ServerConfig", "Session", "check_bind",
+           "run_server", "DEFAULT_MODEL"]

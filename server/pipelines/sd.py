@@ -1,0 +1,456 @@
+"""Differential diffusion for Stable Diffusion 1.x / 2.x and SDXL (incl. base + refiner).
+
+Algorithm 1 + 2 of the paper (see /work/shared/paper-notes.md) on diffusers components. The
+change map uses the painter's convention: **1 (white) = change fully, 0 (black) = keep**; the
+paper's map is ``mu_paper = 1 - change_map``.
+
+Prompt encoding, image pre/post-processing and SDXL's extra conditioning are borrowed from the
+diffusers img2img pipelines by composition (``self.helper``), so a uniform map of value ``s``
+reproduces ``StableDiffusion(XL)Img2ImgPipeline`` at ``strength=s`` exactly.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img import (
+    retrieve_latents,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from server.maps import to_change_map
+from server.pipelines import (
+    Cancelled,
+    DifferentialDiffusionOutput,
+    StepInfo,
+    latent_change_map,
+    steps_per_pixel,
+    unchanged_blend_weight,
+)
+from server.schedulers import copy_scheduler, make_scheduler
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+
+@dataclass
+class Conditioning:
+    """What one UNet needs besides latents and timestep (already doubled for CFG)."""
+
+    prompt_embeds: torch.Tensor
+    added_cond_kwargs: dict[str, torch.Tensor] | None = None
+
+
+@dataclass
+class Denoiser:
+    """A UNet and its conditioning, used from step index ``first_step`` on (base / refiner)."""
+
+    first_step: int
+    unet: torch.nn.Module
+    cond: Conditioning
+
+
+class StableDiffusionDifferentialPipeline:
+    """SD 1.x / 2.x (epsilon or v-prediction) with a per-pixel change map."""
+
+    family = "sd"
+    component_names = ("vae", "text_encoder", "tokenizer", "unet", "scheduler")
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        unet: Any,
+        scheduler: Any,
+        native_resolution: int | None = None,
+    ) -> None:
+        self.helper = StableDiffusionImg2ImgPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        self.helper.set_progress_bar_config(disable=True)
+        self._init_common(native_resolution)
+
+    def _init_common(self, native_resolution: int | None) -> None:
+        self.vae_scale_factor: int = self.helper.vae_scale_factor
+        self.native_resolution: int = native_resolution or int(
+            self.unet.config.sample_size * self.vae_scale_factor
+        )
+
+    # -- components ------------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Any]:
+        return {name: getattr(self.helper, name) for name in self.component_names}
+
+    @property
+    def vae(self) -> Any:
+        return self.helper.vae
+
+    @property
+    def unet(self) -> Any:
+        return self.helper.unet
+
+    @property
+    def scheduler(self) -> Any:
+        return self.helper.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.helper._execution_device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        if dtype is not None and dtype == self.unet.dtype:
+            dtype = None  # diffusers warns on every dtype cast, even a no-op one
+        self.helper.to(device=device, dtype=dtype)
+        return self
+
+    # -- steps of a run --------------------------------------------------------------------------
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
+        size: tuple[int, int],
+    ) -> Conditioning:
+        embeds, negative = self.helper.encode_prompt(
+            prompt, self.device, num_images, do_cfg, negative_prompt
+        )
+        if do_cfg:
+            embeds = torch.cat([negative, embeds])
+        return Conditioning(embeds)
+
+    def prepare_denoisers(
+        self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
+        size: tuple[int, int], scheduler: Any, refiner_split: float | None,
+    ) -> list[Denoiser]:
+        if refiner_split is not None:
+            raise ValueError(f"refiner_split is for SDXL with a refiner; this is a {self.family} model.")
+        cond = self.encode_prompt(prompt, negative_prompt, num_images, do_cfg, size)
+        return [Denoiser(0, self.unet, cond)]
+
+    def prepare_image(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """Image -> (1 x 3 x H' x W' tensor in [-1, 1], H x W x 3 float input in [0, 1]).
+
+        H', W' are H, W rounded up to the VAE's cell size by repeating the border pixels, so any
+        size works and the result is cropped back afterwards.
+        """
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
+        if image.width < 1 or image.height < 1:
+            raise ValueError("The image is empty (0 pixels).")
+        pixels = np.asarray(image.convert("RGB"))
+        padded = _pad_to_multiple(pixels, self.vae_scale_factor)
+        tensor = self.helper.image_processor.preprocess(Image.fromarray(padded))
+        return tensor, pixels.astype(np.float32) / 255.0
+
+    def prepare_latents(
+        self, image: torch.Tensor, batch_size: int, generator: Generator, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_init`` (the encoded image, B copies) and ``noise``, the one Gaussian draw reused
+        for every noised original. Same generator order as diffusers' img2img."""
+        vae = self.vae
+        image = image.to(device=self.device, dtype=dtype)
+        upcast = vae.config.get("force_upcast", False) and vae.dtype == torch.float16
+        if upcast:  # fp16 SDXL VAEs overflow; diffusers encodes in fp32 too
+            image = image.float()
+            vae.to(dtype=torch.float32)
+        if isinstance(generator, list):
+            if len(generator) != batch_size:
+                raise ValueError(
+                    f"Got {len(generator)} generators for {batch_size} images; pass one per image."
+                )
+            z_init = torch.cat([retrieve_latents(vae.encode(image), generator=g) for g in generator])
+        else:
+            z_init = retrieve_latents(vae.encode(image), generator=generator)
+        if upcast:
+            vae.to(dtype=dtype)
+        z_init = self._scale_latents(z_init.to(dtype))
+        if z_init.shape[0] != batch_size:
+            z_init = torch.cat([z_init] * batch_size)
+        noise = randn_tensor(z_init.shape, generator=generator, device=self.device, dtype=dtype)
+        return z_init, noise
+
+    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        return cfg.scaling_factor * z
+
+    def _unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        return z / self.vae.config.scaling_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> B x H' x W' x 3 float32 in [0, 1] (padded size)."""
+        vae = self.vae
+        upcast = vae.config.get("force_upcast", False) and vae.dtype == torch.float16
+        if upcast:
+            vae.to(dtype=torch.float32)
+        latents = self._unscale_latents(latents).to(vae.dtype)
+        decoded = vae.decode(latents, return_dict=False)[0]
+        if upcast:
+            vae.to(dtype=torch.float16)
+        return self.helper.image_processor.postprocess(decoded, output_type="np")
+
+    def reinject(
+        self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor, noise: torch.Tensor,
+        t: torch.Tensor, keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Regions whose own run has not started yet go back to the original, noised to ``t``."""
+        noised = scheduler.add_noise(z_init, noise, t.repeat(z_init.shape[0]))
+        return torch.where(keep, noised, latents)
+
+    # -- the run ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str = "",
+        image: Image.Image | None = None,
+        change_map: Any = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int = 30,
+        guidance_scale: float = 7.5,
+        generator: Generator = None,
+        num_images_per_prompt: int = 1,
+        scheduler: str | None = None,
+        output_type: str = "pil",
+        keep_unchanged_exact: bool = True,
+        callback: Callable[[StepInfo], None] | None = None,
+        cancel: threading.Event | None = None,
+        refiner_split: float | None = None,
+    ) -> DifferentialDiffusionOutput:
+        """Edit ``image`` where ``change_map`` allows (1 = change fully, 0 = keep exactly).
+
+        ``change_map``: PIL image or H x W array in [0, 1], any size (resized to the image).
+        ``generator``: one, or one per image (variant i of seed S is reproduced alone by S + i).
+        ``refiner_split`` (SDXL with a refiner): fraction of the schedule run on the base,
+        like diffusers' ``denoising_end``; the rest runs on the refiner.
+        """
+        if image is None or change_map is None:
+            raise ValueError("Both an image and a change map are needed.")
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
+        k = int(num_inference_steps)
+        if k < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
+        batch = int(num_images_per_prompt)
+        if batch < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+
+        # 1. Image and map; the map is averaged over each latent cell ("locality").
+        image_tensor, original = self.prepare_image(image)
+        height, width = original.shape[:2]
+        pixel_map = to_change_map(change_map, (width, height))
+        latent_map = latent_change_map(_pad_to_multiple(pixel_map, self.vae_scale_factor),
+                                       self.vae_scale_factor)
+        steps = steps_per_pixel(latent_map, k).to(self.device)  # n = floor(m*k + tiny)
+        longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
+        if longest == 0 and output_type != "latent":
+            return self._unchanged_output(image, original, batch, output_type)
+
+        # 2. Scheduler (a fresh one per run) and the timesteps that will run.
+        sched = make_scheduler(scheduler, self.scheduler.config) if scheduler else copy_scheduler(
+            self.scheduler)
+        sched.set_timesteps(k, device=self.device)
+        start = k - longest
+        timesteps = sched.timesteps[start * sched.order :]
+        if hasattr(sched, "set_begin_index"):
+            sched.set_begin_index(start * sched.order)
+
+        # 3. Prompt(s), latents and the one noise tensor.
+        do_cfg = guidance_scale > 1.0
+        padded_size = (image_tensor.shape[-2], image_tensor.shape[-1])
+        denoisers = self.prepare_denoisers(prompt, negative_prompt, batch, do_cfg, padded_size,
+                                           sched, refiner_split)
+        dtype = denoisers[0].cond.prompt_embeds.dtype
+        z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
+        latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
+        step_kwargs = _extra_step_kwargs(sched, generator)
+        latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
+
+        # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
+        for j, t in enumerate(timesteps):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"Cancelled after {j} of {len(timesteps)} steps.")
+            i = start + j // sched.order
+            # Nested masks: a region with n steps is re-injected up to and including step k-n.
+            # At the first step every region is the noised original already (a no-op there).
+            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i)
+            denoiser = [d for d in denoisers if d.first_step <= i][-1]
+            model_input = torch.cat([latents] * 2) if do_cfg else latents
+            model_input = sched.scale_model_input(model_input, t)
+            noise_pred = denoiser.unet(
+                model_input, t, encoder_hidden_states=denoiser.cond.prompt_embeds,
+                added_cond_kwargs=denoiser.cond.added_cond_kwargs, return_dict=False,
+            )[0]
+            if do_cfg:
+                uncond, text = noise_pred.chunk(2)
+                noise_pred = uncond + guidance_scale * (text - uncond)
+            out = sched.step(noise_pred, t, latents, **step_kwargs, return_dict=True)
+            latents = out.prev_sample
+            if callback is not None:
+                callback(StepInfo(step=j + 1, total=len(timesteps), latents=latents,
+                                  denoised=getattr(out, "pred_original_sample", None),
+                                  family=self.family, latent_size=latent_size))
+        # Strength-0 regions end exactly on the original latent.
+        latents = torch.where(steps == 0, z_init, latents)
+
+        # 5. Decode, crop the padding, put the kept pixels back exactly.
+        if output_type == "latent":
+            return DifferentialDiffusionOutput(latents, len(timesteps), steps)
+        generated = self.decode_latents(latents)[:, :height, :width]
+        if keep_unchanged_exact:
+            weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
+            generated = generated * weight + original[None] * (1.0 - weight)
+        generated = generated.astype(np.float32)
+        images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
+            else generated
+        return DifferentialDiffusionOutput(images, len(timesteps), steps)
+
+    def _unchanged_output(self, image: Image.Image, original: np.ndarray, batch: int,
+                          output_type: str) -> DifferentialDiffusionOutput:
+        # An all-zero map: nothing may change, so no model runs at all.
+        if output_type == "pil":
+            return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
+        return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+
+
+class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline):
+    """SDXL, optionally with a refiner that takes over the low-noise end of the schedule."""
+
+    family = "sdxl"
+    component_names = ("vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                       "unet", "scheduler")
+    default_refiner_split = 0.8
+
+    def __init__(
+        self,
+        vae: Any,
+        text_encoder: Any,
+        text_encoder_2: Any,
+        tokenizer: Any,
+        tokenizer_2: Any,
+        unet: Any,
+        scheduler: Any,
+        native_resolution: int | None = None,
+        force_zeros_for_empty_prompt: bool = True,
+        refiner: StableDiffusionXLImg2ImgPipeline | None = None,
+        aesthetic_score: float = 6.0,
+        negative_aesthetic_score: float = 2.5,
+    ) -> None:
+        self.helper = StableDiffusionXLImg2ImgPipeline(
+            vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2,
+            tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=unet, scheduler=scheduler,
+            requires_aesthetics_score=False,
+            force_zeros_for_empty_prompt=force_zeros_for_empty_prompt,
+            add_watermarker=False,
+        )
+        self.helper.set_progress_bar_config(disable=True)
+        # The refiner is a diffusers SDXL img2img pipeline (its own UNet and text encoder, the
+        # base's VAE); only its prompt encoding and UNet are used here.
+        self.refiner = refiner
+        if refiner is not None:
+            refiner.set_progress_bar_config(disable=True)
+        self.aesthetic_score = aesthetic_score
+        self.negative_aesthetic_score = negative_aesthetic_score
+        self._init_common(native_resolution)
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        if self.refiner is not None:
+            refiner_dtype = None if dtype == self.refiner.unet.dtype else dtype
+            self.refiner.to(device=device, dtype=refiner_dtype)
+        super().to(device, dtype)
+        return self
+
+    def encode_prompt(
+        self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
+        size: tuple[int, int], helper: StableDiffusionXLImg2ImgPipeline | None = None,
+    ) -> Conditioning:
+        helper = helper or self.helper
+        embeds, negative, pooled, negative_pooled = helper.encode_prompt(
+            prompt=prompt, device=self.device, num_images_per_prompt=num_images,
+            do_classifier_free_guidance=do_cfg, negative_prompt=negative_prompt,
+        )
+        projection_dim = (helper.text_encoder_2.config.projection_dim
+                          if helper.text_encoder_2 is not None else int(pooled.shape[-1]))
+        time_ids, negative_time_ids = helper._get_add_time_ids(
+            size, (0, 0), size, self.aesthetic_score, self.negative_aesthetic_score,
+            size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection_dim,
+        )
+        time_ids = time_ids.repeat(num_images, 1)
+        if do_cfg:
+            embeds = torch.cat([negative, embeds])
+            pooled = torch.cat([negative_pooled, pooled])
+            time_ids = torch.cat([negative_time_ids.repeat(num_images, 1), time_ids])
+        added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
+        return Conditioning(embeds.to(self.device), added)
+
+    def prepare_denoisers(
+        self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
+        size: tuple[int, int], scheduler: Any, refiner_split: float | None,
+    ) -> list[Denoiser]:
+        base = Denoiser(0, self.unet, self.encode_prompt(prompt, negative_prompt, num_images,
+                                                         do_cfg, size))
+        if self.refiner is None:
+            if refiner_split is not None and refiner_split < 1.0:
+                raise ValueError("refiner_split needs a refiner; load the model with refiner=...")
+            return [base]
+        split = self.default_refiner_split if refiner_split is None else float(refiner_split)
+        if not 0.0 < split <= 1.0:
+            raise ValueError(f"refiner_split must be in (0, 1], got {refiner_split}.")
+        if split == 1.0:
+            return [base]
+        # Same cut as diffusers' denoising_end / denoising_start: timesteps >= cutoff go to base.
+        train_steps = scheduler.config.num_train_timesteps
+        cutoff = int(round(train_steps - split * train_steps))
+        first_refiner_step = int((scheduler.timesteps >= cutoff).sum()) // scheduler.order
+        refiner_cond = self.encode_prompt(prompt, negative_prompt, num_images, do_cfg, size,
+                                          helper=self.refiner)
+        return [base, Denoiser(first_refiner_step, self.refiner.unet, refiner_cond)]
+
+    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+            return (z - mean) * cfg.scaling_factor / std
+        return cfg.scaling_factor * z
+
+    def _unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.vae.config
+        mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
+        if mean is not None and std is not None:
+            mean = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
+            std = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
+            return z * std / cfg.scaling_factor + mean
+        return z / cfg.scaling_factor
+
+
+def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Repeat the last row/column until both sides are multiples of ``multiple``."""
+    height, width = array.shape[:2]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return array
+    pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, mode="edge")
+
+
+def _extra_step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
+    # Not every scheduler takes eta / a generator (ancestral ones draw fresh noise each step).
+    params = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs

@@ -1,0 +1,43 @@
+"""Shared fixtures. Tiny random-weight models are built once per session (offline, seeded)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def tiny_sd():
+    from server.models import load_pipeline
+
+    return load_pipeline("tiny-sd")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl():
+    from server.models import load_pipeline
+
+    return load_pipeline("tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_refined():
+    from server.models import load_pipeline
+
+    return load_pipeline("tiny-sdxl", refiner="tiny-sdxl-refiner")
+
+
+def make_test_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:
+    """A smooth colourful picture with some texture (not flat, so changes are visible)."""
+    rng = np.random.RandomState(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    rgb = np.stack([x / max(width - 1, 1), y / max(height - 1, 1),
+                    0.5 + 0.5 * np.sin((x + y) / 5.0)], axis=-1)
+    rgb = np.clip(rgb + rng.normal(0, 0.05, rgb.shape), 0, 1)
+    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+
+
+@pytest.fixture
+def test_image() -> Image.Image:
+    return make_test_image()

@@ -1,0 +1,319 @@
+"""The SD differential loop (Algorithms 1 + 2) against diffusers' img2img and its own promises."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+from PIL import Image
+
+from server.pipelines import Cancelled, StepInfo
+from server.pipelines.sd import StableDiffusionDifferentialPipeline
+from server.schedulers import SCHEDULER_NAMES, make_scheduler
+from tests.conftest import make_test_image
+
+PROMPT = "a red boat on a lake"
+NEGATIVE = "blurry"
+
+
+def reference_img2img(pipe, scheduler: str) -> StableDiffusionImg2ImgPipeline:
+    ref = StableDiffusionImg2ImgPipeline(
+        **{**pipe.components, "scheduler": make_scheduler(scheduler, pipe.scheduler.config)},
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+class UNetCalls:
+    """Counts UNet forward calls (one per denoising step for first-order schedulers)."""
+
+    def __init__(self, monkeypatch, unet):
+        self.count = 0
+        forward = unet.forward
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(unet, "forward", counting)
+
+
+def run(pipe, image, change_map, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 10)
+    kwargs.setdefault("output_type", "np")
+    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
+                guidance_scale=7.5, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+# -- uniform map == diffusers img2img --------------------------------------------------------------
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+@pytest.mark.parametrize("strength", [0.3, 0.7, 1.0])
+def test_uniform_map_equals_diffusers_img2img(tiny_sd, test_image, scheduler, strength):
+    # float32 0.7 is 0.69999999: the step count must still be 7 of 10, like img2img's int(0.7*10).
+    change_map = np.full((64, 64), strength, dtype=np.float32)
+    ours = run(tiny_sd, test_image, change_map, seed=3, scheduler=scheduler)
+    theirs = reference_img2img(tiny_sd, scheduler)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=test_image, strength=strength,
+        num_inference_steps=10, guidance_scale=7.5, generator=torch.Generator().manual_seed(3),
+        output_type="np",
+    ).images
+    assert ours.images.shape == theirs.shape == (1, 64, 64, 3)
+    np.testing.assert_array_equal(ours.images, theirs)
+
+
+def test_uniform_map_equals_img2img_with_pil_map_and_batch(tiny_sd, test_image):
+    # 0.6 as an 8-bit map is 153/255 = 0.6000000238: 6 of 10 steps, like strength=0.6.
+    change_map = Image.new("L", (64, 64), 153)
+    generators = [torch.Generator().manual_seed(s) for s in (5, 6)]
+    ours = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map, num_inference_steps=10,
+                   guidance_scale=5.0, generator=generators, num_images_per_prompt=2,
+                   scheduler="Euler a")
+    theirs = reference_img2img(tiny_sd, "Euler a")(
+        prompt=PROMPT, image=test_image, strength=0.6, num_inference_steps=10, guidance_scale=5.0,
+        generator=[torch.Generator().manual_seed(s) for s in (5, 6)], num_images_per_prompt=2,
+    ).images
+    for a, b in zip(ours.images, theirs, strict=False):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_v_prediction_uniform_map_equals_img2img(tiny_sd, test_image):
+    components = dict(tiny_sd.components)
+    components["scheduler"] = DDIMScheduler.from_config(tiny_sd.scheduler.config,
+                                                        prediction_type="v_prediction")
+    pipe = StableDiffusionDifferentialPipeline(**components)
+    change_map = np.full((64, 64), 0.5, dtype=np.float32)
+    ours = run(pipe, test_image, change_map, scheduler="DPM++ 2M Karras")
+    ref = reference_img2img(pipe, "DPM++ 2M Karras")
+    assert ref.scheduler.config.prediction_type == "v_prediction"
+    theirs = ref(prompt=PROMPT, negative_prompt=NEGATIVE, image=test_image, strength=0.5,
+                 num_inference_steps=10, guidance_scale=7.5,
+                 generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_array_equal(ours.images, theirs)
+    eps = run(tiny_sd, test_image, change_map, scheduler="DPM++ 2M Karras")
+    assert not np.array_equal(eps.images, ours.images)  # the prediction type really mattered
+
+
+# -- Algorithm 2: skipping -------------------------------------------------------------------------
+@pytest.mark.parametrize("top, steps", [(1.0, 12), (0.75, 9), (0.5, 6), (0.3, 3), (0.05, 0)])
+def test_only_floor_max_map_times_k_steps_run(tiny_sd, test_image, monkeypatch, top, steps):
+    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    # A gradient whose maximum is `top` (float32): the count follows the maximum only.
+    change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
+    change_map[:, -8:] = np.float32(top)
+    out = run(tiny_sd, test_image, change_map, num_inference_steps=12, scheduler="Euler")
+    assert calls.count == steps == math.floor(top * 12 + 1e-4)
+    assert out.steps_run == steps
+
+
+def test_all_zero_map_returns_input_without_unet(tiny_sd, test_image, monkeypatch):
+    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    out = tiny_sd(prompt=PROMPT, image=test_image, change_map=np.zeros((64, 64), np.float32),
+                  num_inference_steps=10, num_images_per_prompt=2)
+    assert calls.count == 0 and out.steps_run == 0
+    assert len(out.images) == 2
+    for result in out.images:
+        assert np.array_equal(np.asarray(result), np.asarray(test_image))
+
+
+# -- Algorithm 1: regions, nested masks, exact kept pixels -----------------------------------------
+def test_left_half_zero_keeps_input_pixels_exactly(tiny_sd, test_image):
+    change_map = np.zeros((64, 64), np.float32)
+    change_map[:, 32:] = 1.0
+    out = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map, num_inference_steps=8,
+                  generator=torch.Generator().manual_seed(0))
+    result, source = np.asarray(out.images[0]), np.asarray(test_image)
+    assert np.array_equal(result[:, :32], source[:, :32])
+    assert np.abs(result[:, 32:].astype(int) - source[:, 32:]).mean() > 10  # really repainted
+
+
+def test_keep_unchanged_exact_off_gives_plain_decode(tiny_sd, test_image):
+    change_map = np.zeros((64, 64), np.float32)
+    change_map[:, 32:] = 1.0
+    out = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map, num_inference_steps=8,
+                  generator=torch.Generator().manual_seed(0), keep_unchanged_exact=False)
+    left = np.asarray(out.images[0])[:, :32]
+    assert not np.array_equal(left, np.asarray(test_image)[:, :32])  # the VAE round trip shows
+
+
+def test_kept_region_blends_smoothly_below_one_step(tiny_sd, test_image):
+    # Map values under 1/k buy no step; there the output fades from input to generated.
+    change_map = np.tile(np.linspace(0.0, 0.2, 64, dtype=np.float32), (64, 1))
+    plain = run(tiny_sd, test_image, change_map, keep_unchanged_exact=False).images[0]
+    exact = run(tiny_sd, test_image, change_map).images[0]
+    source = np.asarray(test_image, dtype=np.float32) / 255.0
+    assert np.array_equal(exact[:, 0], source[:, 0])  # map exactly 0
+    assert np.array_equal(exact[:, 40:], plain[:, 40:])  # map >= 1/k: the generated image
+    between = (exact[:, 1:32] - source[:, 1:32]) / (plain[:, 1:32] - source[:, 1:32] + 1e-12)
+    weights = np.median(between.reshape(64, 31, 3), axis=(0, 2))
+    assert np.all(np.diff(weights) >= -1e-3) and weights[0] < 0.2  # monotone fade, no seam
+
+
+def test_each_region_gets_exactly_its_last_steps_with_nested_masks(tiny_sd, monkeypatch):
+    k = 10
+    strengths = [0.0, 0.2, 0.5, 0.7, 1.0]
+    change_map = np.zeros((16, 80), np.float32)
+    for j, s in enumerate(strengths):
+        change_map[:, 16 * j : 16 * (j + 1)] = s  # 16-px columns = 2 latent cells each
+    keeps: list[torch.Tensor] = []
+    reinject = tiny_sd.reinject
+
+    def recording(scheduler, latents, z_init, noise, t, keep):
+        keeps.append(keep[0, 0].clone())
+        return reinject(scheduler, latents, z_init, noise, t, keep)
+
+    monkeypatch.setattr(tiny_sd, "reinject", recording)
+    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    out = tiny_sd(prompt=PROMPT, image=make_test_image(80, 16), change_map=change_map,
+                  num_inference_steps=k, generator=torch.Generator().manual_seed(0),
+                  scheduler="DDIM", output_type="latent")
+    assert calls.count == len(keeps) == 10
+    keep = torch.stack(keeps)  # steps x h x w
+    for earlier, later in zip(keep, keep[1:], strict=False):
+        assert torch.all(later <= earlier)  # nested: once free, a region stays free
+    for j, s in enumerate(strengths):
+        column = keep[:, :, 2 * j : 2 * j + 2].reshape(k, -1)
+        assert torch.all(column == column[:, :1])  # a region moves as one
+        kept_at = column[:, 0].nonzero().flatten().tolist()
+        expected = math.floor(s * k + 1e-4)
+        if expected == 0:
+            assert kept_at == list(range(k))  # re-injected at every step, never free
+        else:
+            last = kept_at[-1]  # its own run starts at its last re-injection
+            assert kept_at == list(range(last + 1)) and k - last == expected
+    assert torch.equal(out.steps_per_latent_pixel[0, 0, 0], torch.tensor([0] * 2 + [2] * 2 + [5] * 2
+                                                                         + [7] * 2 + [10] * 2))
+
+
+def test_strength_zero_latents_end_on_the_original(tiny_sd, test_image):
+    change_map = np.zeros((64, 64), np.float32)
+    change_map[:, 32:] = 0.8
+    out = run(tiny_sd, test_image, change_map, output_type="latent")
+    image_tensor, _ = tiny_sd.prepare_image(test_image)
+    z_init, _ = tiny_sd.prepare_latents(image_tensor, 1, torch.Generator().manual_seed(0),
+                                        torch.float32)
+    assert torch.equal(out.images[..., :4], z_init[..., :4])
+    assert not torch.equal(out.images[..., 4:], z_init[..., 4:])
+
+
+# -- batch, sizes, maps ----------------------------------------------------------------------------
+def test_batch_variants_differ_and_reproduce_alone(tiny_sd, test_image):
+    change_map = np.full((64, 64), 0.8, np.float32)
+    batch = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map, num_inference_steps=6,
+                    num_images_per_prompt=3, output_type="np",
+                    generator=[torch.Generator().manual_seed(40 + i) for i in range(3)]).images
+    assert batch.shape == (3, 64, 64, 3)
+    assert not np.array_equal(batch[0], batch[1]) and not np.array_equal(batch[1], batch[2])
+    alone = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map, num_inference_steps=6,
+                    output_type="np", generator=torch.Generator().manual_seed(41)).images
+    np.testing.assert_allclose(alone[0], batch[1], atol=1e-5)
+    single_generator = tiny_sd(prompt=PROMPT, image=test_image, change_map=change_map,
+                               num_inference_steps=6, num_images_per_prompt=2, output_type="np",
+                               generator=torch.Generator().manual_seed(1)).images
+    assert not np.array_equal(single_generator[0], single_generator[1])
+
+
+def test_same_seed_same_result(tiny_sd, test_image):
+    change_map = np.full((64, 64), 0.6, np.float32)
+    a = run(tiny_sd, test_image, change_map, seed=9).images
+    b = run(tiny_sd, test_image, change_map, seed=9).images
+    c = run(tiny_sd, test_image, change_map, seed=10).images
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+
+
+@pytest.mark.parametrize("size", [(61, 45), (70, 33), (8, 8)])
+def test_sizes_not_multiple_of_8_come_back_at_input_size(tiny_sd, size):
+    image = make_test_image(*size)
+    change_map = np.zeros((size[1], size[0]), np.float32)
+    change_map[:, size[0] // 2 :] = 1.0
+    out = tiny_sd(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=4,
+                  generator=torch.Generator().manual_seed(0))
+    result = out.images[0]
+    assert result.size == size
+    half = size[0] // 2
+    assert np.array_equal(np.asarray(result)[:, :half], np.asarray(image)[:, :half])
+
+
+def test_map_of_other_size_and_rgb_map_are_converted(tiny_sd, test_image):
+    small = np.zeros((16, 16), np.float32)
+    small[:, 8:] = 1.0
+    from server.maps import to_change_map
+
+    resized = to_change_map(small, (64, 64))
+    a = run(tiny_sd, test_image, small).images
+    b = run(tiny_sd, test_image, resized).images
+    assert np.array_equal(a, b)
+    gray = Image.new("L", (64, 64), 128)
+    rgb = Image.merge("RGB", [gray, gray, gray])
+    assert np.array_equal(run(tiny_sd, test_image, gray).images,
+                          run(tiny_sd, test_image, rgb).images)
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (np.full((64, 64), np.nan, np.float32), "NaN"),
+    (np.zeros((0, 64), np.float32), "empty"),
+    (np.zeros((64,), np.float32), "shape"),
+    (np.zeros((4, 64, 64), np.float32), "shape"),
+    (np.full((64, 64), 1.5, np.float32), r"\[0, 1\]"),
+    (Image.new("L", (0, 0)), "empty"),
+])
+def test_bad_maps_raise_clear_value_errors(tiny_sd, test_image, bad, reason):
+    with pytest.raises(ValueError, match=reason):
+        tiny_sd(prompt=PROMPT, image=test_image, change_map=bad, num_inference_steps=4)
+
+
+def test_bad_arguments_raise_value_errors(tiny_sd, test_image):
+    change_map = np.ones((64, 64), np.float32)
+    with pytest.raises(ValueError, match="scheduler"):
+        tiny_sd(image=test_image, change_map=change_map, scheduler="Nope")
+    with pytest.raises(ValueError, match="num_inference_steps"):
+        tiny_sd(image=test_image, change_map=change_map, num_inference_steps=0)
+    with pytest.raises(ValueError, match="generators"):
+        tiny_sd(image=test_image, change_map=change_map, num_inference_steps=2,
+                num_images_per_prompt=2, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="refiner"):
+        tiny_sd(image=test_image, change_map=change_map, refiner_split=0.5)
+
+
+# -- hooks -----------------------------------------------------------------------------------------
+def test_preview_hook_reports_every_step(tiny_sd, test_image):
+    seen: list[StepInfo] = []
+    previews = []
+
+    def hook(info: StepInfo) -> None:
+        seen.append(info)
+        previews.append(info.preview())
+
+    change_map = np.full((60, 60), 0.5, np.float32)
+    tiny_sd(prompt=PROMPT, image=test_image.resize((60, 60)), change_map=change_map,
+            num_inference_steps=10, generator=torch.Generator().manual_seed(0), callback=hook,
+            scheduler="DPM++ 2M Karras")
+    assert [info.step for info in seen] == [1, 2, 3, 4, 5]
+    assert all(info.total == 5 for info in seen)
+    assert all(p.shape == (8, 8, 3) and p.dtype == np.uint8 for p in previews)
+    assert not np.array_equal(previews[0], previews[-1])
+
+
+def test_cancel_stops_before_the_next_step(tiny_sd, test_image, monkeypatch):
+    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    cancel = threading.Event()
+
+    def hook(info: StepInfo) -> None:
+        if info.step == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        tiny_sd(prompt=PROMPT, image=test_image, change_map=np.ones((64, 64), np.float32),
+                num_inference_steps=8, callback=hook, cancel=cancel)
+    assert calls.count == 2
+
+
+def test_scheduler_names_all_run(tiny_sd, test_image):
+    change_map = np.full((64, 64), 0.5, np.float32)
+    for name in SCHEDULER_NAMES:
+        out = run(tiny_sd, test_image, change_map, num_inference_steps=4, scheduler=name)
+        assert np.isfinite(out.images).all(), name
