@@ -14,11 +14,13 @@ if os.path.isdir(_VENDOR) and _VENDOR not in sys.path:
     sys.path.insert(0, _VENDOR)
 
 try:
-    import krita
+    # A name from Krita's module, not just `import krita`: a folder called krita on sys.path (such
+    # as tests/krita) would import as an empty namespace package.
+    from krita import Krita as _Krita
 except ImportError:
-    krita = None
+    _Krita = None
 
-if krita is not None and not os.environ.get("DIFFDIFF_NO_REGISTER"):
+if _Krita is not None and not os.environ.get("DIFFDIFF_NO_REGISTER"):
     from .docker import DiffDiffPanel
     from .krita_io import register_docker
 

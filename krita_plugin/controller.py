@@ -3,12 +3,27 @@
 It reads the canvas through a `host` (krita_io.KritaHost in Krita, a fake in tests), talks to the
 server through client.ServerClient, and tells the panel what changed through signals. All of it
 runs on the UI thread; the client's events arrive here as queued Qt signals.
+
+Driving it from a script (inside Krita, e.g. under kritarunner, or from the docker's own
+controller in the GUI), without any widget::
+
+    from krita_plugin.krita_io import script_controller
+    c = script_controller("ws://127.0.0.1:7860", document=doc)  # or krita_io.docker_controller()
+    c.wait_connected(timeout_s=30)            # pumps the Qt event loop until the handshake is done
+    c.update_settings(mode="fan", prompt="a red barn", random_seed=False, seed=7, fan_columns=4)
+    job = c.prepare_job()                     # reads the active document: request, PNG, map bytes
+    outcome = c.run_job(timeout_s=300)        # sends it, pumps Qt until done/cancelled/error
+    outcome.state, outcome.layer_ids, outcome.previews, outcome.message
+
+`prepare_job` raises JobInputError (a sentence for the painter) when the canvas cannot make a
+job; `run_job` raises TimeoutError after cancelling a job that ran past `timeout_s`. The same
+methods serve the docker: `generate()` is `prepare_job` + `submit_job` with errors as notices.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import protocol
@@ -16,8 +31,8 @@ from shared import protocol
 from .client import NotConnected, ServerClient
 from .history import History, HistoryEntry
 from .images import ImageError, bgra_to_png, png_to_bgra
-from .jobs import JobInputError, build_submit, pick_seed, result_layer_name
-from .qt import QObject, Signal
+from .jobs import JobInputError, JobInputs, build_submit, pick_seed, result_layer_name
+from .qt import QApplication, QObject, Signal
 from .settings import Settings, SettingsStore, load_settings, save_settings
 
 
@@ -37,12 +52,61 @@ class ActiveJob:
     eta_s: float | None = None
     results: int = 0
     submitted_at: float = 0.0
+    outcome: JobOutcome | None = None
+
+
+@dataclass
+class PreparedJob:
+    """A job read off the canvas, not sent yet: exactly what `submit_job` will put on the wire."""
+
+    request: protocol.SubmitRequest
+    image_png: bytes
+    map_gray8: bytes | None
+    inputs: JobInputs
+    canvas: Any
+    seed: int | None
+
+
+@dataclass
+class JobOutcome:
+    """How a job ended, for scripts and tests (the `finished` signal carries one).
+
+    state: "running" until the end, then "done", "cancelled", "error" or "lost" (connection gone).
+    """
+
+    ref: int
+    job_id: int | None = None
+    state: str = "running"
+    message: str = ""
+    seed: int | None = None
+    previews: int = 0
+    layer_ids: list[str] = field(default_factory=list)  # result layers, in variant order
+    layer_names: list[str] = field(default_factory=list)
+    history_keys: list[int] = field(default_factory=list)
+
+    @property
+    def finished(self) -> bool:
+        return self.state != "running"
+
+
+def pump_events(until, timeout_s: float, interval_s: float = 0.01) -> bool:
+    """Run the Qt event loop (queued signals from the client thread included) until `until()` is
+    true or `timeout_s` passes; returns `until()`. For scripts and tests, never for the docker."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        QApplication.processEvents()
+        if until():
+            return True
+        if time.monotonic() >= deadline:
+            return bool(until())
+        time.sleep(interval_s)
 
 
 class Controller(QObject):
     changed = Signal()  # connection, progress or job state changed: the panel re-reads
     history_changed = Signal()
     notice = Signal(str, str)  # level ("info" | "warning" | "error"), a sentence for the painter
+    finished = Signal(object)  # a JobOutcome, once per job, when it is done, cancelled or failed
 
     def __init__(self, host: Any, client: ServerClient | None = None, store: SettingsStore | None = None,
                  parent: QObject | None = None) -> None:
@@ -60,6 +124,7 @@ class Controller(QObject):
         self.jobs: dict[int, ActiveJob] = {}  # by server job id
         self.history = History()
         self.last_seed: int | None = None
+        self.outcomes: dict[int, JobOutcome] = {}  # by ref, every job this controller sent
 
     # -- settings and connection -------------------------------------------------------------------
     def update_settings(self, **values) -> None:
@@ -93,33 +158,71 @@ class Controller(QObject):
         self.changed.emit()
 
     # -- generating ----------------------------------------------------------------------------------
-    def generate(self) -> bool:
-        """Read the canvas, send a job. False (with a notice saying why) when it could not start."""
+    def prepare_job(self) -> PreparedJob:
+        """Read the active document and build its job (nothing is sent).
+
+        Raises JobInputError, ImageError or protocol.ProtocolError with a sentence for the painter.
+        """
         canvas = self.host.active_canvas()
         if canvas is None:
-            self.notice.emit("error", "Open a document first.")
-            return False
+            raise JobInputError("Open a document first.")
         settings = self.settings.validated()
+        inputs = canvas.read_inputs(settings)
+        seed = pick_seed(settings)
+        request = build_submit(settings, inputs, seed)
+        image_png = bgra_to_png(inputs.image_bgra, inputs.width, inputs.height)
+        return PreparedJob(request, image_png, inputs.change_map if request.needs_map else None, inputs, canvas,
+                           seed)
+
+    def submit_job(self, job: PreparedJob) -> JobOutcome:
+        """Send a prepared job; raises NotConnected or protocol.ProtocolError (e.g. over the server's limits)."""
+        settings = self.settings.validated()
+        ref = self.client.submit(job.request, job.image_png, job.map_gray8)
+        self.last_seed = job.seed
+        outcome = self.outcomes[ref] = JobOutcome(ref=ref, seed=job.seed)
+        self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=job.inputs.label,
+                                      above_id=job.inputs.source_node_id, variants=settings.variants, seed=job.seed,
+                                      submitted_at=time.monotonic(), outcome=outcome)
+        for note in job.inputs.notes:
+            self.notice.emit("warning", note)
+        self.changed.emit()
+        return outcome
+
+    def generate(self) -> bool:
+        """Read the canvas, send a job. False (with a notice saying why) when it could not start."""
         try:
-            inputs = canvas.read_inputs(settings)
-            seed = pick_seed(settings)
-            request = build_submit(settings, inputs, seed)
-            image_png = bgra_to_png(inputs.image_bgra, inputs.width, inputs.height)
-            ref = self.client.submit(request, image_png, inputs.change_map if request.needs_map else None)
+            self.submit_job(self.prepare_job())
         except (JobInputError, NotConnected, ImageError) as exc:
             self.notice.emit("error", str(exc))
             return False
         except protocol.ProtocolError as exc:
             self.notice.emit("error", exc.message)
             return False
-        self.last_seed = seed
-        self.pending[ref] = ActiveJob(ref=ref, canvas=canvas, prompt=settings.prompt, label=inputs.label,
-                                      above_id=inputs.source_node_id, variants=settings.variants, seed=seed,
-                                      submitted_at=time.monotonic())
-        for note in inputs.notes:
-            self.notice.emit("warning", note)
-        self.changed.emit()
         return True
+
+    # -- scripting (blocking helpers that pump the Qt event loop; never used by the docker) --------------
+    def wait_connected(self, timeout_s: float = 30.0) -> bool:
+        """Connect (if not yet) and pump Qt until the server's welcome arrived; False on timeout."""
+        if self.connection_state != "connected" and self.client.state in ("disconnected", "refused"):
+            self.connect_server()
+        return pump_events(lambda: self.connection_state == "connected" and self.capabilities is not None,
+                           timeout_s)
+
+    def wait_for(self, outcome: JobOutcome, timeout_s: float = 300.0) -> JobOutcome:
+        """Pump Qt until `outcome` is finished; on timeout cancel the job and raise TimeoutError."""
+        if not pump_events(lambda: outcome.finished, timeout_s):
+            if outcome.job_id is not None:
+                self.client.cancel(job_id=outcome.job_id)
+            else:
+                self.client.cancel(ref=outcome.ref)
+            raise TimeoutError(f"job {outcome.job_id or outcome.ref} did not finish in {timeout_s} s")
+        return outcome
+
+    def run_job(self, timeout_s: float = 300.0, job: PreparedJob | None = None) -> JobOutcome:
+        """Build (unless given), send and wait for one job; returns how it ended (state, result
+        layer ids and names, number of previews, the error message if any)."""
+        outcome = self.submit_job(job if job is not None else self.prepare_job())
+        return self.wait_for(outcome, timeout_s)
 
     def cancel(self) -> None:
         for job in list(self.jobs.values()):
@@ -159,6 +262,8 @@ class Controller(QObject):
         if job is None:
             return
         job.job_id, job.position, job.seed = ev.job_id, ev.position, ev.seed
+        if job.outcome is not None:
+            job.outcome.job_id, job.outcome.seed = ev.job_id, ev.seed
         self.jobs[ev.job_id] = job
 
     def _on_QueuePosition(self, ev: protocol.QueuePosition) -> None:
@@ -179,8 +284,9 @@ class Controller(QObject):
         if job is None or job.results:  # a late preview must not cover the results
             return
         region = ev.region
-        self._safely(lambda: job.canvas.set_preview(
-            region, png_to_bgra(ev.png, region.width, region.height), job.above_id))
+        if self._safely(lambda: job.canvas.set_preview(
+                region, png_to_bgra(ev.png, region.width, region.height), job.above_id)) and job.outcome:
+            job.outcome.previews += 1
 
     def _on_Result(self, ev: protocol.Result) -> None:
         job = self.jobs.get(ev.job_id)
@@ -195,8 +301,12 @@ class Controller(QObject):
             name, region, png_to_bgra(ev.png, region.width, region.height), job.above_id, ev.index == 0))
         if layer_id is None:
             return
-        self.history.add(job_id=ev.job_id, index=ev.index, seed=ev.seed, name=name, region=region, png=ev.png,
-                         canvas=job.canvas, above_id=job.above_id, layer_id=layer_id)
+        entry = self.history.add(job_id=ev.job_id, index=ev.index, seed=ev.seed, name=name, region=region,
+                                 png=ev.png, canvas=job.canvas, above_id=job.above_id, layer_id=layer_id)
+        if job.outcome is not None:
+            job.outcome.layer_ids.append(layer_id)
+            job.outcome.layer_names.append(name)
+            job.outcome.history_keys.append(entry.key)
         self.history_changed.emit()
 
     def _on_Done(self, ev: protocol.Done) -> None:
@@ -205,13 +315,16 @@ class Controller(QObject):
             return
         self._safely(job.canvas.remove_preview)
         took = ev.timings.get("total_s") or (time.monotonic() - job.submitted_at)
-        self.notice.emit("info", f"Done: {ev.images} image(s), {ev.steps_run} steps, {took:.1f} s.")
+        text = f"Done: {ev.images} image(s), {ev.steps_run} steps, {took:.1f} s."
+        self.notice.emit("info", text)
+        self._finish(job, "done", text)
 
     def _on_Cancelled(self, ev: protocol.Cancelled) -> None:
         job = self.jobs.pop(ev.job_id, None)
         if job is not None:
             self._safely(job.canvas.remove_preview)
             self.notice.emit("info", "Cancelled.")
+            self._finish(job, "cancelled", ev.reason)
 
     def _on_Error(self, ev: protocol.Error) -> None:
         job = self.jobs.pop(ev.job_id, None) if ev.job_id is not None else None
@@ -220,10 +333,18 @@ class Controller(QObject):
         if job is not None:
             self._safely(job.canvas.remove_preview)
         self.notice.emit("error", ev.message or ev.code)
+        if job is not None:
+            self._finish(job, "error", ev.message or ev.code)
+
+    def _finish(self, job: ActiveJob, state: str, message: str) -> None:
+        if job.outcome is not None and not job.outcome.finished:
+            job.outcome.state, job.outcome.message = state, message
+            self.finished.emit(job.outcome)
 
     def _end_all(self, why: str) -> None:
         for job in list(self.jobs.values()) + list(self.pending.values()):
             self._safely(job.canvas.remove_preview)
+            self._finish(job, "lost", why)
         self.jobs.clear()
         self.pending.clear()
         self.notice.emit("error", why)

@@ -309,6 +309,9 @@ class DocumentCanvas:
         return _node_id(node)
 
 
+_DOCKERS: list = []  # every docker Krita built (one per main window), for docker_controller()
+
+
 def register_docker(panel_factory, title: str = "Differential Diffusion") -> None:
     """Register the docker; `panel_factory(host)` builds the Krita-free panel widget."""
 
@@ -316,8 +319,10 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
         def __init__(self) -> None:
             super().__init__()
             self.setWindowTitle(title)
+            self.setObjectName(DOCKER_ID)
             self.host = KritaHost()
             self.panel = panel_factory(self.host)
+            _DOCKERS.append(self)
             scroll = QScrollArea()  # the panel is taller than most docker areas
             scroll.setWidgetResizable(True)
             scroll.setWidget(self.panel)
@@ -333,14 +338,18 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
 
 
 class KritaHost:
-    """What the panel needs from Krita: the active document's canvas and the settings store."""
+    """What the panel needs from Krita: the active document's canvas and the settings store.
 
-    def __init__(self) -> None:
-        self.store = KritaSettingsStore()
+    `document` pins one document (scripts under kritarunner have no window, so no active one).
+    """
+
+    def __init__(self, document=None, store=None) -> None:
+        self.store = store if store is not None else KritaSettingsStore()
+        self.document = document
         self._canvases: dict = {}
 
     def active_canvas(self) -> DocumentCanvas | None:
-        document = active_document()
+        document = self.document if self.document is not None else active_document()
         if document is None:
             return None
         # Krita hands out a new Python wrapper per call; the document's root node is stable per document.
@@ -351,3 +360,32 @@ class KritaHost:
         else:
             canvas.document = document
         return canvas
+
+
+def docker_controller():
+    """The controller of the docker in Krita's (first) main window, or None when no docker was built.
+
+    Lets a script drive the very panel the painter sees (see controller's module docstring)."""
+    for docker in _DOCKERS:
+        try:
+            return docker.panel.controller
+        except RuntimeError:  # the window (and its docker) was closed
+            continue
+    return None
+
+
+def script_controller(url: str | None = None, token: str = "", document=None, persist: bool = False):
+    """A Controller for scripts (kritarunner, the scripter, end-to-end tests), without a docker.
+
+    It reads `document` (default: the active one) and keeps its settings in memory unless
+    `persist` (then in kritarc, shared with the docker). It does not connect until asked:
+    `wait_connected()` connects to `url` and pumps Qt until the server's welcome arrived.
+    """
+    from .controller import Controller
+    from .settings import DictStore
+
+    host = KritaHost(document=document, store=None if persist else DictStore())
+    controller = Controller(host)
+    if url is not None:
+        controller.settings.server_url, controller.settings.token = url, token
+    return controller

@@ -1,0 +1,398 @@
+"""The docker's logic without Krita (PyQt5 offscreen): jobs per mode, settings, history, messages.
+
+Requests are checked the way the server sees them: the recorded frames go through the server's
+own protocol.SubmitCollector, and the PNG is decoded with Pillow, not with the plugin's code.
+"""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
+
+from krita_plugin.controller import Controller
+from krita_plugin.docker import DiffDiffPanel
+from krita_plugin.settings import MODES, DictStore, Settings, load_settings, save_settings
+from shared import protocol
+from shared.fan import fan_strengths
+from shared.protocol import Region
+
+W, H = 48, 32
+
+
+@pytest.fixture(autouse=True)
+def _app():
+    return qapp()
+
+
+def picture(seed: int = 0) -> np.ndarray:
+    bgra = np.random.default_rng(seed).integers(0, 256, (H, W, 4), dtype=np.uint8)
+    bgra[..., 3] = 255
+    return bgra
+
+
+def png_bgra(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGBA"))[..., [2, 1, 0, 3]]
+
+
+def rgba_png(rgba: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(rgba, "RGBA").save(out, "PNG")
+    return out.getvalue()
+
+
+def make(canvas: FakeCanvas | None = None, store: DictStore | None = None, **settings):
+    canvas = canvas if canvas is not None else FakeCanvas(picture())
+    client = RecordingClient()
+    c = Controller(FakeHost(canvas, store), client=client)
+    c.capabilities = client.session.capabilities
+    c.connection_state = "connected"
+    notices: list[tuple[str, str]] = []
+    c.notice.connect(lambda level, text: notices.append((level, text)))
+    c.update_settings(**{"prompt": "a red barn", "random_seed": False, "seed": 11, "steps": 9, "guidance": 4.5,
+                         **settings})
+    return c, client, canvas, notices
+
+
+def accept(client: RecordingClient, job_id: int = 7, position: int = 0, seed: int = 11, index: int = -1) -> None:
+    ref = protocol.loads(client.frames[index][0])["ref"]
+    client.feed(protocol.Accepted(ref=ref, job_id=job_id, position=position, seed=seed))
+
+
+def result(job_id: int, index: int, seed: int, region: Region, rgba: np.ndarray) -> protocol.Result:
+    return protocol.Result(job_id, index, seed, region, rgba_png(rgba), region.width, region.height, {})
+
+
+# -- one request per mode --------------------------------------------------------------------------
+
+
+def test_change_map_mode_sends_picture_and_luminance_map():
+    pic = picture(1)
+    canvas = FakeCanvas(pic)
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[..., 3] = 255
+    layer[:, :16] = (255, 255, 255, 255)
+    layer[:, 16:24] = (0, 0, 255, 255)  # red: read by luminance
+    layer[:, 40:] = (255, 255, 255, 0)  # transparent white: keep
+    canvas.add_painter_layer("Change Map", layer)
+    c, client, _, notices = make(canvas, mode="change_map", variants=2, scheduler="Euler", model="other")
+
+    assert c.generate(), notices
+    got = client.received()
+    req = got.request
+    assert (req.mode, req.width, req.height, req.region) == ("change_map", W, H, None)
+    assert (req.prompt, req.steps, req.guidance, req.seed, req.variants) == ("a red barn", 9, 4.5, 11, 2)
+    assert (req.scheduler, req.model) == ("Euler", "other")
+    np.testing.assert_array_equal(png_bgra(got.image_png), pic)  # the map layer is not in the picture
+    m = np.frombuffer(got.map_gray8, np.uint8).reshape(H, W)
+    assert (m[:, :16] == 255).all() and (m[:, 24:40] == 0).all() and (m[:, 40:] == 0).all()
+    assert abs(int(m[0, 20]) - round(255 * 11 / 32)) <= 1  # qGray of pure red
+    assert c.busy and c.status()[0] == "Sending…"
+
+
+def test_change_map_region_is_the_selection_bounds():
+    canvas = FakeCanvas(picture())
+    canvas.add_painter_layer("Change Map", np.full((H, W, 4), 255, np.uint8))
+    canvas.select(5, 6, 20, 10)
+    c, client, _, notices = make(canvas, mode="change_map", region="selection")
+    assert c.generate(), notices
+    assert client.received().request.region == Region(5, 6, 20, 10)
+    c.update_settings(region="canvas")
+    assert c.generate()
+    assert client.received().request.region is None
+
+
+def test_soft_inpaint_sends_the_selection_as_a_map():
+    canvas = FakeCanvas(picture())
+    canvas.select(10, 4, 12, 8)
+    c, client, _, notices = make(canvas, mode="soft_inpaint", softness_px=6)
+    assert c.generate(), notices
+    got = client.received()
+    assert got.request.mode == "change_map"  # the map is soft already (Krita feathers it)
+    m = np.frombuffer(got.map_gray8, np.uint8).reshape(H, W)
+    assert m.sum() == 255 * 12 * 8 and (m[4:12, 10:22] == 255).all()
+
+
+def test_fan_sends_columns_and_labels_the_result_with_each_strength():
+    c, client, canvas, notices = make(mode="fan", fan_columns=3, fan_low=0.2, fan_high=0.8)
+    assert c.generate(), notices
+    got = client.received()
+    assert got.request.mode == "fan" and got.map_gray8 is None
+    assert (got.request.fan.count, got.request.fan.low, got.request.fan.high) == (3, 0.2, 0.8)
+    accept(client, job_id=3, seed=11)
+    region = Region(0, 0, W, H)
+    client.feed(result(3, 0, 11, region, np.full((H, W, 4), 200, np.uint8)),
+                protocol.Done(3, 1, 9, {"total_s": 2.0}))
+    (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
+    labels = [f"{s:.2f}" for s in fan_strengths(3, 0.2, 0.8)]
+    assert labels == ["0.20", "0.50", "0.80"]
+    assert layer.name == "a red barn · seed 11 · fan " + " | ".join(labels)
+
+
+def test_uniform_sends_one_strength_and_no_map():
+    c, client, _, notices = make(mode="uniform", strength=0.35)
+    assert c.generate(), notices
+    got = client.received()
+    assert got.request.mode == "uniform" and got.request.strength == 0.35 and got.map_gray8 is None
+
+
+def test_active_layer_source_sends_that_layer_and_results_go_above_it():
+    pic = picture(2)
+    canvas = FakeCanvas(pic)
+    ink = picture(3)
+    ink_id = canvas.add_painter_layer("Ink", ink)
+    canvas.add_painter_layer("Top", picture(4))
+    canvas.active_id = ink_id
+    c, client, _, notices = make(canvas, mode="uniform", source="active_layer")
+    assert c.generate(), notices
+    np.testing.assert_array_equal(png_bgra(client.received().image_png), ink)
+    accept(client, job_id=4)
+    client.feed(result(4, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
+    assert [la.name for la in canvas.layers][:3] == ["Background", "Ink", "a red barn · seed 11 · strength 0.60"]
+
+
+def test_random_seed_differs_per_job_and_is_sent():
+    c, client, _, _ = make(mode="uniform")
+    c.update_settings(random_seed=True)
+    seeds = set()
+    for _ in range(3):
+        assert c.generate()
+        seeds.add(client.received().request.seed)
+        assert client.received().request.seed == c.last_seed
+    assert len(seeds) == 3
+
+
+# -- errors the painter sees -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("setup,words", [
+    (dict(mode="change_map"), "No layer named 'Change Map'"),
+    (dict(mode="soft_inpaint"), "select the area"),
+    (dict(mode="uniform", region="selection"), "nothing is selected"),
+    (dict(mode="uniform", strength=0.0), "Strength 0"),
+    (dict(mode="uniform", steps=400), "steps"),  # over the server's max_steps: refused before sending
+])
+def test_inputs_that_cannot_make_a_job_show_a_message_and_send_nothing(setup, words):
+    c, client, _, _ = make(**setup)
+    panel = DiffDiffPanel(c.host, controller=c)
+    panel.generate.click()
+    assert client.frames == [] and not c.busy
+    assert words.lower() in panel.message.text().lower()
+    assert "d9534f" in panel.message.styleSheet()  # shown as an error
+
+
+def test_black_map_says_what_to_paint():
+    canvas = FakeCanvas(picture())
+    canvas.create_map_layer("Change Map")
+    c, client, _, notices = make(canvas, mode="change_map")
+    assert not c.generate() and client.frames == []
+    assert "paint white" in notices[-1][1]
+
+
+def test_no_document_and_no_connection_are_messages_not_crashes():
+    c, client, _, notices = make(mode="uniform")
+    c.host.canvas = None
+    assert not c.generate()
+    assert notices[-1] == ("error", "Open a document first.")
+    c2 = Controller(FakeHost(FakeCanvas(picture())))  # a real client that never connected
+    got: list[str] = []
+    c2.notice.connect(lambda level, text: got.append(text))
+    c2.update_settings(mode="uniform")
+    assert not c2.generate() and "Not connected" in got[-1]
+    c2.shutdown()
+
+
+def test_server_errors_are_shown_and_end_the_job():
+    c, client, canvas, notices = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    finished = []
+    c.finished.connect(finished.append)
+    assert c.generate()
+    accept(client, job_id=5)
+    client.feed(protocol.Preview(5, 1, Region(0, 0, W, H), rgba_png(np.zeros((8, 12, 4), np.uint8)), 12, 8))
+    assert canvas.preview_id is not None
+    client.feed(protocol.Error("out_of_memory", "The GPU ran out of memory; try a smaller region.", job_id=5))
+    assert panel.message.text() == "The GPU ran out of memory; try a smaller region."
+    assert not c.busy and canvas.preview_id is None and not panel.cancel.isEnabled()
+    assert finished[0].state == "error" and "out of memory" in finished[0].message
+    assert [la.name for la in canvas.layers] == ["Background"]  # the preview went, nothing else came
+
+
+def test_connection_lost_mid_job_ends_it_with_a_message():
+    c, client, canvas, notices = make(mode="uniform")
+    c.connection_state = "connected"
+    assert c.generate()
+    accept(client, job_id=6)
+    client.state_changed.emit("disconnected", "Cannot reach the server")
+    assert not c.busy and "connection to the server was lost" in notices[-1][1]
+    assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].state == "lost"
+
+
+# -- progress, queue position, previews ------------------------------------------------------------
+
+
+def test_progress_text_follows_queue_position_and_steps():
+    c, client, canvas, _ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    assert c.generate()
+    assert panel.status.text() == "Sending…"
+    accept(client, job_id=8, position=2)
+    assert panel.status.text() == "Waiting: 2 job(s) ahead in the server's queue"
+    assert (panel.progress.minimum(), panel.progress.maximum()) == (0, 0)  # busy indicator
+    client.feed(protocol.QueuePosition(8, 1))
+    assert panel.status.text() == "Waiting: 1 job(s) ahead in the server's queue"
+    client.feed(protocol.Started(8, W, H, Region(0, 0, W, H)))
+    assert panel.status.text() == "Starting…"
+    client.feed(protocol.Progress(8, 3, 10, 1.5, 4.6))
+    assert panel.status.text() == "Step 3/10, about 5 s left"
+    assert (panel.progress.value(), panel.progress.maximum()) == (3, 10)
+    assert panel.cancel.isEnabled()
+    panel.cancel.click()
+    assert client.cancels == [{"type": "cancel", "job_id": 8}]
+    client.feed(protocol.Cancelled(8, "cancelled by the client"))
+    assert not c.busy and panel.message.text() == "Cancelled." and not panel.cancel.isEnabled()
+
+
+def test_previews_update_one_layer_in_place_and_results_replace_it():
+    c, client, canvas, _ = make(mode="uniform", variants=2)
+    assert c.generate()
+    accept(client, job_id=9)
+    region = Region(4, 2, 24, 16)
+    for step, value in ((2, 50), (4, 90)):
+        small = np.full((8, 12, 4), value, np.uint8)  # previews come downscaled
+        small[..., 3] = 255
+        client.feed(protocol.Preview(9, step, region, rgba_png(small), 12, 8))
+    previews = [la for la in canvas.layers if la.id == canvas.preview_id]
+    assert len(previews) == 1 and canvas.preview_writes == 2
+    inside = previews[0].bgra[2:18, 4:28].astype(int)
+    assert (abs(inside[..., :3] - 90) <= 1).all() and (inside[..., 3] == 255).all()  # scaled up, smoothly
+    assert previews[0].bgra[0].sum() == 0 and previews[0].bgra[:, :4].sum() == 0  # transparent outside
+    outcome = c.outcomes[protocol.loads(client.frames[0][0])["ref"]]
+    client.feed(result(9, 0, 11, region, np.full((16, 24, 4), 1, np.uint8)),
+                result(9, 1, 12, region, np.full((16, 24, 4), 2, np.uint8)),
+                protocol.Done(9, 2, 9, {"total_s": 3.0}))
+    names = [la.name for la in canvas.layers]
+    assert names == ["Background", "a red barn · seed 11 · strength 0.60", "a red barn · seed 12 · strength 0.60"]
+    assert [la.visible for la in canvas.layers] == [True, True, False]  # the first variant shows
+    assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 2
+
+
+# -- history ---------------------------------------------------------------------------------------
+
+
+def _two_results(c, client, canvas):
+    assert c.generate()
+    accept(client, job_id=10)
+    region = Region(0, 0, W, H)
+    client.feed(result(10, 0, 11, region, np.full((H, W, 4), 30, np.uint8)),
+                result(10, 1, 12, region, np.full((H, W, 4), 60, np.uint8)),
+                protocol.Done(10, 2, 9, {}))
+    return c.history.entries
+
+
+def test_history_show_apply_discard():
+    c, client, canvas, _ = make(mode="uniform", variants=2)
+    panel = DiffDiffPanel(c.host, controller=c)
+    first, second = _two_results(c, client, canvas)
+    assert panel.history.count() == 2
+    painter = [(la.id, la.bgra.copy(), la.visible) for la in canvas.layers if la.owner == "painter"]
+
+    panel.history.setCurrentRow(0)  # newest first: the second variant
+    panel.show_button.click()
+    assert canvas.find(second.layer_id).visible and not canvas.find(first.layer_id).visible
+
+    panel.apply_button.click()  # the second becomes the painter's: it leaves the list, its layer stays
+    assert [e.key for e in c.history.entries] == [first.key] and panel.history.count() == 1
+    assert canvas.find(second.layer_id).visible
+
+    panel.history.setCurrentRow(0)
+    panel.discard_button.click()  # the first (never applied) goes, layer and entry
+    assert c.history.entries == [] and canvas.find(first.layer_id) is None
+    assert canvas.find(second.layer_id) is not None
+    assert [(la.id, la.visible) for la in canvas.layers if la.owner == "painter"] == [(i, v) for i, _, v in painter]
+    for layer_id, pixels, _ in painter:
+        np.testing.assert_array_equal(canvas.find(layer_id).bgra, pixels)
+
+
+def test_history_show_recreates_a_deleted_result_from_its_image():
+    c, client, canvas, _ = make(mode="uniform", variants=2)
+    first, second = _two_results(c, client, canvas)
+    canvas.layers.remove(canvas.find(first.layer_id))  # the painter deleted it by hand
+    c.show_result(first.key)
+    (again,) = canvas.by_name(first.name)
+    assert again.id == first.layer_id and again.visible and (again.bgra == 30).all()
+    assert not canvas.find(second.layer_id).visible
+
+
+def test_history_button_without_a_pick_says_so():
+    c, *_ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    panel.apply_button.click()
+    assert panel.message.text() == "Pick a result in the list first."
+
+
+def test_create_map_layer_button_adds_a_black_change_map():
+    c, client, canvas, notices = make(mode="change_map")
+    panel = DiffDiffPanel(c.host, controller=c)
+    panel.create_map.click()
+    (layer,) = canvas.by_name("Change Map")
+    assert (layer.bgra == np.array([0, 0, 0, 255], np.uint8)).all()
+    assert "paint white" in panel.message.text()
+
+
+# -- settings --------------------------------------------------------------------------------------
+
+
+def test_settings_round_trip_through_the_store():
+    store = DictStore()
+    changed = Settings(server_url="ws://10.0.0.2:9000", token="s3cret", prompt="a cat\non a mat",
+                       negative_prompt="blur",
+                       model="other", scheduler="Euler", steps=17, guidance=3.25, seed=123456, random_seed=False,
+                       variants=3, mode="fan", map_layer="My map", softness_px=20, grow_px=-4, fan_columns=5,
+                       fan_low=0.1, fan_high=0.9, strength=0.45, source="active_layer", region="selection",
+                       preview_every=3)
+    save_settings(changed, store)
+    assert load_settings(store) == changed
+    assert all(isinstance(v, str) for v in store.values.values())
+
+
+def test_stale_or_edited_settings_are_clamped_not_fatal():
+    store = DictStore()
+    store.values.update(steps="9999", mode="nonsense", guidance="abc", random_seed="false", fan_low="-2")
+    s = load_settings(store)
+    assert (s.steps, s.mode, s.guidance, s.random_seed, s.fan_low) == (500, "change_map", 7.0, False, 0.0)
+
+
+def test_panel_edits_persist_into_the_next_session():
+    store = DictStore()
+    c, *_ = make(store=store, mode="change_map")
+    panel = DiffDiffPanel(c.host, controller=c)
+    panel.prompt.setPlainText("misty hills")
+    panel.steps.setValue(21)
+    panel.mode.setCurrentIndex(MODES.index("fan"))
+    panel.fan_columns.setValue(6)
+    panel.random_seed.setChecked(False)
+    panel.seed.setValue(4242)
+    panel.source.setCurrentIndex(1)
+    panel.region.setCurrentIndex(1)
+    c.shutdown()
+
+    # "Restart Krita": a new controller and panel on the same store.
+    c2 = Controller(FakeHost(FakeCanvas(picture()), store), client=RecordingClient())
+    panel2 = DiffDiffPanel(c2.host, controller=c2)
+    assert panel2.prompt.toPlainText() == "misty hills" and panel2.steps.value() == 21
+    assert panel2.mode.currentData() == "fan" and panel2.mode_pages.currentIndex() == MODES.index("fan")
+    assert panel2.fan_columns.value() == 6 and not panel2.random_seed.isChecked() and panel2.seed.value() == 4242
+    assert panel2.source.currentData() == "active_layer" and panel2.region.currentData() == "selection"
+
+
+def test_panel_lists_the_servers_models_and_schedulers():
+    c, client, *_ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    client.feed(protocol.Welcome(caps(models=["a", "b"], schedulers=["DDIM", "Euler a"])))
+    assert [panel.model.itemData(i) for i in range(panel.model.count())] == ["", "a", "b"]
+    assert [panel.scheduler.itemText(i) for i in range(panel.scheduler.count())][1:] == ["DDIM", "Euler a"]
+    assert panel.generate.isEnabled()
