@@ -1,0 +1,210 @@
+"""End-to-end jobs inside the real Krita (called by tests/test_e2e_krita.py).
+
+Runs in Krita's embedded Python under kritarunner. It imports the plugin as a painter's Krita
+does, `differential_diffusion` from the profile's pykrita folder (with the `websockets` and
+`shared` vendored in the zip), and drives its real Controller and websocket client against a
+real server. Qt's event loop is pumped while waiting: the client's events reach the controller
+as queued signals. Inputs arrive as raw BGRA files, outputs go back as files and JSON, so the
+expectations are computed outside Krita.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from kscript import entry, layer_pixels, new_document
+
+CONNECT_TIMEOUT_S = 60
+JOB_TIMEOUT_S = 180
+
+
+def _read(args: dict, name: str) -> bytes:
+    with open(os.path.join(args["in_dir"], name), "rb") as f:
+        return f.read()
+
+
+def _write(args: dict, name: str, data: bytes) -> None:
+    with open(os.path.join(args["out_dir"], name), "wb") as f:
+        f.write(bytes(data))
+
+
+def pump_until(predicate, timeout_s: float) -> bool:
+    """Run Qt's event loop until `predicate()` holds; False when `timeout_s` passed first."""
+    from PyQt5.QtCore import QEventLoop
+    from PyQt5.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        QApplication.processEvents(QEventLoop.AllEvents, 50)
+        time.sleep(0.005)
+    return True
+
+
+def _walk(node):
+    for child in node.childNodes():
+        yield child
+        yield from _walk(child)
+
+
+def _bounds(node) -> list[int]:
+    rect = node.bounds()
+    return [rect.x(), rect.y(), rect.width(), rect.height()]
+
+
+class _Host:
+    """What the docker's controller asks of Krita, for one document that no window shows."""
+
+    def __init__(self, canvas, store) -> None:
+        self.canvas = canvas
+        self.store = store
+
+    def active_canvas(self):
+        return self.canvas
+
+
+class PluginRun:
+    """The installed plugin's controller on one document, connected to the real server."""
+
+    def __init__(self, doc, url: str, settings: dict) -> None:
+        from differential_diffusion.controller import Controller
+        from differential_diffusion.jobs import PREVIEW_LAYER_NAME
+        from differential_diffusion.krita_io import DocumentCanvas
+        from differential_diffusion.settings import DictStore
+
+        self.doc = doc
+        self.preview_name = PREVIEW_LAYER_NAME
+        self.canvas = DocumentCanvas(doc)
+        self.controller = Controller(_Host(self.canvas, DictStore()))  # with the real ServerClient
+        self.notices: list[list[str]] = []
+        self.events: list[str] = []
+        self.previews: list[dict] = []  # what the layer stack held after each preview event
+        self.controller.notice.connect(lambda level, text: self.notices.append([level, text]))
+        self.controller.client.event.connect(self._on_event)
+        self.controller.update_settings(**settings)
+        self.controller.update_settings(server_url=url)  # a new URL: the client connects
+        if not pump_until(lambda: self.controller.connection_state == "connected", CONNECT_TIMEOUT_S):
+            raise RuntimeError(f"never connected to {url}: {self.controller.connection_text}")
+
+    def _on_event(self, ev) -> None:
+        # Connected after the controller's own slot, so the layers already reflect this event.
+        name = type(ev).__name__
+        self.events.append(name)
+        if name == "Preview":
+            nodes = [n for n in _walk(self.doc.rootNode()) if n.name() == self.preview_name]
+            self.previews.append({
+                "step": ev.step,
+                "region": [ev.region.x, ev.region.y, ev.region.width, ev.region.height],
+                "layers": [{"id": n.uniqueId().toString(), "bounds": _bounds(n), "visible": n.visible()}
+                           for n in nodes],
+            })
+
+    def generate(self, args: dict) -> dict:
+        """Press Generate and wait for the job to end; the layers and everything seen on the way."""
+        doc = self.doc
+        before = layer_pixels(doc)
+        started = self.controller.generate()
+        if not started:
+            raise RuntimeError(f"generate() refused: {self.notices}")
+        if not pump_until(lambda: not self.controller.busy, JOB_TIMEOUT_S):
+            raise RuntimeError(f"the job did not finish in {JOB_TIMEOUT_S} s; events {self.events[-10:]}, "
+                               f"notices {self.notices}")
+        pump_until(lambda: False, 0.2)  # anything queued right behind 'done'
+        after = layer_pixels(doc)
+        old_ids = {v["id"] for v in before.values()}
+        new_layers = []
+        for node in _walk(doc.rootNode()):
+            node_id = node.uniqueId().toString()
+            if node_id in old_ids:
+                continue
+            file = f"new{len(new_layers)}.bgra"
+            _write(args, file, node.pixelData(0, 0, doc.width(), doc.height()))
+            new_layers.append({"id": node_id, "name": node.name(), "type": node.type(), "visible": node.visible(),
+                               "bounds": _bounds(node), "file": file,
+                               "color": [node.colorModel(), node.colorDepth()]})
+        history = [{"name": e.name, "seed": e.seed, "index": e.index, "layer_id": e.layer_id,
+                    "region": [e.region.x, e.region.y, e.region.width, e.region.height]}
+                   for e in self.controller.history.entries]
+        order = [n.name() for n in doc.rootNode().childNodes()]
+        self.controller.shutdown()
+        return {"before": before, "after": after, "new_layers": new_layers, "history": history, "order": order,
+                "events": self.events, "previews": self.previews, "notices": self.notices}
+
+
+def _modules() -> dict:
+    """Where the plugin and its vendored libraries were imported from (the profile, not the repo)."""
+    import differential_diffusion
+    import shared
+    import websockets
+
+    return {"plugin": differential_diffusion.__file__, "shared": shared.__file__,
+            "websockets": websockets.__file__}
+
+
+def _picture_document(args: dict, ink: bool = True):
+    w, h = args["width"], args["height"]
+    doc = new_document(w, h, name="e2e")
+    root = doc.rootNode()
+    root.childNodes()[0].setPixelData(_read(args, "picture.bgra"), 0, 0, w, h)
+    if ink:
+        layer = doc.createNode("Ink", "paintlayer")
+        root.addChildNode(layer, None)
+        layer.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+    return doc
+
+
+def _settings(args: dict, **mode) -> dict:
+    return {"prompt": "a red barn in the snow", "steps": args.get("steps", 8), "guidance": 5.0,
+            "random_seed": False, "seed": args.get("seed", 1234), "variants": args.get("variants", 1),
+            "preview_every": 1, "source": "projection", "region": "canvas", **mode}
+
+
+@entry
+def change_map_job(args: dict) -> dict:
+    """Picture + Ink + a painted 'Change Map' layer -> previews -> result layer(s)."""
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    map_layer = doc.createNode("Change Map", "paintlayer")
+    doc.rootNode().addChildNode(map_layer, None)
+    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    map_layer.setOpacity(128)  # as the plugin's own 'Create Change Map layer' leaves it
+    run = PluginRun(doc, args["url"], _settings(args, mode="change_map"))
+    out = run.generate(args)
+    out["modules"] = _modules()
+    doc.close()
+    return out
+
+
+@entry
+def soft_inpaint_job(args: dict) -> dict:
+    """A rectangular selection, repainted with a soft edge feathered by Krita."""
+    from krita import Selection
+
+    doc = _picture_document(args)
+    x, y, sw, sh = args["selection"]
+    selection = Selection()
+    selection.select(x, y, sw, sh, 255)
+    doc.setSelection(selection)
+    run = PluginRun(doc, args["url"], _settings(args, mode="soft_inpaint", softness_px=args["softness"], grow_px=0))
+    # The map the job sends, read by the plugin itself, so the test can check "0 = kept" exactly.
+    inputs = run.canvas.read_inputs(run.controller.settings)
+    _write(args, "soft_map.gray", inputs.change_map)
+    out = run.generate(args)
+    s = doc.selection()
+    out["selection_after"] = [s.x(), s.y(), s.width(), s.height()] if s is not None else None
+    out["map_size"] = [inputs.width, inputs.height]
+    doc.close()
+    return out
+
+
+@entry
+def fan_job(args: dict) -> dict:
+    """A strength fan: columns of increasing strength across the whole picture, one result."""
+    doc = _picture_document(args, ink=False)
+    run = PluginRun(doc, args["url"], _settings(args, mode="fan", fan_columns=args["columns"],
+                                                fan_low=args["low"], fan_high=args["high"]))
+    out = run.generate(args)
+    doc.close()
+    return out

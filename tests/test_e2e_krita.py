@@ -1,0 +1,296 @@
+"""The whole chain in a real Krita: the built plugin zip installed into a fresh Krita profile, the
+real server (`python -m server --model tiny-sd`) on a free loopback port, and the installed plugin
+driven inside Krita 5 (kritarunner, offscreen) through a change-map job, a soft-inpaint job and a
+4-column fan.
+
+What must hold: previews appear as one plugin layer that goes away, results arrive as new layers
+of the reported size, every layer the painter had is byte-identical afterwards, and wherever
+the change map is 0 the result is the original picture exactly.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+E2E_DIR = Path(__file__).resolve().parent / "e2e"
+
+_spec = importlib.util.spec_from_file_location("krita_harness", ROOT / "tests" / "krita" / "harness.py")
+harness = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(harness)
+sys.path.insert(0, str(ROOT / "packaging"))
+import build_plugin  # noqa: E402
+
+pytestmark = [
+    pytest.mark.krita,
+    pytest.mark.skipif(not harness.krita_available(), reason="kritarunner (Krita 5) is not installed"),
+]
+
+W, H = 128, 96
+SERVER_START_TIMEOUT_S = 180
+
+
+# -- fixtures: a profile with the zip installed, a running server ------------------------------------
+@pytest.fixture(scope="module")
+def profile(tmp_path_factory) -> dict:
+    """A fresh HOME whose Krita profile has the plugin installed from the zip and enabled."""
+    home = tmp_path_factory.mktemp("e2e-home")
+    plugin_zip = build_plugin.build_zip(tmp_path_factory.mktemp("dist"))
+    pykrita = home / ".local/share/krita/pykrita"
+    pykrita.mkdir(parents=True)
+    # What Krita's importer does with the zip: the package folder and the .desktop file into pykrita.
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(pykrita)
+    build_plugin.enable_in_kritarc(home / ".config/kritarc")
+    return {"home": home, "pykrita": pykrita}
+
+
+def free_loopback_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_answers(url: str) -> bool:
+    """A real protocol handshake: hello -> welcome."""
+    from websockets.sync.client import connect
+
+    from shared import protocol
+
+    try:
+        with connect(url, open_timeout=2, close_timeout=1) as ws:
+            session = protocol.ClientSession(client="e2e-probe")
+            ws.send(session.hello())
+            events = session.receive(ws.recv(timeout=5))
+            return any(isinstance(ev, protocol.Welcome) for ev in events)
+    except (OSError, TimeoutError, Exception):  # not up yet: refused, reset, or closed mid-handshake
+        return False
+
+
+@pytest.fixture(scope="module")
+def server_url(tmp_path_factory):
+    port = free_loopback_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "server", "--model", "tiny-sd", "--host", "127.0.0.1", "--port", str(port),
+             "--device", "cpu"],
+            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+    url = f"ws://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not server_answers(url):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer on {url}:\n{log_path.read_text()[-3000:]}")
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def io_dirs(tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "out").mkdir()
+    return tmp_path / "in", tmp_path / "out"
+
+
+def run(function: str, args: dict, profile: dict, io_dirs) -> dict:
+    in_dir, out_dir = io_dirs
+    # Krita's path: the e2e scripts, kscript, and the profile's pykrita; not the repository, so the
+    # plugin, `shared` and `websockets` can only come from the installed zip.
+    return harness.run_in_krita(
+        "e2e_jobs", function, {**args, "in_dir": str(in_dir), "out_dir": str(out_dir)},
+        home=profile["home"], pythonpath=[E2E_DIR, harness.HERE, profile["pykrita"]], timeout_s=400)
+
+
+# -- pictures the painter made ------------------------------------------------------------------------
+def picture(seed: int = 0) -> np.ndarray:
+    """An opaque picture with smooth structure and some noise, H x W x 4 BGRA."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:H, 0:W].astype(np.float32)
+    bgra = np.empty((H, W, 4), np.uint8)
+    bgra[..., 0] = 255 * x / (W - 1)
+    bgra[..., 1] = 255 * y / (H - 1)
+    bgra[..., 2] = np.clip(128 + 100 * np.sin((x + 2 * y) / 9.0) + rng.normal(0, 10, (H, W)), 0, 255)
+    bgra[..., 3] = 255
+    return bgra
+
+
+def ink() -> np.ndarray:
+    """Strokes on their own layer: opaque where painted, transparent elsewhere."""
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[70:76, 8:120] = (30, 30, 220, 255)
+    layer[10:60, 100:104] = (200, 40, 40, 255)
+    return layer
+
+
+def over(base: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """`top` over an opaque `base`; exact for tops that are fully opaque or fully transparent."""
+    return np.where(top[..., 3:4] == 255, top, base)
+
+
+def load_layer(out_dir: Path, layer: dict) -> np.ndarray:
+    return np.frombuffer((out_dir / layer["file"]).read_bytes(), np.uint8).reshape(H, W, 4)
+
+
+# -- shared checks ---------------------------------------------------------------------------------
+def check_common(r: dict, out_dir: Path, results: int) -> list[tuple[dict, np.ndarray]]:
+    """Previews came and went, `results` new layers arrived, the painter's layers are untouched."""
+    assert not [n for n in r["notices"] if n[0] == "error"], r["notices"]
+    assert r["notices"][-1][1].startswith("Done:"), r["notices"]
+    events = r["events"]
+    assert events.count("Result") == results and events[-1] == "Done", events
+
+    # Previews: at least one, always exactly one preview layer (rewritten in place), gone at the end.
+    assert r["previews"], events
+    assert all(len(p["layers"]) == 1 for p in r["previews"]), r["previews"]
+    assert len({p["layers"][0]["id"] for p in r["previews"]}) == 1
+    for p in r["previews"]:
+        x, y, w, h = p["layers"][0]["bounds"]
+        rx, ry, rw, rh = p["region"]
+        assert rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh  # only inside its region
+    assert not any("preview" in name.lower() for name in r["order"])
+
+    # The painter's layers: still there, byte-identical, same visibility and opacity.
+    for key, value in r["before"].items():
+        assert r["after"].get(key) == value, key
+    assert len(r["after"]) == len(r["before"]) + results
+
+    # The results: one new paint layer each, covering exactly the region the server reported.
+    new = r["new_layers"]
+    assert len(new) == results == len(r["history"])
+    by_id = {layer["id"]: layer for layer in new}
+    out = []
+    for entry in r["history"]:
+        layer = by_id[entry["layer_id"]]
+        assert layer["type"] == "paintlayer" and layer["color"] == ["RGBA", "U8"]
+        assert layer["name"] == entry["name"] and f"seed {entry['seed']}" in layer["name"]
+        assert layer["visible"] == (entry["index"] == 0)  # the first variant shows, the rest wait hidden
+        rx, ry, rw, rh = entry["region"]
+        assert 0 <= rx and 0 <= ry and rx + rw <= W and ry + rh <= H and rw >= 8 and rh >= 8
+        pixels = load_layer(out_dir, layer)
+        assert layer["bounds"] == entry["region"], (layer["bounds"], entry["region"])
+        assert (pixels[ry:ry + rh, rx:rx + rw, 3] == 255).all()
+        outside = pixels.copy()
+        outside[ry:ry + rh, rx:rx + rw] = 0
+        assert not outside.any()  # transparent outside the region: the picture shows through
+        out.append((entry, pixels))
+    return out
+
+
+def check_kept_exactly(pixels: np.ndarray, original: np.ndarray, change_map: np.ndarray) -> None:
+    """Where the map is 0, the result (over the picture) is the original, to the byte."""
+    composite = over(original, pixels)
+    keep = change_map == 0
+    assert keep.any()
+    np.testing.assert_array_equal(composite[keep], original[keep])
+
+
+def changed_fraction(pixels: np.ndarray, original: np.ndarray, where: np.ndarray) -> float:
+    diff = np.abs(over(original, pixels).astype(int) - original.astype(int))[..., :3].max(axis=-1)
+    return float((diff[where] > 2).mean())
+
+
+# -- the three jobs ----------------------------------------------------------------------------------
+def test_change_map_job_gives_previews_then_result_layers(profile, server_url, io_dirs):
+    in_dir, out_dir = io_dirs
+    pic, strokes = picture(), ink()
+    # The change map as painted: black (keep) everywhere, white (change) in a block, grey ramp beside it.
+    map_bgra = np.zeros((H, W, 4), np.uint8)
+    map_bgra[..., 3] = 255
+    map_bgra[20:52, 24:56, :3] = 255
+    ramp = np.linspace(40, 220, 24).astype(np.uint8)
+    map_bgra[20:52, 56:80, :3] = ramp[None, :, None]
+    (in_dir / "picture.bgra").write_bytes(pic.tobytes())
+    (in_dir / "ink.bgra").write_bytes(strokes.tobytes())
+    (in_dir / "map_layer.bgra").write_bytes(map_bgra.tobytes())
+
+    r = run("change_map_job", {"url": server_url, "width": W, "height": H, "variants": 2, "seed": 1234},
+            profile, io_dirs)
+
+    # The plugin, `shared` and `websockets` came from the installed zip, not from the repository.
+    for name, path in r["modules"].items():
+        assert path.startswith(str(profile["pykrita"] / "differential_diffusion")), (name, path)
+
+    results = check_common(r, out_dir, results=2)
+    assert [e["seed"] for e in r["history"]] == [1234, 1235]
+    assert all(e["name"].startswith("a red barn in the snow · seed") for e in r["history"])
+    # Results go on top of the stack, above the painter's layers (the first variant is added first).
+    assert r["order"][:3] == ["Background", "Ink", "Change Map"]
+    original = over(pic, strokes)  # what the painter sees without the map layer
+    change = map_bgra[..., 0]
+    for entry, pixels in results:
+        rx, ry, rw, rh = entry["region"]
+        assert rx <= 24 and ry <= 20 and rx + rw >= 80 and ry + rh >= 52  # the region covers the painted map
+        check_kept_exactly(pixels, original, change)
+        assert changed_fraction(pixels, original, change == 255) > 0.5  # and where it is white, it changed
+    assert not np.array_equal(results[0][1], results[1][1])  # two seeds, two pictures
+
+
+def test_soft_inpaint_of_a_selection(profile, server_url, io_dirs):
+    in_dir, out_dir = io_dirs
+    pic, strokes = picture(1), ink()
+    (in_dir / "picture.bgra").write_bytes(pic.tobytes())
+    (in_dir / "ink.bgra").write_bytes(strokes.tobytes())
+    sel = [40, 24, 40, 36]
+    softness = 8
+
+    r = run("soft_inpaint_job", {"url": server_url, "width": W, "height": H, "selection": sel,
+                                 "softness": softness, "seed": 7}, profile, io_dirs)
+
+    (entry, pixels), = check_common(r, out_dir, results=1)
+    assert r["selection_after"] == sel  # the painter's selection is left as it was
+    assert r["map_size"] == [W, H]
+    assert "soft 8px" in entry["name"]
+    soft = np.frombuffer((out_dir / "soft_map.gray").read_bytes(), np.uint8).reshape(H, W)
+    x, y, w, h = sel
+    # The map is Krita's feathered selection: full inside, 0 well outside, soft in between.
+    assert (soft[y + softness:y + h - softness, x + softness:x + w - softness] == 255).all()
+    far = np.ones((H, W), bool)
+    far[max(y - 3 * softness, 0):y + h + 3 * softness, max(x - 3 * softness, 0):x + w + 3 * softness] = False
+    assert (soft[far] == 0).all()
+    assert ((soft > 0) & (soft < 255)).sum() > 2 * (w + h)
+    original = over(pic, strokes)
+    check_kept_exactly(pixels, original, soft)
+    assert changed_fraction(pixels, original, soft == 255) > 0.5
+
+
+def test_four_column_fan(profile, server_url, io_dirs):
+    in_dir, out_dir = io_dirs
+    pic = picture(2)
+    (in_dir / "picture.bgra").write_bytes(pic.tobytes())
+
+    r = run("fan_job", {"url": server_url, "width": W, "height": H, "columns": 4, "low": 0.0, "high": 1.0,
+                        "steps": 12, "seed": 99}, profile, io_dirs)
+
+    (entry, pixels), = check_common(r, out_dir, results=1)
+    assert entry["name"].endswith("fan 0.00 | 0.33 | 0.67 | 1.00"), entry["name"]
+    # The server paints the fan map with shared.fan's spans: 4 columns of 32 px, strengths 0 .. 1.
+    from shared.fan import fan_columns, fan_strengths
+
+    spans = fan_columns(W, 4)
+    assert spans == [(0, 32), (32, 64), (64, 96), (96, 128)]
+    strengths = fan_strengths(4, 0.0, 1.0)
+    change = np.zeros((H, W), np.uint8)
+    for (x0, x1), s in zip(spans, strengths, strict=True):
+        change[:, x0:x1] = round(s * 255)
+    check_kept_exactly(pixels, pic, change)  # column 0 (strength 0) is the picture itself
+    fractions = [changed_fraction(pixels, pic, np.pad(np.ones((H, x1 - x0), bool), ((0, 0), (x0, W - x1))))
+                 for x0, x1 in spans]
+    assert fractions[0] == 0.0
+    assert fractions[3] > 0.5, fractions
