@@ -153,6 +153,9 @@ def check_common(r: dict, out_dir: Path, results: int) -> list[tuple[dict, np.nd
     """Previews came and went, `results` new layers arrived, the painter's layers are untouched."""
     assert not [n for n in r["notices"] if n[0] == "error"], r["notices"]
     assert r["notices"][-1][1].startswith("Done:"), r["notices"]
+    assert r["outcome"]["state"] == "done" and not r["busy"], r["outcome"]
+    assert r["outcome"]["previews"] == len(r["previews"])
+    assert r["outcome"]["layer_ids"] == [e["layer_id"] for e in r["history"]]
     events = r["events"]
     assert events.count("Result") == results and events[-1] == "Done", events
 
@@ -226,6 +229,10 @@ def test_change_map_job_gives_previews_then_result_layers(profile, server_url, i
     # The plugin, `shared` and `websockets` came from the installed zip, not from the repository.
     for name, path in r["modules"].items():
         assert path.startswith(str(profile["pykrita"] / "differential_diffusion")), (name, path)
+
+    # The map sent is the layer's pixels (its 50 % opacity is only for painting): white 255, ramp, black 0.
+    sent_map = np.frombuffer((out_dir / "sent_map.gray").read_bytes(), np.uint8).reshape(H, W)
+    np.testing.assert_array_equal(sent_map, map_bgra[..., 0])
 
     results = check_common(r, out_dir, results=2)
     assert [e["seed"] for e in r["history"]] == [1234, 1235]

@@ -54,38 +54,25 @@ def _bounds(node) -> list[int]:
     return [rect.x(), rect.y(), rect.width(), rect.height()]
 
 
-class _Host:
-    """What the docker's controller asks of Krita, for one document that no window shows."""
-
-    def __init__(self, canvas, store) -> None:
-        self.canvas = canvas
-        self.store = store
-
-    def active_canvas(self):
-        return self.canvas
-
-
 class PluginRun:
-    """The installed plugin's controller on one document, connected to the real server."""
+    """The installed plugin's script controller on one document, connected to the real server."""
 
     def __init__(self, doc, url: str, settings: dict) -> None:
-        from differential_diffusion.controller import Controller
         from differential_diffusion.jobs import PREVIEW_LAYER_NAME
-        from differential_diffusion.krita_io import DocumentCanvas
-        from differential_diffusion.settings import DictStore
+        from differential_diffusion.krita_io import script_controller
 
         self.doc = doc
         self.preview_name = PREVIEW_LAYER_NAME
-        self.canvas = DocumentCanvas(doc)
-        self.controller = Controller(_Host(self.canvas, DictStore()))  # with the real ServerClient
+        # The real ServerClient (websocket thread) and DocumentCanvas; settings kept in memory.
+        self.controller = script_controller(url, document=doc)
+        self.canvas = self.controller.host.active_canvas()
         self.notices: list[list[str]] = []
         self.events: list[str] = []
         self.previews: list[dict] = []  # what the layer stack held after each preview event
         self.controller.notice.connect(lambda level, text: self.notices.append([level, text]))
         self.controller.client.event.connect(self._on_event)
         self.controller.update_settings(**settings)
-        self.controller.update_settings(server_url=url)  # a new URL: the client connects
-        if not pump_until(lambda: self.controller.connection_state == "connected", CONNECT_TIMEOUT_S):
+        if not self.controller.wait_connected(timeout_s=CONNECT_TIMEOUT_S):  # pumps Qt's event loop
             raise RuntimeError(f"never connected to {url}: {self.controller.connection_text}")
 
     def _on_event(self, ev) -> None:
@@ -101,16 +88,11 @@ class PluginRun:
                            for n in nodes],
             })
 
-    def generate(self, args: dict) -> dict:
-        """Press Generate and wait for the job to end; the layers and everything seen on the way."""
+    def generate(self, args: dict, job=None) -> dict:
+        """Send the job the document makes, wait for its end; the layers and everything seen on the way."""
         doc = self.doc
         before = layer_pixels(doc)
-        started = self.controller.generate()
-        if not started:
-            raise RuntimeError(f"generate() refused: {self.notices}")
-        if not pump_until(lambda: not self.controller.busy, JOB_TIMEOUT_S):
-            raise RuntimeError(f"the job did not finish in {JOB_TIMEOUT_S} s; events {self.events[-10:]}, "
-                               f"notices {self.notices}")
+        outcome = self.controller.run_job(timeout_s=JOB_TIMEOUT_S, job=job)  # pumps Qt until done, cancelled or failed
         pump_until(lambda: False, 0.2)  # anything queued right behind 'done'
         after = layer_pixels(doc)
         old_ids = {v["id"] for v in before.values()}
@@ -128,9 +110,12 @@ class PluginRun:
                     "region": [e.region.x, e.region.y, e.region.width, e.region.height]}
                    for e in self.controller.history.entries]
         order = [n.name() for n in doc.rootNode().childNodes()]
+        busy = self.controller.busy
         self.controller.shutdown()
         return {"before": before, "after": after, "new_layers": new_layers, "history": history, "order": order,
-                "events": self.events, "previews": self.previews, "notices": self.notices}
+                "events": self.events, "previews": self.previews, "notices": self.notices, "busy": busy,
+                "outcome": {"state": outcome.state, "message": outcome.message, "previews": outcome.previews,
+                            "layer_ids": outcome.layer_ids, "seed": outcome.seed}}
 
 
 def _modules() -> dict:
@@ -171,7 +156,9 @@ def change_map_job(args: dict) -> dict:
     map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
     map_layer.setOpacity(128)  # as the plugin's own 'Create Change Map layer' leaves it
     run = PluginRun(doc, args["url"], _settings(args, mode="change_map"))
-    out = run.generate(args)
+    job = run.controller.prepare_job()
+    _write(args, "sent_map.gray", job.map_gray8)
+    out = run.generate(args, job)
     out["modules"] = _modules()
     doc.close()
     return out
@@ -188,13 +175,13 @@ def soft_inpaint_job(args: dict) -> dict:
     selection.select(x, y, sw, sh, 255)
     doc.setSelection(selection)
     run = PluginRun(doc, args["url"], _settings(args, mode="soft_inpaint", softness_px=args["softness"], grow_px=0))
-    # The map the job sends, read by the plugin itself, so the test can check "0 = kept" exactly.
-    inputs = run.canvas.read_inputs(run.controller.settings)
-    _write(args, "soft_map.gray", inputs.change_map)
-    out = run.generate(args)
+    # The job as it goes on the wire, so the test can check "map 0 = kept" against the map sent.
+    job = run.controller.prepare_job()
+    _write(args, "soft_map.gray", job.map_gray8)
+    out = run.generate(args, job)
     s = doc.selection()
     out["selection_after"] = [s.x(), s.y(), s.width(), s.height()] if s is not None else None
-    out["map_size"] = [inputs.width, inputs.height]
+    out["map_size"] = [job.request.width, job.request.height]
     doc.close()
     return out
 
