@@ -39,7 +39,7 @@ log = logging.getLogger("server.app")
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SERVER_NAME = "diffdiff-server 0.1.0"
-FAMILIES = ("sd", "sdxl")
+FAMILIES = ("sd", "sdxl", "sd3", "flux")
 # Previews queued for a slow client beyond this are skipped; results and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
 
@@ -331,7 +331,7 @@ class DiffusionServer:
         request = complete.request
         session.job_by_ref[request.ref] = job.id
         self.worker.submit(job, p.accepted(request.ref, job.id, 0, job.seed))
-        log.info("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
+        log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
                  session.id, request.mode, request.width, request.height, request.steps,
                  request.variants)
 

@@ -1,0 +1,106 @@
+"""``python -m server`` as a real process: refusing an open bind, and a graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import io
+import os
+import pathlib
+import re
+import signal
+import subprocess
+import sys
+
+import pytest
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
+
+from shared import protocol as p
+from tests.conftest import make_test_image
+
+pytestmark = pytest.mark.timeout(180)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TIMEOUT_S = 60  # safety net for a hung server; none of these waits comes near it
+
+
+def async_test(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def server_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "server", *args]
+
+
+def test_public_bind_without_token_exits_nonzero_with_the_reason():
+    done = subprocess.run(server_command("--host", "0.0.0.0"), cwd=ROOT, capture_output=True,
+                          text=True, timeout=TIMEOUT_S)
+    assert done.returncode != 0
+    assert "Refusing to listen on '0.0.0.0' without a token" in done.stderr
+    assert "--token" in done.stderr
+    assert "loading" not in done.stderr  # refused before the (slow) model load
+
+
+async def start_server(*args: str) -> tuple[asyncio.subprocess.Process, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *server_command("--model", "tiny-sd", "--port", "0", "--device", "cpu", *args),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    while True:
+        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT_S)).decode()
+        if not line:
+            stderr = (await proc.stderr.read()).decode()
+            raise AssertionError(f"the server exited before listening:\n{stderr}")
+        match = re.match(r"listening on (ws://\S+)", line)
+        if match:
+            return proc, match.group(1)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=lambda s: s.name)
+@async_test
+async def test_signal_cancels_the_running_job_tells_the_client_and_exits_zero(sig):
+    proc, url = await start_server()
+    try:
+        async with connect(url, max_size=None) as ws:
+            session = p.ClientSession()
+            await ws.send(session.hello())
+            assert isinstance(session.receive(await ws.recv())[0], p.Welcome)
+            request = p.SubmitRequest(ref=0, width=64, height=64, mode="uniform", strength=1.0,
+                                      steps=200, seed=1, preview_every=0)
+            for data in session.submit(request, png_bytes(make_test_image())):
+                await ws.send(data)
+            events: list[p.Event] = []
+            while not any(isinstance(e, p.Progress) for e in events):
+                events += session.receive(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+            job_id = events[0].job_id
+
+            proc.send_signal(sig)
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    events += session.receive(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+        assert closed.value.rcvd.code == p.CLOSE_GOING_AWAY
+        ends = [e for e in events if isinstance(e, (p.Done, p.Cancelled, p.Error))]
+        assert len(ends) == 1 and isinstance(ends[0], p.Cancelled)
+        assert ends[0].job_id == job_id and "shutting down" in ends[0].reason
+        code = await asyncio.wait_for(proc.wait(), TIMEOUT_S)
+        stderr = (await proc.stderr.read()).decode()
+        assert code == 0, stderr
+        assert "shutting down: cancelling jobs and closing connections" in stderr
+        assert re.search(rf"job {job_id} cancelled \(the server is shutting down\)", stderr)
+        assert stderr.rstrip().endswith("stopped")
+        assert "Traceback" not in stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
