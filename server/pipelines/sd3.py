@@ -1,0 +1,390 @@
+"""Differential diffusion for flow-matching models: the loop, and Stable Diffusion 3.
+
+Algorithm 1 + 2 of the paper (see /work/shared/paper-notes.md) on a rectified-flow model. The
+change map uses the painter's convention: **1 (white) = change fully, 0 (black) = keep**; the
+paper's map is ``mu_paper = 1 - change_map``.
+
+What differs from SD/SDXL (``server.pipelines.sd``): the model predicts a velocity, and the
+original noised to a step's sigma is ``sigma * noise + (1 - sigma) * z_init``, the scheduler's
+``scale_noise`` (there is no ``add_noise``). The latents are 16-channel, normalised with a shift
+and a scale, and the transformer sees 2 x 2 patches, so images are padded to multiples of
+``vae_scale_factor * patch_size`` pixels (16). The step test and the nested masks are the
+same as SD's.
+
+:class:`FlowMatchingDifferentialPipeline` holds the loop; a family says how to encode the prompt,
+set the schedule, lay out latents for its transformer and call it. SD3 is below; Flux (packed
+latents) is in ``server.pipelines.flux``. Prompt encoding and image pre/post-processing come
+from the diffusers img2img pipeline of the family (``self.helper``), so a uniform map of value
+``s`` reproduces ``StableDiffusion3Img2ImgPipeline`` at ``strength=s`` exactly (for ``s*k``
+whole: diffusers' flow img2img rounds ``s*k`` up, this loop rounds down like SD's).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPipeline
+from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3_img2img import (
+    calculate_shift,
+    retrieve_latents,
+)
+from diffusers.utils.torch_utils import randn_tensor
+from PIL import Image
+
+from server.maps import to_change_map
+from server.pipelines import (
+    Cancelled,
+    DifferentialDiffusionOutput,
+    StepInfo,
+    latent_change_map,
+    steps_per_pixel,
+    unchanged_blend_weight,
+)
+from server.pipelines.sd import _pad_to_multiple
+
+Generator = torch.Generator | list[torch.Generator] | None
+
+# Flow-matching schedulers by name: the model's FlowMatchEulerDiscreteScheduler config (its shift
+# or dynamic shifting stays) with another spacing of the sigmas. All first order, all with
+# `scale_noise`, so one transformer call is one step and img2img is defined for each.
+_SIGMA_SPACINGS = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+FLOW_SCHEDULERS: dict[str, dict[str, bool]] = {
+    "Euler": {},
+    "Euler Karras": {"use_karras_sigmas": True},
+    "Euler exponential": {"use_exponential_sigmas": True},
+}
+FLOW_SCHEDULER_NAMES: tuple[str, ...] = tuple(FLOW_SCHEDULERS)
+
+
+def make_flow_scheduler(name: str | None, scheduler: Any) -> FlowMatchEulerDiscreteScheduler:
+    """A fresh flow-matching scheduler for one run: the model's own (``name`` None) or a named one."""
+    if name is None:
+        return type(scheduler).from_config(scheduler.config)
+    if name not in FLOW_SCHEDULERS:
+        raise ValueError(f"Scheduler {name!r} does not work with flow-matching models (SD3, Flux); "
+                         f"choose one of: {', '.join(FLOW_SCHEDULER_NAMES)}.")
+    spacing = {key: False for key in _SIGMA_SPACINGS} | FLOW_SCHEDULERS[name]
+    return FlowMatchEulerDiscreteScheduler.from_config(scheduler.config, **spacing)
+
+
+@dataclass
+class FlowConditioning:
+    """What the transformer needs besides latents and timestep (doubled for CFG where used)."""
+
+    prompt_embeds: torch.Tensor
+    pooled: torch.Tensor
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class FlowMatchingDifferentialPipeline:
+    """The differential loop on a flow-matching transformer; subclasses fill in the family."""
+
+    family = "flow"
+    component_names: tuple[str, ...] = ()
+    scheduler_names = FLOW_SCHEDULER_NAMES
+    helper: Any
+
+    def _init_common(self, native_resolution: int | None, patch_size: int) -> None:
+        self.helper.set_progress_bar_config(disable=True)
+        self.vae_scale_factor: int = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        self.patch_size = patch_size
+        self.native_resolution: int = native_resolution or self._default_resolution()
+
+    def _default_resolution(self) -> int:
+        return 1024
+
+    # -- components ------------------------------------------------------------------------------
+    @property
+    def components(self) -> dict[str, Any]:
+        return {name: getattr(self.helper, name) for name in self.component_names}
+
+    @property
+    def vae(self) -> Any:
+        return self.helper.vae
+
+    @property
+    def transformer(self) -> Any:
+        return self.helper.transformer
+
+    @property
+    def scheduler(self) -> Any:
+        return self.helper.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return self.helper._execution_device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        if dtype is not None and dtype == self.transformer.dtype:
+            dtype = None  # diffusers warns on every dtype cast, even a no-op one
+        self.helper.to(device=device, dtype=dtype)
+        return self
+
+    # -- what a family fills in ------------------------------------------------------------------
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, num_images: int,
+                      guidance_scale: float, true_cfg_scale: float) -> FlowConditioning:
+        raise NotImplementedError
+
+    def set_timesteps(self, scheduler: Any, num_inference_steps: int,
+                      latent_hw: tuple[int, int]) -> None:
+        raise NotImplementedError
+
+    def to_model_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """B x C x h x w latents -> the layout the transformer takes (SD3: unchanged)."""
+        return x
+
+    def from_model_layout(self, x: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:
+        return x
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: FlowConditioning,
+                guidance_scale: float, true_cfg_scale: float,
+                latent_hw: tuple[int, int]) -> torch.Tensor:
+        """The (guided) velocity for ``latents`` (model layout) at timestep ``t``."""
+        raise NotImplementedError
+
+    # -- shared steps ----------------------------------------------------------------------------
+    @property
+    def pixel_multiple(self) -> int:
+        """Images are padded to multiples of this many pixels (one transformer patch)."""
+        return self.vae_scale_factor * self.patch_size
+
+    def prepare_image(self, image: Image.Image) -> tuple[torch.Tensor, np.ndarray]:
+        """Image -> (1 x 3 x H' x W' tensor in [-1, 1], H x W x 3 float input in [0, 1]).
+
+        H', W' are H, W rounded up to a whole number of patches by repeating the border pixels;
+        the result is cropped back afterwards."""
+        if not isinstance(image, Image.Image):
+            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
+        if image.width < 1 or image.height < 1:
+            raise ValueError("The image is empty (0 pixels).")
+        pixels = np.asarray(image.convert("RGB"))
+        padded = _pad_to_multiple(pixels, self.pixel_multiple)
+        tensor = self.helper.image_processor.preprocess(
+            Image.fromarray(padded), height=padded.shape[0], width=padded.shape[1])
+        return tensor.to(dtype=torch.float32), pixels.astype(np.float32) / 255.0
+
+    def prepare_latents(
+        self, image: torch.Tensor, batch_size: int, generator: Generator, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``z_init`` (the encoded, normalised image, B copies) and ``noise``, the one Gaussian
+        draw reused for every noised original (B x C x h x w). With a list of generators, image
+        i is encoded with generator i, so variant i alone (its own seed) gives the same result."""
+        image = image.to(device=self.device, dtype=dtype)
+        if isinstance(generator, list):
+            if len(generator) != batch_size:
+                raise ValueError(
+                    f"Got {len(generator)} generators for {batch_size} images; pass one per image."
+                )
+            z_init = torch.cat([retrieve_latents(self.vae.encode(image), generator=g)
+                                for g in generator])
+        else:
+            z_init = retrieve_latents(self.vae.encode(image), generator=generator)
+        cfg = self.vae.config
+        z_init = ((z_init - (cfg.shift_factor or 0.0)) * cfg.scaling_factor).to(dtype)
+        if z_init.shape[0] != batch_size:
+            z_init = torch.cat([z_init] * batch_size)
+        noise = randn_tensor(z_init.shape, generator=generator, device=self.device, dtype=dtype)
+        return z_init, noise
+
+    def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
+        """B x C x h x w latents -> B x H' x W' x 3 float32 in [0, 1] (padded size)."""
+        cfg = self.vae.config
+        latents = (latents / cfg.scaling_factor + (cfg.shift_factor or 0.0)).to(self.vae.dtype)
+        decoded = self.vae.decode(latents, return_dict=False)[0]
+        return self.helper.image_processor.postprocess(decoded, output_type="np")
+
+    def reinject(self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor,
+                 noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Regions whose own run has not started yet go back to the original, noised to ``t``
+        (``scale_noise``: the sigma of the step the scheduler is at)."""
+        noised = scheduler.scale_noise(z_init, t.repeat(z_init.shape[0]), noise)
+        return torch.where(keep, noised, latents)
+
+    # -- the run ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str = "",
+        image: Image.Image | None = None,
+        change_map: Any = None,
+        negative_prompt: str | None = None,
+        num_inference_steps: int = 28,
+        guidance_scale: float = 7.0,
+        generator: Generator = None,
+        num_images_per_prompt: int = 1,
+        scheduler: str | None = None,
+        output_type: str = "pil",
+        keep_unchanged_exact: bool = True,
+        callback: Callable[[StepInfo], None] | None = None,
+        cancel: threading.Event | None = None,
+        refiner_split: float | None = None,
+        true_cfg_scale: float = 1.0,
+    ) -> DifferentialDiffusionOutput:
+        """Edit ``image`` where ``change_map`` allows (1 = change fully, 0 = keep exactly).
+
+        ``change_map``: PIL image or H x W array in [0, 1], any size (resized to the image).
+        ``generator``: one, or one per image (variant i of seed S is reproduced alone by S + i).
+        ``scheduler``: None (the model's own) or one of :data:`FLOW_SCHEDULER_NAMES`.
+        ``output_type="latent"`` gives B x C x h x w latents (unpacked, for Flux too).
+        ``true_cfg_scale`` (Flux only): real classifier-free guidance with the negative prompt.
+        """
+        if image is None or change_map is None:
+            raise ValueError("Both an image and a change map are needed.")
+        if output_type not in ("pil", "np", "latent"):
+            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
+        if refiner_split is not None:
+            raise ValueError(f"refiner_split is for SDXL with a refiner; this is a {self.family} "
+                             "model.")
+        k = int(num_inference_steps)
+        if k < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
+        batch = int(num_images_per_prompt)
+        if batch < 1:
+            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+        sched = make_flow_scheduler(scheduler, self.scheduler)
+
+        # 1. Image and map; the map is averaged over each latent cell ("locality").
+        image_tensor, original = self.prepare_image(image)
+        height, width = original.shape[:2]
+        pixel_map = to_change_map(change_map, (width, height))
+        latent_map = latent_change_map(_pad_to_multiple(pixel_map, self.pixel_multiple),
+                                       self.vae_scale_factor)
+        latent_hw = (int(latent_map.shape[-2]), int(latent_map.shape[-1]))
+        steps = steps_per_pixel(latent_map, k).to(self.device)  # n = floor(m*k + tiny)
+        longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
+        if longest == 0 and output_type != "latent":
+            return self._unchanged_output(image, original, batch, output_type)
+
+        # 2. The schedule and the timesteps that will run.
+        self.set_timesteps(sched, k, latent_hw)
+        start = k - longest
+        timesteps = sched.timesteps[start * sched.order:]
+        sched.set_begin_index(start * sched.order)
+
+        # 3. Prompt, latents and the one noise tensor, all in the transformer's layout.
+        cond = self.encode_prompt(prompt, negative_prompt, batch, guidance_scale, true_cfg_scale)
+        dtype = cond.prompt_embeds.dtype
+        z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
+        channels = z_init.shape[1]
+        z_init, noise = self.to_model_layout(z_init), self.to_model_layout(noise)
+        model_steps = self.to_model_layout(steps.expand(1, channels, *latent_hw))
+        latents = sched.scale_noise(z_init, timesteps[:1].repeat(batch), noise)
+        latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
+
+        # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
+        for j, t in enumerate(timesteps):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"Cancelled after {j} of {len(timesteps)} steps.")
+            i = start + j // sched.order
+            # Nested masks: a region with n steps is re-injected up to and including step k-n.
+            # At the first step every region is the noised original already (a no-op there).
+            latents = self.reinject(sched, latents, z_init, noise, t, keep=model_steps <= k - i)
+            velocity = self.predict(latents, t, cond, guidance_scale, true_cfg_scale, latent_hw)
+            sigma = sched.sigmas[start * sched.order + j]
+            previous = latents
+            latents = sched.step(velocity, t, latents, return_dict=False)[0]
+            if callback is not None:
+                # The clean estimate of a rectified flow: x0 = x_t - sigma * v.
+                denoised = previous - sigma.to(previous.device, previous.dtype) * velocity
+                callback(StepInfo(step=j + 1, total=len(timesteps),
+                                  latents=self.from_model_layout(latents, latent_hw),
+                                  denoised=self.from_model_layout(denoised, latent_hw),
+                                  family=self.family, latent_size=latent_size))
+        # Strength-0 regions end exactly on the original latent.
+        latents = torch.where(model_steps == 0, z_init, latents)
+        latents = self.from_model_layout(latents, latent_hw)
+
+        # 5. Decode, crop the padding, put the kept pixels back exactly.
+        if output_type == "latent":
+            return DifferentialDiffusionOutput(latents, len(timesteps), steps)
+        generated = self.decode_latents(latents)[:, :height, :width]
+        if keep_unchanged_exact:
+            weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
+            generated = generated * weight + original[None] * (1.0 - weight)
+        generated = generated.astype(np.float32)
+        images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
+            else generated
+        return DifferentialDiffusionOutput(images, len(timesteps), steps)
+
+    def _unchanged_output(self, image: Image.Image, original: np.ndarray, batch: int,
+                          output_type: str) -> DifferentialDiffusionOutput:
+        # An all-zero map: nothing may change, so no model runs at all.
+        if output_type == "pil":
+            return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
+        return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+
+
+class StableDiffusion3DifferentialPipeline(FlowMatchingDifferentialPipeline):
+    """Stable Diffusion 3 / 3.5: MMDiT on 2 x 2 patches, CLIP L + CLIP G (+ optional T5)."""
+
+    family = "sd3"
+    component_names = ("transformer", "scheduler", "vae", "text_encoder", "tokenizer",
+                       "text_encoder_2", "tokenizer_2", "text_encoder_3", "tokenizer_3")
+    max_sequence_length = 256  # T5 tokens, diffusers' default
+
+    def __init__(
+        self,
+        transformer: Any,
+        scheduler: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        text_encoder_2: Any,
+        tokenizer_2: Any,
+        text_encoder_3: Any = None,
+        tokenizer_3: Any = None,
+        native_resolution: int | None = None,
+    ) -> None:
+        self.helper = StableDiffusion3Img2ImgPipeline(
+            transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=text_encoder,
+            tokenizer=tokenizer, text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2,
+            text_encoder_3=text_encoder_3, tokenizer_3=tokenizer_3,
+        )
+        self._init_common(native_resolution, int(transformer.config.patch_size))
+
+    def _default_resolution(self) -> int:
+        return int(self.transformer.config.sample_size * self.vae_scale_factor)
+
+    def encode_prompt(self, prompt: str, negative_prompt: str | None, num_images: int,
+                      guidance_scale: float, true_cfg_scale: float) -> FlowConditioning:
+        do_cfg = guidance_scale > 1.0
+        embeds, negative, pooled, negative_pooled = self.helper.encode_prompt(
+            prompt=prompt, prompt_2=None, prompt_3=None, negative_prompt=negative_prompt,
+            do_classifier_free_guidance=do_cfg, device=self.device,
+            num_images_per_prompt=num_images, max_sequence_length=self.max_sequence_length,
+        )
+        if do_cfg:
+            embeds = torch.cat([negative, embeds])
+            pooled = torch.cat([negative_pooled, pooled])
+        return FlowConditioning(embeds, pooled)
+
+    def set_timesteps(self, scheduler: Any, num_inference_steps: int,
+                      latent_hw: tuple[int, int]) -> None:
+        kwargs: dict[str, Any] = {}
+        if scheduler.config.get("use_dynamic_shifting", False):  # SD3.5-style configs
+            cfg = scheduler.config
+            seq_len = (latent_hw[0] // self.patch_size) * (latent_hw[1] // self.patch_size)
+            kwargs["mu"] = calculate_shift(seq_len, cfg.get("base_image_seq_len", 256),
+                                           cfg.get("max_image_seq_len", 4096),
+                                           cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.16))
+        scheduler.set_timesteps(num_inference_steps, device=self.device, **kwargs)
+
+    def predict(self, latents: torch.Tensor, t: torch.Tensor, cond: FlowConditioning,
+                guidance_scale: float, true_cfg_scale: float,
+                latent_hw: tuple[int, int]) -> torch.Tensor:
+        do_cfg = guidance_scale > 1.0
+        model_input = torch.cat([latents] * 2) if do_cfg else latents
+        velocity = self.transformer(
+            hidden_states=model_input, timestep=t.expand(model_input.shape[0]),
+            encoder_hidden_states=cond.prompt_embeds, pooled_projections=cond.pooled,
+            return_dict=False,
+        )[0]
+        if do_cfg:
+            uncond, text = velocity.chunk(2)
+            velocity = uncond + guidance_scale * (text - uncond)
+        return velocity

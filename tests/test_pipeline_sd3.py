@@ -1,0 +1,243 @@
+"""The flow-matching differential loop on tiny-sd3, against diffusers' SD3 img2img.
+
+The loop itself (``server.pipelines.sd3``) is shared with Flux; Flux's packing is tested in
+``test_pipeline_flux.py``.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusion3Img2ImgPipeline
+from PIL import Image
+
+from server.pipelines import Cancelled, StepInfo
+from server.pipelines.sd3 import (
+    FLOW_SCHEDULER_NAMES,
+    StableDiffusion3DifferentialPipeline,
+    make_flow_scheduler,
+)
+from tests.conftest import make_test_image
+
+PROMPT = "a red boat on a lake"
+NEGATIVE = "blurry"
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3():
+    from server.models import load_pipeline
+
+    return load_pipeline("tiny-sd3")
+
+
+@pytest.fixture(scope="module")
+def image() -> Image.Image:
+    return make_test_image(64, 64, seed=1)
+
+
+class TransformerCalls:
+    """Counts transformer forward calls (one per step: Euler is first order, CFG is batched)."""
+
+    def __init__(self, monkeypatch, transformer):
+        self.count = 0
+        forward = transformer.forward
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(transformer, "forward", counting)
+
+
+def run(pipe, image, change_map, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 4)
+    kwargs.setdefault("output_type", "np")
+    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
+                guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def reference(pipe, scheduler: str | None = None) -> StableDiffusion3Img2ImgPipeline:
+    components = dict(pipe.components)
+    components["scheduler"] = make_flow_scheduler(scheduler, pipe.scheduler)
+    ref = StableDiffusion3Img2ImgPipeline(**components)
+    ref.set_progress_bar_config(disable=True)
+    return ref
+
+
+def test_loads_as_a_flow_matching_family(tiny_sd3):
+    assert isinstance(tiny_sd3, StableDiffusion3DifferentialPipeline)
+    assert tiny_sd3.family == "sd3" and tiny_sd3.native_resolution == 64
+    assert tiny_sd3.components["text_encoder_3"] is None
+    assert tiny_sd3.vae.config.latent_channels == 16 and tiny_sd3.pixel_multiple == 16
+    assert tiny_sd3.to("cpu") is tiny_sd3
+
+
+# -- uniform map == diffusers img2img --------------------------------------------------------------
+@pytest.mark.parametrize("strength, scheduler", [(0.5, None), (1.0, None), (0.75, "Euler Karras")])
+def test_uniform_map_equals_diffusers_img2img(tiny_sd3, image, strength, scheduler):
+    change_map = np.full((64, 64), strength, dtype=np.float32)
+    ours = run(tiny_sd3, image, change_map, seed=3, scheduler=scheduler)
+    theirs = reference(tiny_sd3, scheduler)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=strength, height=64,
+        width=64, num_inference_steps=4, guidance_scale=4.0,
+        generator=torch.Generator().manual_seed(3), output_type="np",
+        max_sequence_length=tiny_sd3.max_sequence_length,
+    ).images
+    assert ours.images.shape == theirs.shape == (1, 64, 64, 3)
+    assert ours.steps_run == round(strength * 4)
+    np.testing.assert_array_equal(ours.images, theirs)
+
+
+def test_uniform_pil_map_and_batch_equal_img2img(tiny_sd3, image):
+    # 128/255 = 0.50196: 2 of 4 steps, like strength=0.5. One generator for the batch (diffusers'
+    # SD3 img2img cannot take one generator per image).
+    ours = tiny_sd3(prompt=PROMPT, image=image, change_map=Image.new("L", (64, 64), 128),
+                    num_inference_steps=4, guidance_scale=1.0, num_images_per_prompt=2,
+                    generator=torch.Generator().manual_seed(8), output_type="np")
+    theirs = reference(tiny_sd3)(
+        prompt=PROMPT, image=image, strength=0.5, height=64, width=64, num_inference_steps=4,
+        guidance_scale=1.0, num_images_per_prompt=2, generator=torch.Generator().manual_seed(8),
+        output_type="np", max_sequence_length=tiny_sd3.max_sequence_length,
+    ).images
+    np.testing.assert_array_equal(ours.images, theirs)
+    assert not np.array_equal(ours.images[0], ours.images[1])
+
+
+# -- Algorithm 2: skipping -------------------------------------------------------------------------
+@pytest.mark.parametrize("top, steps", [(1.0, 8), (0.75, 6), (0.3, 2), (0.1, 0)])
+def test_only_floor_max_map_times_k_steps_run(tiny_sd3, image, monkeypatch, top, steps):
+    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
+    change_map[:, -16:] = np.float32(top)
+    out = run(tiny_sd3, image, change_map, num_inference_steps=8)
+    assert calls.count == steps == math.floor(top * 8 + 1e-4)
+    assert out.steps_run == steps
+
+
+# -- Algorithm 1: kept pixels, nested masks ---------------------------------------------------------
+def test_strength_zero_pixels_equal_the_input_and_the_rest_is_repainted(tiny_sd3, image):
+    change_map = np.zeros((64, 64), np.float32)
+    change_map[:, 32:] = 1.0
+    out = tiny_sd3(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=4,
+                   generator=torch.Generator().manual_seed(0))
+    result, source = np.asarray(out.images[0]), np.asarray(image)
+    assert np.array_equal(result[:, :32], source[:, :32])
+    assert np.abs(result[:, 32:].astype(int) - source[:, 32:]).mean() > 10
+
+
+def test_strength_zero_latents_end_on_the_original(tiny_sd3, image):
+    change_map = np.zeros((64, 64), np.float32)
+    change_map[:, 32:] = 0.75
+    out = run(tiny_sd3, image, change_map, output_type="latent")
+    tensor, _ = tiny_sd3.prepare_image(image)
+    z_init, _ = tiny_sd3.prepare_latents(tensor, 1, torch.Generator().manual_seed(0),
+                                         torch.float32)
+    assert out.images.shape == (1, 16, 8, 8)
+    assert torch.equal(out.images[..., :4], z_init[..., :4])
+    assert not torch.equal(out.images[..., 4:], z_init[..., 4:])
+
+
+def test_each_region_gets_exactly_its_last_steps(tiny_sd3, monkeypatch):
+    k = 4
+    strengths = [0.0, 0.25, 0.5, 1.0]
+    change_map = np.zeros((16, 64), np.float32)
+    for j, s in enumerate(strengths):
+        change_map[:, 16 * j: 16 * (j + 1)] = s  # 16-px columns = 2 latent cells each
+    keeps: list[torch.Tensor] = []
+    reinject = tiny_sd3.reinject
+
+    def recording(scheduler, latents, z_init, noise, t, keep):
+        keeps.append(keep[0, 0].clone())
+        return reinject(scheduler, latents, z_init, noise, t, keep)
+
+    monkeypatch.setattr(tiny_sd3, "reinject", recording)
+    tiny_sd3(prompt=PROMPT, image=make_test_image(64, 16), change_map=change_map,
+             num_inference_steps=k, guidance_scale=1.0,
+             generator=torch.Generator().manual_seed(0), output_type="latent")
+    keep = torch.stack(keeps)  # steps x h x w
+    assert keep.shape == (k, 2, 8)
+    for earlier, later in zip(keep, keep[1:], strict=False):
+        assert torch.all(later <= earlier)  # nested
+    for j, s in enumerate(strengths):
+        column = keep[:, :, 2 * j: 2 * j + 2].reshape(k, -1)
+        assert torch.all(column == column[:, :1])
+        kept_at = column[:, 0].nonzero().flatten().tolist()
+        expected = math.floor(s * k + 1e-4)
+        # Re-injected up to and including step k - n (every step for n = 0), free afterwards.
+        assert kept_at == list(range(min(k - expected + 1, k)))
+
+
+def test_batch_variants_differ_and_reproduce_alone(tiny_sd3, image):
+    change_map = np.full((64, 64), 0.75, np.float32)
+    batch = tiny_sd3(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=4,
+                     num_images_per_prompt=2, output_type="np", guidance_scale=1.0,
+                     generator=[torch.Generator().manual_seed(40 + i) for i in range(2)]).images
+    assert batch.shape == (2, 64, 64, 3) and not np.array_equal(batch[0], batch[1])
+    alone = tiny_sd3(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=4,
+                     output_type="np", guidance_scale=1.0,
+                     generator=torch.Generator().manual_seed(41)).images
+    np.testing.assert_allclose(alone[0], batch[1], atol=1e-5)
+
+
+def test_odd_sizes_come_back_at_input_size(tiny_sd3):
+    image = make_test_image(45, 29)
+    change_map = np.zeros((29, 45), np.float32)
+    change_map[:, 22:] = 1.0
+    out = tiny_sd3(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=2,
+                   generator=torch.Generator().manual_seed(0))
+    assert out.images[0].size == (45, 29)
+    assert np.array_equal(np.asarray(out.images[0])[:, :22], np.asarray(image)[:, :22])
+
+
+def test_all_zero_map_returns_the_input_without_the_model(tiny_sd3, image, monkeypatch):
+    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    out = tiny_sd3(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32))
+    assert calls.count == 0 and out.steps_run == 0
+    assert np.array_equal(np.asarray(out.images[0]), np.asarray(image))
+
+
+# -- hooks, schedulers, errors ---------------------------------------------------------------------
+def test_preview_hook_reports_every_step_with_a_cheap_preview(tiny_sd3):
+    seen: list[StepInfo] = []
+    previews = []
+
+    def hook(info: StepInfo) -> None:
+        seen.append(info)
+        previews.append(info.preview())
+
+    tiny_sd3(prompt=PROMPT, image=make_test_image(60, 44), change_map=np.ones((44, 60)),
+             num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback=hook)
+    assert [info.step for info in seen] == [1, 2, 3] and all(i.total == 3 for i in seen)
+    assert all(i.family == "sd3" and i.latents.shape == (1, 16, 6, 8) for i in seen)
+    assert all(p.shape == (6, 8, 3) and p.dtype == np.uint8 for p in previews)
+    assert not np.array_equal(previews[0], previews[-1])
+
+
+def test_cancel_stops_before_the_next_step(tiny_sd3, image, monkeypatch):
+    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    cancel = threading.Event()
+
+    def hook(info: StepInfo) -> None:
+        if info.step == 2:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        tiny_sd3(prompt=PROMPT, image=image, change_map=np.ones((64, 64), np.float32),
+                 num_inference_steps=6, callback=hook, cancel=cancel)
+    assert calls.count == 2
+
+
+def test_flow_schedulers_run_and_sd_only_ones_are_refused(tiny_sd3, image):
+    change_map = np.full((64, 64), 0.5, np.float32)
+    results = [run(tiny_sd3, image, change_map, scheduler=name).images
+               for name in FLOW_SCHEDULER_NAMES]
+    assert all(np.isfinite(r).all() for r in results)
+    assert not np.array_equal(results[0], results[1])  # the sigma spacing really changed
+    with pytest.raises(ValueError, match="flow-matching"):
+        run(tiny_sd3, image, change_map, scheduler="DDIM")
+    with pytest.raises(ValueError, match="refiner"):
+        run(tiny_sd3, image, change_map, refiner_split=0.5)
