@@ -67,6 +67,9 @@ def load_pipeline(
 
 
 def _load(model: str, dtype: torch.dtype) -> DifferentialPipeline:
+    other = _load_cascade_family(model, dtype)
+    if other is not None:
+        return other
     from server.tiny_flow import load_flow_family  # SD3 and Flux (flow matching)
 
     flow = load_flow_family(model, dtype)
@@ -93,6 +96,15 @@ def _load(model: str, dtype: torch.dtype) -> DifferentialPipeline:
     return StableDiffusionDifferentialPipeline(
         **{n: getattr(diffusers_pipe, n) for n in StableDiffusionDifferentialPipeline.component_names}
     )
+
+
+def _load_cascade_family(model: str, dtype: torch.dtype) -> Any:
+    """Kandinsky 2.2 (prior + decoder) and DeepFloyd IF (stages): their own loaders, or None."""
+    from server.pipelines.kandinsky import is_kandinsky22, load_kandinsky22
+
+    if is_kandinsky22(model):
+        return load_kandinsky22(model, dtype)
+    return None
 
 
 def _load_refiner(refiner: str, base: DifferentialPipeline,
