@@ -42,6 +42,7 @@ SERVER_NAME = "diffdiff-server 0.1.0"
 FAMILIES = ("sd", "sdxl", "sd3", "flux")
 # Previews queued for a slow client beyond this are skipped; results and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
+SHUTDOWN_FLUSH_S = 2.0  # how long a shutdown waits for each client to take its last messages
 
 
 class ConfigError(ValueError):
@@ -137,10 +138,18 @@ class Session:
         """Send queued frames until the connection closes."""
         while True:
             frames, droppable = await self._outbox.get()
-            if droppable:
-                self._queued_previews -= 1
-            for frame in frames:
-                await self.connection.send(frame)
+            try:
+                if droppable:
+                    self._queued_previews -= 1
+                for frame in frames:
+                    await self.connection.send(frame)
+            finally:
+                self._outbox.task_done()
+
+    async def flush(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` s) until everything posted so far has been sent."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._outbox.join(), timeout)
 
 
 class DiffusionServer:
@@ -189,8 +198,11 @@ class DiffusionServer:
         """Cancel every job, tell the clients, close the connections, stop the worker."""
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
-        # Let the sessions flush their last 'cancelled' messages before closing.
-        await asyncio.sleep(0.05)
+        # The worker posted its last 'cancelled' messages before it stopped: send them before
+        # closing, but never wait long for a client that does not read.
+        sessions = list(self.sessions)
+        if sessions:
+            await asyncio.gather(*(s.flush(SHUTDOWN_FLUSH_S) for s in sessions))
         if self._listener is not None:
             self._listener.close(close_connections=True)
             await self._listener.wait_closed()
@@ -283,10 +295,12 @@ class DiffusionServer:
         if kind == "submit":
             if self.worker.count(session) + len(session.collector.pending_refs) >= \
                     self.config.max_jobs_per_client:
+                ref = message.get("ref")
                 raise p.ProtocolError(p.E_QUEUE_FULL, f"You already have "
                                                       f"{self.config.max_jobs_per_client} jobs "
                                                       f"waiting; wait for one to finish or "
-                                                      f"cancel one.", ref=message.get("ref"))
+                                                      f"cancel one.",
+                                      ref=ref if type(ref) is int and 0 <= ref <= p.MAX_REF else None)
             session.collector.add_submit(message)
         elif kind == "cancel":
             self._on_cancel(session, message)

@@ -546,6 +546,32 @@ async def test_too_many_jobs_from_one_client_is_refused(pipe):
         pipe.release()
 
 
+@async_test
+async def test_stopping_the_server_cancels_every_job_tells_the_client_then_closes(pipe):
+    image = make_test_image()
+    server = DiffusionServer(ServerConfig(model="tiny-sd", port=0), lambda name: pipe)
+    await server.start()
+    try:
+        client = await Client.connect(server)
+        pipe.hold(1)
+        await client.submit(image, mode="uniform", strength=1.0, steps=10)
+        running = await client.accepted()
+        await client.until(lambda e: isinstance(e, p.Progress))
+        await client.submit(image, mode="uniform", strength=1.0, steps=10)
+        queued = await client.accepted()
+    finally:
+        await server.stop()
+    events: list[p.Event] = []
+    with pytest.raises(ConnectionClosed) as closed:
+        while True:
+            events.append(await client.next())
+    assert closed.value.rcvd.code == p.CLOSE_GOING_AWAY
+    cancelled = of(events, p.Cancelled)
+    assert sorted(e.job_id for e in cancelled) == [running.job_id, queued.job_id]
+    assert all(e.reason == "the server is shutting down" for e in cancelled)
+    assert pipe.runs[0].cancelled and pipe.runs[0].steps == 1 and len(pipe.runs) == 1
+
+
 # --- handshake: version, token, bind ----------------------------------------------------------
 
 
