@@ -11,10 +11,7 @@ the change map is 0 the result is the original picture exactly.
 from __future__ import annotations
 
 import importlib.util
-import socket
-import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -24,9 +21,16 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 E2E_DIR = Path(__file__).resolve().parent / "e2e"
 
-_spec = importlib.util.spec_from_file_location("krita_harness", ROOT / "tests" / "krita" / "harness.py")
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load("krita_harness", ROOT / "tests" / "krita" / "harness.py")
+live_server = _load("e2e_live_server", E2E_DIR / "live_server.py")
 sys.path.insert(0, str(ROOT / "packaging"))
 import build_plugin  # noqa: E402
 
@@ -36,7 +40,6 @@ pytestmark = [
 ]
 
 W, H = 128, 96
-SERVER_START_TIMEOUT_S = 180
 
 
 # -- fixtures: a profile with the zip installed, a running server ------------------------------------
@@ -54,52 +57,10 @@ def profile(tmp_path_factory) -> dict:
     return {"home": home, "pykrita": pykrita}
 
 
-def free_loopback_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def server_answers(url: str) -> bool:
-    """A real protocol handshake: hello -> welcome."""
-    from websockets.sync.client import connect
-
-    from shared import protocol
-
-    try:
-        with connect(url, open_timeout=2, close_timeout=1) as ws:
-            session = protocol.ClientSession(client="e2e-probe")
-            ws.send(session.hello())
-            events = session.receive(ws.recv(timeout=5))
-            return any(isinstance(ev, protocol.Welcome) for ev in events)
-    except (OSError, TimeoutError, Exception):  # not up yet: refused, reset, or closed mid-handshake
-        return False
-
-
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory):
-    port = free_loopback_port()
-    log_path = tmp_path_factory.mktemp("server") / "server.log"
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "server", "--model", "tiny-sd", "--host", "127.0.0.1", "--port", str(port),
-             "--device", "cpu"],
-            cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-    url = f"ws://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-        while not server_answers(url):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer on {url}:\n{log_path.read_text()[-3000:]}")
-            time.sleep(0.3)
+    with live_server.running_server(tmp_path_factory.mktemp("server") / "server.log") as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture

@@ -1,0 +1,128 @@
+"""A test-only Krita plugin for tests/test_gui.py: once the main window is up, it (optionally)
+opens a demo document and then reports, as JSON, how the Differential Diffusion docker is shown.
+
+It only reads the docker (no clicks, no settings): whatever it reports is what a painter would
+see on Krita's first start with the plugin enabled. Installed only into throw-away test profiles.
+
+Environment: DIFFDIFF_GUI_REPORT (the JSON file to write), DIFFDIFF_GUI_PICTURE and
+DIFFDIFF_GUI_MAP (optional 8-bit RGBA PNGs: the demo document's picture and its Change Map layer).
+"""
+
+import json
+import os
+import traceback
+
+from krita import Extension, Krita
+from PyQt5.QtCore import Qt, QTimer
+from PyQt5.QtGui import QImage
+from PyQt5.QtWidgets import QApplication, QDockWidget
+
+DOCKER_ID = "differential_diffusion_docker"
+SETTLE_MS = 4000  # let the window lay out its dockers first
+REPORT_AFTER_MS = 6000
+ZOOM = 1.0  # the docker's client connects in the background meanwhile
+
+
+def _bgra(path):
+    image = QImage(path).convertToFormat(QImage.Format_ARGB32)
+    bits = image.constBits()
+    bits.setsize(image.byteCount())
+    return image.width(), image.height(), bytes(bits)
+
+
+def _open_demo(window):
+    picture, change_map = os.environ.get("DIFFDIFF_GUI_PICTURE"), os.environ.get("DIFFDIFF_GUI_MAP")
+    if not picture:
+        return None
+    w, h, pixels = _bgra(picture)
+    doc = Krita.instance().createDocument(w, h, "Differential Diffusion demo", "RGBA", "U8", "", 72.0)
+    doc.rootNode().childNodes()[0].setPixelData(pixels, 0, 0, w, h)
+    if change_map:
+        _, _, map_pixels = _bgra(change_map)
+        layer = doc.createNode("Change Map", "paintlayer")
+        doc.rootNode().addChildNode(layer, None)
+        layer.setPixelData(map_pixels, 0, 0, w, h)
+        layer.setOpacity(150)
+        doc.setActiveNode(layer)
+    doc.refreshProjection()
+    window.addView(doc)
+    return doc
+
+
+def _window():
+    # The Window passed to createActions is a short-lived wrapper: ask Krita for it each time.
+    windows = Krita.instance().windows()
+    return windows[0] if windows else None
+
+
+def _dockers(window):
+    return [d for d in window.qwindow().findChildren(QDockWidget) if d.objectName() == DOCKER_ID]
+
+
+def _docker_report(window):
+    out = []
+    for dock in _dockers(window):
+        top_left = dock.mapToGlobal(dock.rect().topLeft())
+        panel = getattr(dock, "panel", None)
+        out.append({
+            "title": dock.windowTitle(),
+            "visible": dock.isVisible(),
+            "floating": dock.isFloating(),
+            "geometry": [top_left.x(), top_left.y(), dock.width(), dock.height()],
+            "connection": panel.connection.text() if panel is not None else None,
+            "generate_enabled": panel.generate.isEnabled() if panel is not None else None,
+        })
+    return out
+
+
+def _arrange_for_screenshot(window):
+    """Demo only: fill the screen and give the docker room (the painter would drag it so too)."""
+    qwindow = window.qwindow()
+    qwindow.setGeometry(QApplication.desktop().availableGeometry())
+    ours = _dockers(window)
+    for dock in qwindow.findChildren(QDockWidget):
+        if dock.isVisible() and dock not in ours and dock.objectName() != "KisLayerBox":
+            dock.hide()
+    layers = [d for d in qwindow.findChildren(QDockWidget) if d.objectName() == "KisLayerBox"]
+    if ours and layers:
+        qwindow.resizeDocks([layers[0], ours[0]], [110, 900], Qt.Vertical)
+        qwindow.resizeDocks([ours[0]], [380], Qt.Horizontal)
+    view = window.activeView()
+    if view is not None and view.canvas() is not None:
+        view.canvas().setZoomLevel(ZOOM)
+
+
+class GuiProbe(Extension):
+    def setup(self):
+        pass
+
+    def createActions(self, window):
+        QTimer.singleShot(SETTLE_MS, self._start)
+
+    def _start(self):
+        report = {"errors": []}
+        try:
+            window = _window()
+            report["first_look"] = _docker_report(window)  # before anything is moved
+            if _open_demo(window) is not None:
+                _arrange_for_screenshot(window)
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+        QTimer.singleShot(REPORT_AFTER_MS, lambda: self._report(report))
+
+    def _report(self, report):
+        try:
+            window = _window()
+            geometry = window.qwindow().frameGeometry()
+            report["window"] = [geometry.x(), geometry.y(), geometry.width(), geometry.height()]
+            report["dockers"] = _docker_report(window)
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+        path = os.environ.get("DIFFDIFF_GUI_REPORT")
+        if path:
+            with open(path + ".tmp", "w") as f:
+                json.dump(report, f)
+            os.replace(path + ".tmp", path)
+
+
+Krita.instance().addExtension(GuiProbe(Krita.instance()))

@@ -1,0 +1,171 @@
+"""The full Krita GUI under Xvfb with the plugin installed and enabled in a fresh profile: it starts
+without a Python error from the plugin, shows the docker, and the docker connects to a real server.
+
+A test-only probe plugin (tests/e2e/gui_probe) reports what the window holds; the screenshot is
+taken with ImageMagick's `import`. Set DIFFDIFF_SCREENSHOT=docs/docker.png (`make screenshot`) to
+also save the README's picture.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFilter
+
+ROOT = Path(__file__).resolve().parent.parent
+E2E_DIR = ROOT / "tests" / "e2e"
+PROBE = E2E_DIR / "gui_probe"
+SCREEN = (1600, 1000)
+REPORT_TIMEOUT_S = 150  # a fresh profile builds Krita's resource database first (~15-40 s)
+PROMPT = "storm clouds over the mountains"
+
+
+def _load(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load("krita_harness", ROOT / "tests" / "krita" / "harness.py")
+live_server = _load("e2e_live_server", E2E_DIR / "live_server.py")
+sys.path.insert(0, str(ROOT / "packaging"))
+import build_plugin  # noqa: E402
+
+MISSING = [tool for tool in ("krita", "xvfb-run", "import") if shutil.which(tool) is None]
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(bool(MISSING), reason=f"needs {', '.join(MISSING)} (Krita, Xvfb, ImageMagick)"),
+]
+
+
+def demo_pictures(width: int = 960, height: int = 640) -> tuple[Image.Image, Image.Image]:
+    """A landscape (sky, sun, mountains, lake) and a change map painted over its sky."""
+    y = np.linspace(0.0, 1.0, height)[:, None, None]
+    sky = (1 - y) * np.array([70, 120, 200]) + y * np.array([235, 200, 170])
+    picture = Image.fromarray(np.broadcast_to(sky, (height, width, 3)).astype(np.uint8), "RGB")
+    draw = ImageDraw.Draw(picture)
+    draw.ellipse([width * 0.66, height * 0.16, width * 0.76, height * 0.31], fill=(255, 230, 160))
+    far = [(0, height * 0.62), (width * 0.18, height * 0.40), (width * 0.33, height * 0.55),
+           (width * 0.52, height * 0.33), (width * 0.74, height * 0.56), (width * 0.9, height * 0.45),
+           (width, height * 0.58), (width, height), (0, height)]
+    near = [(0, height * 0.72), (width * 0.28, height * 0.56), (width * 0.5, height * 0.7),
+            (width * 0.8, height * 0.6), (width, height * 0.74), (width, height), (0, height)]
+    draw.polygon(far, fill=(92, 102, 128))
+    draw.polygon(near, fill=(52, 82, 62))
+    draw.rectangle([0, height * 0.8, width, height], fill=(60, 100, 140))
+
+    change = Image.new("L", (width, height), 0)
+    ImageDraw.Draw(change).rectangle([0, 0, width, height * 0.42], fill=255)
+    change = change.filter(ImageFilter.GaussianBlur(height * 0.05))
+    map_rgba = Image.merge("RGBA", (change, change, change, Image.new("L", (width, height), 255)))
+    return picture.convert("RGBA"), map_rgba
+
+
+def make_profile(home: Path, server_url: str) -> Path:
+    """The plugin installed and enabled as `make install-plugin` does, plus the probe, and the
+    docker's settings pointing at the test's server."""
+    pykrita = home / ".local/share/krita/pykrita"
+    kritarc = home / ".config/kritarc"
+    build_plugin.install(pykrita, kritarc)
+    shutil.copytree(PROBE / "diffdiff_gui_probe", pykrita / "diffdiff_gui_probe")
+    shutil.copy2(PROBE / "diffdiff_gui_probe.desktop", pykrita)
+    text = kritarc.read_text().replace("[python]\n", "[python]\nenable_diffdiff_gui_probe=true\n", 1)
+    text += f"\n[differential_diffusion]\nserver_url={server_url}\nprompt={PROMPT}\n"
+    kritarc.write_text(text)
+    return pykrita
+
+
+SESSION = r"""
+krita --nosplash >"$GUI_DIR/krita.log" 2>&1 &
+krita_pid=$!
+for _ in $(seq 1 "$REPORT_TIMEOUT_S"); do
+  [ -f "$DIFFDIFF_GUI_REPORT" ] && break
+  kill -0 "$krita_pid" 2>/dev/null || break
+  sleep 1
+done
+sleep 1
+import -window root "$GUI_DIR/screen.png" || true
+kill "$krita_pid" 2>/dev/null
+wait "$krita_pid" 2>/dev/null
+exit 0
+"""
+
+
+def run_gui(gui_dir: Path, home: Path) -> tuple[dict | None, str]:
+    """Krita under Xvfb until the probe reports (or the timeout); returns the report and Krita's output."""
+    picture, change_map = demo_pictures()
+    picture.save(gui_dir / "picture.png")
+    change_map.save(gui_dir / "change_map.png")
+    env = harness.krita_env(home, [], register_plugin=True)
+    env.pop("QT_QPA_PLATFORM", None)  # the real X server this time
+    env.pop("PYTHONPATH", None)
+    env.update(GUI_DIR=str(gui_dir), DIFFDIFF_GUI_REPORT=str(gui_dir / "report.json"),
+               DIFFDIFF_GUI_PICTURE=str(gui_dir / "picture.png"), DIFFDIFF_GUI_MAP=str(gui_dir / "change_map.png"),
+               REPORT_TIMEOUT_S=str(REPORT_TIMEOUT_S))
+    screen = f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24"
+    for _attempt in range(2):  # `xvfb-run -a` can race another run for the same display number
+        subprocess.run(["xvfb-run", "-a", "-s", screen, "bash", "-c", SESSION], env=env, cwd=gui_dir,
+                       timeout=REPORT_TIMEOUT_S + 60, check=False, capture_output=True)
+        log = (gui_dir / "krita.log").read_text(errors="replace") if (gui_dir / "krita.log").exists() else ""
+        if "could not connect to display" not in log:
+            break
+    report_file = gui_dir / "report.json"
+    return (json.loads(report_file.read_text()) if report_file.exists() else None), log
+
+
+def crop_for_docs(screen: Image.Image, window: list[int]) -> Image.Image:
+    """Krita's window at full resolution (text stays sharp), without the empty screen around it."""
+    x, y, w, h = window
+    return screen.crop((max(x, 0), max(y, 0), min(x + w, screen.width), min(y + h, screen.height)))
+
+
+def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
+    home, gui_dir = tmp_path / "home", tmp_path / "gui"
+    gui_dir.mkdir()
+    with live_server.running_server(tmp_path / "server.log") as url:
+        make_profile(home, url)
+        report, log = run_gui(gui_dir, home)
+
+    assert report is not None, f"the probe never reported; Krita's output ends with:\n{log[-3000:]}"
+    assert report["errors"] == [], report["errors"]
+    # Our plugin writes nothing to Krita's output: no traceback, no message naming it.
+    assert "Traceback" not in log, log[-3000:]
+    assert "differential_diffusion" not in log, log[-3000:]
+
+    # On first start, with nothing moved, the docker is there and shown in the main window.
+    (first,) = report["first_look"]
+    assert first["title"] == "Differential Diffusion"
+    assert first["visible"] and not first["floating"]
+    assert first["geometry"][2] > 100 and first["geometry"][3] > 50
+
+    # It connected to the real server by itself, and Generate is enabled.
+    (docker,) = report["dockers"]
+    assert docker["visible"]
+    assert docker["connection"].startswith("Connected to"), docker["connection"]
+    assert "tiny-sd" in docker["connection"] and docker["generate_enabled"]
+
+    # The screenshot shows the window, and the docker's rectangle is not blank.
+    screen = Image.open(gui_dir / "screen.png").convert("RGB")
+    assert screen.size == SCREEN
+    assert np.asarray(screen).std() > 20
+    x, y, w, h = docker["geometry"]
+    docker_pixels = np.asarray(screen.crop((x, y, x + w, y + h))).astype(float)
+    assert docker_pixels.std() > 10
+    # Text in the docker: many distinct grey levels, not a flat panel.
+    assert len(np.unique(docker_pixels.mean(axis=-1).round())) > 40
+
+    shot = crop_for_docs(screen, report["window"])
+    shot.save(gui_dir / "docker.png", optimize=True)
+    target = os.environ.get("DIFFDIFF_SCREENSHOT")
+    if target:
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        shot.save(target, optimize=True)
