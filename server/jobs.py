@@ -125,6 +125,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def load_failure(model: str | None, exc: BaseException) -> str:
+    """What to tell the painter when a model would not load."""
+    if is_out_of_memory(exc):
+        return (f"Not enough device memory to load model {model!r} ({exc}). Close other "
+                f"programs using the GPU, or restart the server with --dtype float16.")
+    return f"Could not load model {model!r}: {exc}"
+
+
 def encode_png(image: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
     """PNG bytes; low compression because speed matters more than a few kB on loopback."""
     if isinstance(image, np.ndarray):
@@ -297,8 +305,7 @@ class Worker:
             if is_out_of_memory(exc):
                 free_device_memory()
             log.error("load %s failed: %s", task.model, exc)
-            task.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED,
-                                       f"Could not load model {task.model!r}: {exc}",
+            task.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED, load_failure(task.model, exc),
                                        job_id=task.id))])
             return
         log.info("model %s loaded in %.1fs", task.model, time.monotonic() - started)
@@ -319,10 +326,10 @@ class Worker:
             pipe = self.host.ensure(request.model)
             if self.host.name != previous_model and self.on_model_changed is not None:
                 self.on_model_changed(self.host.name, pipe)
-        except BaseException as exc:
+        except Exception as exc:
             free_device_memory()
-            job.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED,
-                                      f"Could not load model {request.model!r}: {exc}",
+            log.error("job %d: could not load %s: %s", job.id, request.model, exc)
+            job.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED, load_failure(request.model, exc),
                                       job_id=job.id))])
             return
 

@@ -673,7 +673,9 @@ async def test_out_of_memory_while_loading_a_model_fails_that_job_and_keeps_the_
         await client.submit(make_test_image(), mode="uniform", strength=0.5,
                             model="tiny-sd-huge")
         events = await client.until_end((await client.accepted()).job_id)
-        assert events[-1].code == p.E_MODEL_LOAD_FAILED and "memory" in events[-1].message
+        error = events[-1]
+        assert error.code == p.E_MODEL_LOAD_FAILED and "Not enough device memory" in error.message
+        assert "tiny-sd-huge" in error.message
         await client.ws.send(client.session.load_model("tiny-sd-huge"))
         assert (await client.error()).code == p.E_MODEL_LOAD_FAILED
         await client.submit(make_test_image(), mode="uniform", strength=0.5)
