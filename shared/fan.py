@@ -7,6 +7,8 @@ Strengths use the painter's convention (1 = change fully, 0 = keep; ``mu_paper =
 
 from __future__ import annotations
 
+import operator
+
 # Column edges fall on multiples of this when the columns are wide enough: diffusion models
 # work on 8x8-pixel latent cells, so an aligned column is uniform in latent space too.
 LATENT_CELL_PX = 8
@@ -17,8 +19,10 @@ def fan_strengths(count: int, low: float, high: float) -> list[float]:
 
     One column gets ``high``: a fan of one is a plain run at the top of the range.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+    whole = _whole(count)
+    if whole is None or whole < 1:
         raise ValueError(f"A strength fan needs at least one column, got count={count!r}.")
+    count = whole
     if not (0.0 <= low <= 1.0 and 0.0 <= high <= 1.0):
         raise ValueError(f"Fan strengths must lie in [0, 1], got low={low}, high={high}.")
     if low > high:
@@ -36,10 +40,12 @@ def fan_columns(width: int, count: int) -> list[tuple[int, int]]:
     Columns are as equal as possible; their inner edges are snapped to multiples of
     :data:`LATENT_CELL_PX` when every column can still be at least that wide.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise ValueError(f"A strength fan needs at least one column, got count={count!r}.")
-    if not isinstance(width, int) or isinstance(width, bool) or width < count:
-        raise ValueError(f"{count} fan columns do not fit in an image {width} pixels wide.")
+    count_in, width_in = count, width
+    count, width = _whole(count), _whole(width)
+    if count is None or count < 1:
+        raise ValueError(f"A strength fan needs at least one column, got count={count_in!r}.")
+    if width is None or width < count:
+        raise ValueError(f"{count} fan columns do not fit in an image {width_in!r} pixels wide.")
     edges = [(j * width) // count for j in range(count + 1)]
     cell = LATENT_CELL_PX
     if width >= cell * count:
@@ -47,3 +53,13 @@ def fan_columns(width: int, count: int) -> list[tuple[int, int]]:
         if all(b - a >= cell for a, b in zip(snapped, snapped[1:], strict=False)):
             edges = snapped
     return list(zip(edges[:-1], edges[1:], strict=False))
+
+
+def _whole(value: object) -> int | None:
+    """``value`` as a plain int when it is a whole number (numpy integers too, not bools)."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
