@@ -57,6 +57,9 @@ LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
 
 def latents_to_rgb(latents: torch.Tensor, family: str) -> np.ndarray:
     """One latent (C x h x w; C = 4, or 16 for sd3 / flux) as a uint8 h x w x 3 RGB preview."""
+    if family not in LATENT_RGB_FACTORS:
+        raise ValueError(f"No preview factors for model family {family!r}; known: "
+                         f"{', '.join(LATENT_RGB_FACTORS)}.")
     factors, bias = LATENT_RGB_FACTORS[family]
     weight = torch.tensor(factors, dtype=torch.float32)
     lat = latents.detach().to("cpu", torch.float32)
