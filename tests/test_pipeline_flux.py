@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import math
 import threading
 
@@ -11,10 +12,13 @@ import torch
 from diffusers import FluxImg2ImgPipeline
 from PIL import Image
 
+from server.app import ServerConfig, run_server
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.flux import FluxDifferentialPipeline, pack_latents, unpack_latents
 from server.pipelines.sd3 import make_flow_scheduler
+from shared import protocol as p
 from tests.conftest import make_test_image
+from tests.test_server import Client, async_test, of
 
 PROMPT = "a red boat on a lake"
 NEGATIVE = "blurry"
@@ -196,7 +200,7 @@ def test_preview_hook_gets_unpacked_latents_and_a_cheap_preview(tiny_flux):
               num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback=hook)
     assert [info.step for info in seen] == [1, 2, 3]
     assert all(i.family == "flux" and i.latents.shape == (1, 16, 6, 8) for i in seen)
-    assert all(p.shape == (6, 8, 3) and p.dtype == np.uint8 for p in previews)
+    assert all(pv.shape == (6, 8, 3) and pv.dtype == np.uint8 for pv in previews)
     assert not np.array_equal(previews[0], previews[-1])
 
 
@@ -212,3 +216,32 @@ def test_cancel_stops_before_the_next_step(tiny_flux, image, monkeypatch):
         tiny_flux(prompt=PROMPT, image=image, change_map=np.ones((64, 64), np.float32),
                   num_inference_steps=5, callback=hook, cancel=cancel)
     assert calls.count == 1
+
+
+# -- through the real server -----------------------------------------------------------------------
+@async_test
+async def test_a_job_through_the_server_returns_the_pipelines_result_at_full_size(tiny_flux):
+    image = make_test_image(80, 48, seed=4)  # not a multiple of 16: padded and cropped back
+    change = np.zeros((48, 80), np.uint8)
+    change[:, 40:] = 255
+    config = ServerConfig(model="tiny-flux", port=0)
+    async with run_server(config, lambda name: tiny_flux) as server:
+        assert "flux" in server.capabilities.families
+        client = await Client.connect(server)
+        await client.submit(image, change, steps=3, seed=11, preview_every=1)
+        accepted = await client.accepted()
+        events = await client.until_end(accepted.job_id)
+        await client.close()
+    assert isinstance(events[-1], p.Done), events[-1]
+    assert events[-1].steps_run == 3
+    assert of(events, p.Preview)  # cheap latent previews went out
+    (result,) = of(events, p.Result)
+    box = result.region  # the server ran only the edited region (plus a margin)
+    assert (result.width, result.height) == (box.width, box.height)
+    assert box.x < 40 and box.x + box.width == 80 and box.height == 48
+    got = np.asarray(Image.open(io.BytesIO(result.png)).convert("RGB"))
+    source = np.asarray(image)[box.y: box.y + box.height, box.x: box.x + box.width]
+    kept = 40 - box.x
+    assert got.shape == source.shape
+    assert np.array_equal(got[:, :kept], source[:, :kept])  # the kept part exact
+    assert np.abs(got[:, kept + 8:].astype(int) - source[:, kept + 8:]).mean() > 10
