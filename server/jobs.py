@@ -125,6 +125,13 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
+def _cancel_waiting(task: Task, reason: str) -> None:
+    """End a task that never ran: one log line, and ``cancelled`` to its client."""
+    what = "job" if isinstance(task, Job) else "model load"
+    log.info("%s %d cancelled (%s) before it started", what, task.id, reason)
+    task.send([p.dumps(p.cancelled(task.id, reason))])
+
+
 def load_failure(model: str | None, exc: BaseException) -> str:
     """What to tell the painter when a model would not load."""
     if is_out_of_memory(exc):
@@ -224,7 +231,7 @@ class Worker:
                 return True
             else:
                 return False
-        task.send([p.dumps(p.cancelled(task.id, reason))])
+        _cancel_waiting(task, reason)
         self._announce_positions()
         return True
 
@@ -241,7 +248,7 @@ class Worker:
                 mine.append(running)
         for task in mine:
             if task is not running:
-                task.send([p.dumps(p.cancelled(task.id, reason))])
+                _cancel_waiting(task, reason)
         if mine:
             self._announce_positions()
         return len(mine)
@@ -257,7 +264,7 @@ class Worker:
                 self._running.cancel_event.set()
             self._cv.notify_all()
         for task in dropped:
-            task.send([p.dumps(p.cancelled(task.id, "the server is shutting down"))])
+            _cancel_waiting(task, "the server is shutting down")
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -319,7 +326,7 @@ class Worker:
         started = time.monotonic()
         queued_s = started - job.created
         if job.cancel_event.is_set():
-            job.send([p.dumps(p.cancelled(job.id, job.cancel_reason))])
+            _cancel_waiting(job, job.cancel_reason)
             return
         try:
             previous_model = self.host.name
