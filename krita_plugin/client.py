@@ -45,6 +45,8 @@ class ServerClient(QObject):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._wake: asyncio.Event | None = None
+        self._attempt: asyncio.Future | None = None
+        self._attempts = 0
         self._stopping = False
 
     # -- UI thread API ------------------------------------------------------------------------------
@@ -109,6 +111,8 @@ class ServerClient(QObject):
             self._wake.set()
         if self._ws is not None:
             asyncio.ensure_future(self._ws.close())
+        elif self._attempt is not None:  # still opening (a server that does not answer): stop waiting
+            self._attempt.cancel()
 
     def _send(self, frames: list[str | bytes]) -> None:
         async def send() -> None:
@@ -119,14 +123,23 @@ class ServerClient(QObject):
                 for frame in frames:
                     await ws.send(frame)
             except Exception as exc:  # the receive loop sees the same failure and reconnects
-                self.event.emit(protocol.Error("send_failed", f"Could not send to the server: {exc}"))
+                self._emit_event(protocol.Error("send_failed", f"Could not send to the server: {exc}"))
 
         if self._loop is not None and not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(send(), self._loop)
 
     def _set_state(self, state: str, text: str) -> None:
         self.state = state
-        self.state_changed.emit(state, text)
+        try:
+            self.state_changed.emit(state, text)
+        except RuntimeError:  # the Qt side is gone (the docker was closed); the thread is ending anyway
+            self._stopping = True
+
+    def _emit_event(self, ev: protocol.Event) -> None:
+        try:
+            self.event.emit(ev)
+        except RuntimeError:
+            self._stopping = True
 
     def _thread_main(self, ready: threading.Event) -> None:
         loop = asyncio.new_event_loop()
@@ -141,43 +154,18 @@ class ServerClient(QObject):
             self._loop = None
 
     async def _run(self) -> None:
-        from websockets.asyncio.client import connect
-        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
-
-        attempt = 0
+        self._attempts = 0
         while not self._stopping:
             url, token = self.url, self.token
             self._wake.clear()
             self._set_state("connecting", f"Connecting to {url} …")
-            refused = ""
+            self._attempt = asyncio.ensure_future(self._connect_once(url, token))
             try:
-                async with connect(url, max_size=RECEIVE_LIMIT, open_timeout=10, ping_interval=20,
-                                   ping_timeout=60, compression=None) as ws:
-                    self._ws = ws
-                    session = protocol.ClientSession(token=token or None, client=CLIENT_NAME)
-                    with self._lock:
-                        self._session = session
-                    await ws.send(session.hello())
-                    async for data in ws:
-                        with self._lock:
-                            events = session.receive(data)
-                        for ev in events:
-                            if isinstance(ev, protocol.Welcome):
-                                attempt = 0
-                                caps = ev.capabilities
-                                self._set_state("connected", f"Connected to {ev.server or url} "
-                                                             f"({caps.current_model} on {caps.device}).")
-                            elif isinstance(ev, protocol.Error) and ev.code in (
-                                    protocol.E_BAD_VERSION, protocol.E_UNAUTHORIZED, protocol.E_HANDSHAKE_REQUIRED):
-                                refused = ev.message
-                            self.event.emit(ev)
-                text = protocol.describe_close(ws.close_code, ws.close_reason or "")
-            except InvalidURI:
-                refused = f"'{url}' is not a websocket address; it looks like ws://127.0.0.1:7860."
-                text = refused
-            except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-                text = f"Cannot reach the server at {url} ({exc.__class__.__name__}: {exc}). Is it running?"
+                refused, text = await self._attempt
+            except asyncio.CancelledError:  # _restart stopped a connection that was still opening
+                refused, text = "", f"Stopped connecting to {url}."
             finally:
+                self._attempt = None
                 self._ws = None
                 with self._lock:
                     self._session = None
@@ -189,10 +177,44 @@ class ServerClient(QObject):
                 await self._wake.wait()
                 continue
             self._set_state("disconnected", text)
-            delay = self.reconnect_delays[min(attempt, len(self.reconnect_delays) - 1)]
-            attempt += 1
+            delay = self.reconnect_delays[min(self._attempts, len(self.reconnect_delays) - 1)]
+            self._attempts += 1
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
                 pass
         self._set_state("disconnected", "Disconnected.")
+
+    async def _connect_once(self, url: str, token: str) -> tuple[str, str]:
+        """One connection, from opening to close: (why it was refused or "", a line for the painter)."""
+        from websockets.asyncio.client import connect
+        from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
+
+        refused = ""
+        try:
+            async with connect(url, max_size=RECEIVE_LIMIT, open_timeout=10, ping_interval=20,
+                               ping_timeout=60, compression=None) as ws:
+                self._ws = ws
+                session = protocol.ClientSession(token=token or None, client=CLIENT_NAME)
+                with self._lock:
+                    self._session = session
+                await ws.send(session.hello())
+                async for data in ws:
+                    with self._lock:
+                        events = session.receive(data)
+                    for ev in events:
+                        if isinstance(ev, protocol.Welcome):
+                            self._attempts = 0
+                            caps = ev.capabilities
+                            self._set_state("connected", f"Connected to {ev.server or url} "
+                                                         f"({caps.current_model} on {caps.device}).")
+                        elif isinstance(ev, protocol.Error) and ev.code in (
+                                protocol.E_BAD_VERSION, protocol.E_UNAUTHORIZED, protocol.E_HANDSHAKE_REQUIRED):
+                            refused = ev.message
+                        self._emit_event(ev)
+            return refused, protocol.describe_close(ws.close_code, ws.close_reason or "")
+        except InvalidURI:
+            text = f"'{url}' is not a websocket address; it looks like ws://127.0.0.1:7860."
+            return text, text
+        except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
+            return refused, f"Cannot reach the server at {url} ({exc.__class__.__name__}: {exc}). Is it running?"

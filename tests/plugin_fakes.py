@@ -23,8 +23,13 @@ from shared import protocol
 from shared.protocol import Region
 
 
+_APP: list[QApplication] = []  # one for the whole test session: never garbage-collected under a test
+
+
 def qapp() -> QApplication:
-    return QApplication.instance() or QApplication(["plugin-tests"])
+    if not _APP:
+        _APP.append(QApplication.instance() or QApplication(["plugin-tests"]))
+    return _APP[0]
 
 
 def caps(**values) -> protocol.Capabilities:
