@@ -83,3 +83,36 @@ def test_enable_in_kritarc_creates_section_and_flips_false(tmp_path: Path) -> No
     kritarc.write_text(f"[python]\nenable_{build_plugin.PLUGIN_NAME}=false\n")
     build_plugin.enable_in_kritarc(kritarc)
     assert kritarc.read_text() == f"[python]\nenable_{build_plugin.PLUGIN_NAME}=true\n"
+
+
+def test_install_command_puts_the_plugin_into_a_profile(tmp_path: Path, capsys) -> None:
+    pykrita, kritarc = tmp_path / "pykrita", tmp_path / "kritarc"
+    build_plugin.main(["--install", "--pykrita", str(pykrita), "--kritarc", str(kritarc)])
+    name = build_plugin.PLUGIN_NAME
+    assert (pykrita / f"{name}.desktop").is_file()
+    assert (pykrita / name / "__init__.py").is_file()
+    assert (pykrita / name / "vendor" / "shared" / "protocol.py").is_file()
+    assert f"enable_{name}=true" in kritarc.read_text()
+    assert "restart Krita" in capsys.readouterr().out
+    # Installing again replaces the package (no stale files from an older version survive).
+    (pykrita / name / "stale.py").write_text("")
+    build_plugin.main(["--install", "--pykrita", str(pykrita), "--kritarc", str(kritarc)])
+    assert not (pykrita / name / "stale.py").exists()
+
+
+def test_makefile_default_model_is_the_servers() -> None:
+    from server.app import DEFAULT_MODEL
+
+    makefile = (ROOT / "Makefile").read_text()
+    (line,) = [line for line in makefile.splitlines() if line.startswith("MODEL ")]
+    assert line.split("?=", 1)[1].strip() == DEFAULT_MODEL
+
+
+def test_readme_opens_with_the_two_commands_and_ci_runs_the_test_one() -> None:
+    readme = (ROOT / "README.md").read_text()
+    first_block = readme.split("```sh\n", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in first_block.strip().splitlines()]
+    assert commands == ["make serve", "make test"]
+    ci = [line.strip() for line in (ROOT / ".ci" / "run").read_text().splitlines()]
+    assert ci[-1] == "make test"
+    assert (ROOT / "docs" / "docker.png").is_file()
