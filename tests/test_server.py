@@ -16,6 +16,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,15 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from server import regions
-from server.app import ConfigError, DiffusionServer, ServerConfig, check_bind, run_server
+from server.app import (
+    MAX_QUEUED_PREVIEW_FRAMES,
+    ConfigError,
+    DiffusionServer,
+    ServerConfig,
+    Session,
+    check_bind,
+    run_server,
+)
 from server.jobs import ConsoleProgress
 from server.maps import fan_map, soft_inpaint_map
 from server.pipelines import Cancelled
@@ -573,6 +582,40 @@ async def test_stopping_the_server_cancels_every_job_tells_the_client_then_close
     assert pipe.runs[0].cancelled and pipe.runs[0].steps == 1 and len(pipe.runs) == 1
 
 
+@async_test
+async def test_previews_for_a_slow_client_are_dropped_but_nothing_else():
+    sent: list[str] = []
+
+    class Connection:
+        remote_address = ("127.0.0.1", 1)
+
+        async def send(self, data: str) -> None:
+            sent.append(data)
+
+    session = Session(SimpleNamespace(capabilities=None), Connection())
+    for i in range(20):
+        session.post([f"preview {i}"], droppable=True)
+        session.post([f"progress {i}"])
+    await asyncio.sleep(0)  # post() hands over through the loop, like the worker thread's
+    pump = asyncio.create_task(session.pump())
+    await session.flush(TIMEOUT_S)
+    pump.cancel()
+    assert [m for m in sent if m.startswith("progress")] == [f"progress {i}" for i in range(20)]
+    assert [m for m in sent if m.startswith("preview")] == \
+        [f"preview {i}" for i in range(MAX_QUEUED_PREVIEW_FRAMES)]
+
+
+@async_test
+async def test_a_client_that_never_says_hello_is_closed(pipe):
+    async with serving(pipe, handshake_timeout_s=0.2) as server:
+        async with connect(server.url) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await asyncio.wait_for(ws.recv(), TIMEOUT_S)
+        assert closed.value.rcvd.code == p.CLOSE_POLICY_VIOLATION
+        assert "hello" in closed.value.rcvd.reason
+        await Client.connect(server)
+
+
 # --- handshake: version, token, bind ----------------------------------------------------------
 
 
@@ -739,6 +782,25 @@ async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(pipe, tiny_s
     box = (crop.x, crop.y, crop.x + 64, crop.y + 64)
     expected = direct(tiny_sd, canvas.crop(box), change[box[1]:box[3], box[0]:box[2]], [11])
     np.testing.assert_array_equal(decode(result.png), expected[0])
+
+
+@async_test
+async def test_a_region_confines_a_uniform_job_on_a_large_canvas(pipe):
+    canvas = make_test_image(200, 160, seed=8)
+    area = p.Region(90, 70, 30, 20)
+    async with serving(pipe) as server:
+        client = await Client.connect(server)
+        await client.submit(canvas, mode="uniform", strength=1.0, region=area)
+        events = await client.until_end((await client.accepted()).job_id)
+    (result,) = of(events, p.Result)
+    crop = result.region
+    assert (crop.width, crop.height) == (64, 64)
+    assert crop.x <= area.x and crop.x + 64 >= area.x + area.width
+    pasted = np.asarray(regions.paste(canvas, Image.open(io.BytesIO(result.png)), crop))
+    inside = np.zeros((160, 200), bool)
+    inside[area.y:area.y + area.height, area.x:area.x + area.width] = True
+    np.testing.assert_array_equal(pasted[~inside], np.asarray(canvas)[~inside])
+    assert not np.array_equal(pasted[inside], np.asarray(canvas)[inside])
 
 
 # --- logs and console -------------------------------------------------------------------------
