@@ -1,20 +1,23 @@
 """What the differential pipeline costs, as ratios measured in one run.
 
-    python bench/pipeline.py --quick            # tiny-sd on the CPU, under a minute on 2 cores
+    python bench/pipeline.py --quick            # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
     python bench/pipeline.py                    # tiny-sd, bigger and more repetitions
     python bench/pipeline.py --model stabilityai/stable-diffusion-2-1-base --device cuda
 
 - overhead:  differential run with a uniform map of strength s / diffusers' StableDiffusionImg2ImgPipeline
              (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.02).
-- skip_<v>:  run time with a change map whose maximum is v (a 0 -> v ramp) / with maximum 1.0: Algorithm 2
-             runs only the last floor(v * k) steps (paper Table 4; goal skip_0.1 <= 0.12).
+- skip_<v>:  run time with a change map whose maximum is v (a 0 -> v ramp, then v on its last quarter, so some
+             latent cells hold v exactly) / with maximum 1.0: Algorithm 2 runs only the last floor(v * k) steps
+             (paper Table 4; goal skip_0.1 <= 0.12). Prompt encoding and the VAE cost the same at every level, so
+             on a small image with few steps they keep the ratio above v.
 - fan5:      one 5-column strength fan (0.2 ... 1.0) / five img2img runs at those strengths (goal <= 0.36).
 - mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img.
   CUDA: torch.cuda.max_memory_allocated. CPU: in a child process whose large allocations are all mmapped
   (MALLOC_MMAP_THRESHOLD_), the peak resident set (VmHWM, reset through /proc/self/clear_refs) during the run.
 
 Every case runs once as warm-up, then the cases take turns for --repeats rounds (the machine may be shared
-and noisy: interleaving spreads its noise over all cases) and the median of each is compared.
+and noisy: interleaving spreads its noise over all cases) and the median of each is compared. The table also
+shows each case's spread (lowest and highest sample) and, for the ratios, the range of the per-round ratios.
 Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
 The last line holds `name=value` pairs for scripts.
 """
@@ -61,11 +64,13 @@ class Settings:
     guidance_scale: float = 7.5
     scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
     seed: int = 0
+    threads: int | None = None  # torch CPU threads; None: torch's default
 
 
 @dataclass
 class Report:
     settings: Settings
+    samples: dict[str, list[float]] = field(default_factory=dict)  # seconds per case, one per round
     medians: dict[str, float] = field(default_factory=dict)  # seconds per case
     steps_run: dict[str, int] = field(default_factory=dict)
     memory_mb: dict[str, float] = field(default_factory=dict)  # peak extra MB per case
@@ -74,6 +79,11 @@ class Report:
 
     def ratio(self, case: str, reference: str) -> float:
         return self.medians[case] / self.medians[reference]
+
+    def ratio_range(self, case: str, reference: str) -> tuple[float, float]:
+        """Lowest and highest ratio of the two cases within one round: how much the noise moves a ratio."""
+        ratios = [a / b for a, b in zip(self.samples[case], self.samples[reference], strict=True)]
+        return min(ratios), max(ratios)
 
     def summary(self) -> dict[str, float]:
         out = {"overhead": self.ratio("ours_uniform", "img2img")}
@@ -123,8 +133,13 @@ def input_image(size: int) -> Any:
 
 
 def ramp(size: int, maximum: float) -> np.ndarray:
-    """A 0 -> `maximum` left-to-right ramp: a real map (not uniform) whose largest strength is `maximum`."""
-    return np.tile(np.linspace(0.0, maximum, size, dtype=np.float32), (size, 1))
+    """A 0 -> `maximum` left-to-right ramp over three quarters of the width, then `maximum`.
+
+    A real map (not uniform) whose largest strength is `maximum` on whole latent cells too (a plain ramp
+    would average to less than `maximum` in its last cell, and run a step fewer than floor(maximum * k)).
+    """
+    row = np.clip(np.linspace(0.0, maximum * 4 / 3, size), 0.0, maximum).astype(np.float32)
+    return np.tile(row, (size, 1))
 
 
 def make_cases(pipe: Any, reference: Any, settings: Settings) -> dict[str, Callable[[], Any]]:
@@ -176,11 +191,18 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure_times(cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu") -> dict[str, float]:
-    """Median seconds per case; the cases take turns, starting one later each round."""
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def measure_times(
+    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmed_up: bool = False
+) -> dict[str, list[float]]:
+    """Seconds per case, one sample per round; the cases take turns, starting one later each round."""
     names = list(cases)
-    for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
-        cases[name]()
+    if not warmed_up:
+        for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
+            cases[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
         shift = round_index % len(names)
@@ -190,7 +212,8 @@ def measure_times(cases: dict[str, Callable[[], Any]], repeats: int, device: str
             cases[name]()
             _synchronize(device)
             samples[name].append(time.perf_counter() - started)
-    return {name: statistics.median(values) for name, values in samples.items()}
+        progress(f"round {round_index + 1}/{repeats} timed")
+    return samples
 
 
 # --------------------------------------------------------------------------------------------
@@ -258,6 +281,10 @@ def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
 
 def _memory_child(settings_json: str) -> None:
     settings = Settings(**json.loads(settings_json))
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
     pipe, reference = load(settings)
     cases = make_cases(pipe, reference, settings)
     print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
@@ -274,15 +301,18 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     pipe, reference = pipes or load(settings)
     cases = make_cases(pipe, reference, settings)
     report = Report(settings)
+    # The warm-up run of every case also gives its step count and the check below.
+    outputs = {name: call() for name, call in cases.items()}
+    progress(f"warm-up done ({len(cases)} cases)")
     # Same seed, same scheduler, same components: the uniform map must reproduce img2img.
-    ours_image = cases["ours_uniform"]().images
-    theirs_image = cases["img2img"]().images
+    ours_image, theirs_image = outputs["ours_uniform"].images, outputs["img2img"].images
     report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
-    for name, call in cases.items():
-        if name.startswith("ours"):
-            report.steps_run[name] = call().steps_run
-    report.medians = measure_times(cases, settings.repeats, settings.device)
+    report.steps_run = {name: out.steps_run for name, out in outputs.items() if name.startswith("ours")}
+    del outputs
+    report.samples = measure_times(cases, settings.repeats, settings.device, warmed_up=True)
+    report.medians = {name: statistics.median(values) for name, values in report.samples.items()}
     if memory:
+        progress("measuring peak memory")
         if settings.device.startswith("cuda"):
             report.memory_mb = measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)
             report.memory_method = "torch.cuda.max_memory_allocated"
@@ -296,6 +326,19 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
 def format_report(report: Report) -> str:
     s = report.settings
     k = s.steps
+    header = f"{'case':<36}{'steps':>6}{'median s':>10}{'min-max s':>16}{'ratio':>8}{'per-round':>14}  goal"
+
+    def row(label: str, case: str, steps: int, reference: str, goal: str = "") -> str:
+        values = report.samples[case]
+        spread = f"{min(values):.4f}-{max(values):.4f}"
+        if case == reference:
+            ratio, rounds = f"{1.0:>8.3f}", ""
+        else:
+            low, high = report.ratio_range(case, reference)
+            ratio, rounds = f"{report.ratio(case, reference):>8.3f}", f"{low:.3f}-{high:.3f}"
+        return f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>14}  {goal}".rstrip()
+
+    extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
     lines = [
         f"bench/pipeline.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
         f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
@@ -303,36 +346,32 @@ def format_report(report: Report) -> str:
         f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
         f"{report.uniform_max_diff:.2e} (0 = the same computation)",
         "",
-        f"{'case':<36}{'steps':>7}{'median s':>11}{'ratio':>9}  goal",
-        f"{'img2img (diffusers), strength ' + format(s.strength, 'g'):<36}{int(k * s.strength):>7}"
-        f"{report.medians['img2img']:>11.4f}{1.0:>9.3f}",
-        f"{'differential, uniform map ' + format(s.strength, 'g'):<36}{report.steps_run['ours_uniform']:>7}"
-        f"{report.medians['ours_uniform']:>11.4f}{report.ratio('ours_uniform', 'img2img'):>9.3f}  <= 1.02 (overhead)",
+        header,
+        row(f"img2img (diffusers), strength {s.strength:g}", "img2img", int(k * s.strength), "img2img"),
+        row(f"differential, uniform map {s.strength:g}", "ours_uniform", report.steps_run["ours_uniform"],
+            "img2img", "<= 1.02 (overhead)"),
+        f"differential minus img2img: {extra_ms:+.1f} ms per run (a fixed cost weighs more on small, short runs)",
         "",
         "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max, time relative to max 1.0",
-        f"{'max strength':<36}{'steps':>7}{'median s':>11}{'ratio':>9}",
+        header.replace("case", "max strength", 1),
     ]
     for level in SKIP_LEVELS:
         name = f"ours_max_{level:g}"
-        goal = "  <= 0.12" if level == 0.1 else ""
-        lines.append(
-            f"{level:<36g}{report.steps_run[name]:>7}{report.medians[name]:>11.4f}"
-            f"{report.ratio(name, 'ours_max_1'):>9.3f}{goal}"
-        )
+        lines.append(row(f"{level:g}", name, report.steps_run[name], "ours_max_1",
+                         "<= 0.12" if level == 0.1 else ""))
     steps5 = sum(int(k * x) for x in FAN_STRENGTHS)
     lines += [
         "",
         f"Strength fan {', '.join(f'{x:g}' for x in FAN_STRENGTHS)}",
-        f"{'five img2img runs':<36}{steps5:>7}{report.medians['img2img_x5']:>11.4f}{1.0:>9.3f}",
-        f"{'one 5-column fan run':<36}{report.steps_run['ours_fan5']:>7}{report.medians['ours_fan5']:>11.4f}"
-        f"{report.ratio('ours_fan5', 'img2img_x5'):>9.3f}  <= 0.36 (fan5)",
+        row("five img2img runs", "img2img_x5", steps5, "img2img_x5"),
+        row("one 5-column fan run", "ours_fan5", report.steps_run["ours_fan5"], "img2img_x5", "<= 0.36 (fan5)"),
     ]
     if report.memory_mb:
         lines += [
             "",
             f"Peak memory above the run's start ({report.memory_method})",
-            f"{'img2img':<36}{'':>7}{report.memory_mb['img2img']:>10.2f} MB",
-            f"{'differential, uniform map':<36}{'':>7}{report.memory_mb['ours_uniform']:>10.2f} MB",
+            f"{'img2img':<36}{'':>6}{report.memory_mb['img2img']:>10.2f} MB",
+            f"{'differential, uniform map':<36}{'':>6}{report.memory_mb['ours_uniform']:>10.2f} MB",
         ]
     else:
         lines += ["", "Peak memory: not measured (needs CUDA or Linux /proc/self/clear_refs)"]
@@ -350,28 +389,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--model", default="tiny-sd")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--size", type=int, help="image side in px (default: 128 for tiny models, else native)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, help="inference steps (default 20; --quick: 10)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 5; --quick: 3)")
     parser.add_argument("--strength", type=float, default=0.75, help="uniform map / img2img strength for overhead")
     parser.add_argument("--guidance-scale", type=float, default=7.5)
     parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--quick", action="store_true", help="64 px, 10 steps, 3 rounds: under a minute on 2 cores")
+    parser.add_argument("--quick", action="store_true",
+                        help="64 px, 20 steps, 3 rounds, 1 thread unless given: under a minute on 2 cores")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child)
         return 0
+    steps = args.steps or 20
+    repeats = args.repeats or (3 if args.quick else 5)
+    if steps < 1 or repeats < 1 or (args.size is not None and args.size < 8):
+        parser.error("--steps and --repeats must be at least 1, --size at least 8")
+    threads = args.threads or (1 if args.quick else None)
+    if threads:
+        import torch
+
+        # On a shared CPU, OpenMP's thread barriers stall whenever one of its threads is descheduled
+        # (runs 10-100x slower, seen here); one thread per process measures the work, not the waiting.
+        torch.set_num_threads(threads)
 
     settings = Settings(
-        model=args.model, device=args.device, steps=args.steps, repeats=args.repeats, strength=args.strength,
-        guidance_scale=args.guidance_scale, scheduler=args.scheduler,
+        model=args.model, device=args.device, steps=steps, repeats=repeats, strength=args.strength,
+        guidance_scale=args.guidance_scale, scheduler=args.scheduler, threads=threads,
     )
-    if args.quick:
-        settings.size, settings.steps, settings.repeats = 64, 10, 3
     if args.size:
         settings.size = args.size
-    elif not args.quick and not settings.model.startswith("tiny-"):
+    elif args.quick:
+        settings.size = 64
+    elif not settings.model.startswith("tiny-"):
         settings.size = 0  # native resolution, set once the model is loaded
     pipes = load(settings)
     if settings.size == 0:

@@ -1,0 +1,351 @@
+"""What the websocket server adds to a job, as a ratio measured in one run.
+
+    python bench/server.py --quick              # tiny-sd on the CPU, 1 thread, well under a minute on 2 cores
+    python bench/server.py                      # tiny-sd, bigger and more repetitions
+    python bench/server.py --model stabilityai/stable-diffusion-2-1-base --device cuda --size 512 --steps 30
+
+A server (server.app.run_server, the real websocket listener and job worker) runs in this process on
+a free loopback port. A real websocket client, driven by the plugin's sans-I/O ``shared.protocol``
+ClientSession, submits a change-map job (previews on, every --preview-every steps, like the plugin) and
+reads every frame up to ``done``. The same pipeline object is then called directly with the same
+settings (image, map, prompt, steps, guidance, seed, scheduler): what the worker itself would call.
+
+- server_overhead: client-side time from the first submit frame sent to ``done`` received / the
+  direct call (goal <= 1.05). It includes the upload, PNG decoding, map building, previews, result
+  PNG encoding and the download: everything a painter waits for beyond the pipeline.
+- first_preview_s: time from the first submit frame sent to the first preview received (median).
+
+The server job and the direct call take turns for --repeats rounds (the one going first alternates)
+after one warm-up of each; medians are compared, and the per-round ratios' range shows the noise.
+The image is PNG-encoded before the clock starts (the plugin does that in Krita). The server runs the
+job at the canvas size (its region budget is raised to the canvas), so both sides do the same work;
+the result's largest pixel difference from the direct call is printed (0: the same computation).
+The last line holds ``name=value`` pairs for scripts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # run as `python bench/server.py` from anywhere
+    sys.path.insert(0, str(ROOT))
+
+PROMPT = "an oil painting of a harbour at dusk"
+NEGATIVE = "blurry"
+
+
+@dataclass
+class Settings:
+    model: str = "tiny-sd"
+    device: str = "cpu"
+    size: int = 256
+    steps: int = 20
+    repeats: int = 5
+    guidance_scale: float = 7.0
+    preview_every: int = 2  # the plugin's default
+    scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
+    seed: int = 1234
+    threads: int | None = None  # torch CPU threads; None: torch's default
+
+
+@dataclass
+class ServerJob:
+    """One job as the client saw it (seconds from the first submit frame sent)."""
+
+    total_s: float
+    first_progress_s: float | None
+    first_preview_s: float | None
+    previews: int
+    steps_run: int
+    run_s: float  # the worker's own time inside the job, from its ``done`` timings
+    result_png: bytes
+    model_size: tuple[int, int]
+
+
+@dataclass
+class Report:
+    settings: Settings
+    server_s: list[float] = field(default_factory=list)
+    direct_s: list[float] = field(default_factory=list)
+    first_preview_s: list[float] = field(default_factory=list)
+    first_progress_s: list[float] = field(default_factory=list)
+    worker_run_s: list[float] = field(default_factory=list)
+    previews: int = 0
+    steps_run: int = 0
+    model_size: tuple[int, int] = (0, 0)
+    result_max_diff: int = -1  # server result vs direct output, 0..255
+    threads: int = 0
+
+    @property
+    def server_overhead(self) -> float:
+        return statistics.median(self.server_s) / statistics.median(self.direct_s)
+
+    def round_ratios(self) -> list[float]:
+        return [a / b for a, b in zip(self.server_s, self.direct_s, strict=True)]
+
+    def summary(self) -> dict[str, float]:
+        first_preview = statistics.median(self.first_preview_s) if self.first_preview_s else float("nan")
+        return {
+            "server_overhead": self.server_overhead,
+            "first_preview_s": first_preview,
+            "server_s": statistics.median(self.server_s),
+            "direct_s": statistics.median(self.direct_s),
+            "worker_run_s": statistics.median(self.worker_run_s),
+            "result_max_diff": float(self.result_max_diff),
+        }
+
+
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def make_inputs(size: int) -> tuple[bytes, bytes, Any]:
+    """The job's picture as PNG, its change map as gray8 bytes (a left-to-right gradient) and the picture."""
+    from PIL import Image
+
+    from eval.images import synthetic_image
+    from eval.maps import gradient_map
+
+    picture = Image.fromarray(synthetic_image(size, size, seed=0))
+    buffer = io.BytesIO()
+    picture.save(buffer, "PNG")
+    gray8 = np.round(gradient_map(size, size) * 255).astype(np.uint8).tobytes()
+    return buffer.getvalue(), gray8, picture
+
+
+class Client:
+    """A websocket client speaking the protocol through the plugin's ClientSession."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.connection: Any = None
+        from shared import protocol as p
+
+        self.p = p
+        self.session = p.ClientSession(client="bench/server.py")
+
+    async def connect(self) -> None:
+        from websockets.asyncio.client import connect
+
+        self.connection = await connect(self.url, max_size=None, compression=None, ping_interval=None)
+        await self.connection.send(self.session.hello())
+        for event in self.session.receive(await self.connection.recv()):
+            if not isinstance(event, self.p.Welcome):
+                raise RuntimeError(f"handshake failed: {event}")
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def run_job(self, settings: Settings, image_png: bytes, map_gray8: bytes) -> ServerJob:
+        p = self.p
+        request = p.SubmitRequest(
+            ref=0, width=settings.size, height=settings.size, mode="change_map", prompt=PROMPT,
+            negative_prompt=NEGATIVE, steps=settings.steps, guidance=settings.guidance_scale, seed=settings.seed,
+            scheduler=settings.scheduler, variants=1, preview_every=settings.preview_every,
+        )
+        frames = self.session.submit(request, image_png, map_gray8)
+        started = time.perf_counter()
+        for frame in frames:
+            await self.connection.send(frame)
+        first_progress = first_preview = None
+        previews = 0
+        result: Any = None
+        model_size = (0, 0)
+        while True:
+            events = self.session.receive(await self.connection.recv())
+            now = time.perf_counter() - started
+            for event in events:
+                if isinstance(event, p.Progress) and first_progress is None:
+                    first_progress = now
+                elif isinstance(event, p.Preview):
+                    previews += 1
+                    if first_preview is None:
+                        first_preview = now
+                elif isinstance(event, p.Started):
+                    model_size = (event.width, event.height)
+                elif isinstance(event, p.Result):
+                    result = event
+                elif isinstance(event, p.Done):
+                    if result is None:
+                        raise RuntimeError("the job ended without a result")
+                    return ServerJob(now, first_progress, first_preview, previews, event.steps_run,
+                                     event.timings.get("run_s", float("nan")), result.png, model_size)
+                elif isinstance(event, (p.Error, p.Cancelled)):
+                    raise RuntimeError(f"the job failed: {event}")
+
+
+def direct_call(pipe: Any, settings: Settings, picture: Any, change_map: np.ndarray) -> Any:
+    """The pipeline call the worker makes for this job, without the server around it."""
+    import torch
+
+    return pipe(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=picture, change_map=change_map,
+        num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
+        generator=[torch.Generator("cpu").manual_seed(settings.seed)], num_images_per_prompt=1,
+        scheduler=settings.scheduler, output_type="pil",
+    )
+
+
+async def run_benchmark_async(settings: Settings) -> Report:
+    import torch
+    from PIL import Image
+
+    from server import regions
+    from server.app import ServerConfig, run_server
+    from server.schedulers import DEFAULT_SCHEDULER
+
+    settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
+    size = settings.size
+    config = ServerConfig(
+        model=settings.model, port=0, device=settings.device,
+        dtype=torch.float16 if settings.device.startswith("cuda") else None,
+        preview_every=settings.preview_every, max_region_pixels=size * size,
+        max_pixels=max(size * size, 1 << 20),
+    )
+    image_png, map_gray8, picture = make_inputs(size)
+    # The map exactly as the server builds it from the gray8 frame.
+    change_map = regions.map_from_gray8(map_gray8, (size, size), None).full()
+    report = Report(settings, threads=torch.get_num_threads())
+
+    async with run_server(config) as server:
+        pipe = server.host.pipe
+        progress(f"server up at {server.url}, model {settings.model} loaded")
+        client = Client(server.url)
+        await client.connect()
+
+        async def server_round() -> ServerJob:
+            return await client.run_job(settings, image_png, map_gray8)
+
+        async def direct_round() -> tuple[float, Any]:
+            started = time.perf_counter()
+            # Off the event loop, as in the worker, so the server's pings are still answered.
+            output = await asyncio.to_thread(direct_call, pipe, settings, picture, change_map)
+            return time.perf_counter() - started, output
+
+        job = await server_round()  # warm-up, and the correctness check
+        _, output = await direct_round()
+        report.model_size, report.steps_run = job.model_size, job.steps_run
+        with Image.open(io.BytesIO(job.result_png)) as served:
+            theirs = np.asarray(served.convert("RGB"), dtype=np.int16)
+        ours = np.asarray(output.images[0].convert("RGB"), dtype=np.int16)
+        report.result_max_diff = int(np.abs(theirs - ours).max()) if theirs.shape == ours.shape else 255
+        progress("warm-up done")
+
+        for round_index in range(settings.repeats):
+            order = ("server", "direct") if round_index % 2 == 0 else ("direct", "server")
+            for which in order:
+                if which == "server":
+                    job = await server_round()
+                    report.server_s.append(job.total_s)
+                    report.worker_run_s.append(job.run_s)
+                    report.previews = job.previews
+                    if job.first_preview_s is not None:
+                        report.first_preview_s.append(job.first_preview_s)
+                    if job.first_progress_s is not None:
+                        report.first_progress_s.append(job.first_progress_s)
+                else:
+                    seconds, _ = await direct_round()
+                    report.direct_s.append(seconds)
+            progress(f"round {round_index + 1}/{settings.repeats} timed")
+        await client.close()
+    return report
+
+
+def run_benchmark(settings: Settings) -> Report:
+    return asyncio.run(run_benchmark_async(settings))
+
+
+def _spread(values: Sequence[float]) -> str:
+    return f"{min(values):.4f}-{max(values):.4f}" if values else "-"
+
+
+def format_report(report: Report) -> str:
+    s = report.settings
+    ratios = report.round_ratios()
+    w, h = report.model_size
+
+    def row(label: str, values: Sequence[float], ratio: str = "", rounds: str = "", goal: str = "") -> str:
+        median = f"{statistics.median(values):>10.4f}" if values else f"{'-':>10}"
+        return f"{label:<40}{median}{_spread(values):>16}{ratio:>8}{rounds:>14}  {goal}".rstrip()
+
+    lines = [
+        f"bench/server.py: model {s.model} on {s.device} ({report.threads} torch threads), {s.size}x{s.size} "
+        f"change-map job (gradient), {s.steps} steps, scheduler {s.scheduler}, guidance {s.guidance_scale:g}, "
+        f"preview every {s.preview_every} steps, median of {s.repeats} alternating rounds",
+        f"server ran the model at {w}x{h}, {report.steps_run} steps, {report.previews} previews per job; "
+        f"result vs direct call: max pixel difference {report.result_max_diff} (0 = the same computation)",
+        "",
+        f"{'case':<40}{'median s':>10}{'min-max s':>16}{'ratio':>8}{'per-round':>14}  goal",
+        row("direct pipeline call", report.direct_s, f"{1.0:.3f}"),
+        row("job through the websocket server", report.server_s, f"{report.server_overhead:.3f}",
+            f"{min(ratios):.3f}-{max(ratios):.3f}", "<= 1.05 (server_overhead)"),
+        row("  of which the worker's pipeline run", report.worker_run_s),
+        row("first progress received", report.first_progress_s),
+        row("first preview received", report.first_preview_s, goal="(first_preview_s)"),
+    ]
+    outside = statistics.median(report.server_s) - statistics.median(report.worker_run_s)
+    lines.append(f"server minus worker run: {outside * 1000:+.1f} ms per job (upload, decode, map, result PNG, "
+                 f"download); worker run minus direct call: "
+                 f"{(statistics.median(report.worker_run_s) - statistics.median(report.direct_s)) * 1000:+.1f} ms "
+                 f"(previews, progress)")
+    return "\n".join(lines)
+
+
+def summary_line(report: Report) -> str:
+    return " ".join(
+        f"{name}={value:.0f}" if name == "result_max_diff" else f"{name}={value:.4f}"
+        for name, value in report.summary().items()
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, help="canvas side in px (default: 256 for tiny models, else 512)")
+    parser.add_argument("--steps", type=int, help="inference steps (default 20; --quick: 10)")
+    parser.add_argument("--repeats", type=int, help="timed rounds (default 5; --quick: 3)")
+    parser.add_argument("--guidance-scale", type=float, default=7.0)
+    parser.add_argument("--preview-every", type=int, default=2, help="steps between previews (plugin default 2)")
+    parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
+    parser.add_argument("--seed", type=int, default=1234)
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
+    parser.add_argument("--quick", action="store_true",
+                        help="128 px, 10 steps, 3 rounds, 1 thread unless given: well under a minute on 2 cores")
+    args = parser.parse_args(argv)
+    steps = args.steps or (10 if args.quick else 20)
+    repeats = args.repeats or (3 if args.quick else 5)
+    size = args.size or (128 if args.quick else 256 if args.model.startswith("tiny-") else 512)
+    if steps < 1 or repeats < 1 or size < 8:
+        parser.error("--steps and --repeats must be at least 1, --size at least 8")
+
+    settings = Settings(
+        model=args.model, device=args.device, size=size, steps=steps, repeats=repeats,
+        guidance_scale=args.guidance_scale, preview_every=args.preview_every, scheduler=args.scheduler,
+        seed=args.seed, threads=args.threads or (1 if args.quick else None),
+    )
+    if settings.threads:
+        import torch
+
+        # A shared CPU stalls OpenMP's thread barriers (see bench/pipeline.py); one thread measures the work.
+        torch.set_num_threads(settings.threads)
+    report = run_benchmark(settings)
+    print(format_report(report))
+    print(summary_line(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
