@@ -7,13 +7,14 @@ The loop itself (``server.pipelines.sd3``) is shared with Flux; Flux's packing i
 from __future__ import annotations
 
 import io
+import json
 import math
 import threading
 
 import numpy as np
 import pytest
 import torch
-from diffusers import StableDiffusion3Img2ImgPipeline
+from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPipeline
 from PIL import Image
 
 from server.app import ServerConfig, run_server
@@ -274,3 +275,44 @@ async def test_a_job_through_the_server_returns_the_pipelines_result_at_full_siz
     assert got.shape == source.shape
     assert np.array_equal(got[:, :kept], source[:, :kept])  # the kept part exact
     assert np.abs(got[:, kept + 8:].astype(int) - source[:, kept + 8:]).mean() > 10
+
+
+def test_dynamic_shifting_schedule_equals_img2img(tiny_sd3, image):
+    # SD3.5-style configs shift the sigmas by the image's token count.
+    components = dict(tiny_sd3.components)
+    components["scheduler"] = FlowMatchEulerDiscreteScheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.16, base_image_seq_len=4,
+        max_image_seq_len=64)
+    pipe = StableDiffusion3DifferentialPipeline(**components)
+    pipe.max_sequence_length = tiny_sd3.max_sequence_length
+    change_map = np.full((64, 64), 0.75, np.float32)
+    ours = run(pipe, image, change_map, seed=2)
+    theirs = reference(pipe)(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=0.75, height=64, width=64,
+        num_inference_steps=4, guidance_scale=4.0, generator=torch.Generator().manual_seed(2),
+        output_type="np", max_sequence_length=pipe.max_sequence_length,
+    ).images
+    np.testing.assert_array_equal(ours.images, theirs)
+    assert not np.array_equal(ours.images, run(tiny_sd3, image, change_map, seed=2).images)
+
+
+# -- which ids are flow-matching models --------------------------------------------------------------
+def test_flow_families_are_recognised_and_pickled_weights_refused(tmp_path):
+    from server.models import ModelNotFoundError, load_pipeline
+    from server.tiny_flow import flow_family_of
+
+    assert flow_family_of("tiny-sd3") == "sd3" and flow_family_of("tiny-flux") == "flux"
+    assert flow_family_of("stabilityai/stable-diffusion-3.5-medium") == "sd3"
+    assert flow_family_of("black-forest-labs/FLUX.1-dev") == "flux"
+    assert flow_family_of("stable-diffusion-v1-5/stable-diffusion-v1-5") is None
+    assert flow_family_of("tiny-sd") is None
+    folder = tmp_path / "my-model"
+    (folder / "transformer").mkdir(parents=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
+    assert flow_family_of(str(folder)) == "flux"
+    (folder / "model_index.json").write_text(
+        json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
+    assert flow_family_of(str(folder)) == "sd3"
+    (folder / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
+    with pytest.raises(ModelNotFoundError, match="safetensors"):
+        load_pipeline(str(folder))
