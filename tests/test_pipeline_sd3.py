@@ -203,6 +203,13 @@ def test_all_zero_map_returns_the_input_without_the_model(tiny_sd3, image, monke
     out = tiny_sd3(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32))
     assert calls.count == 0 and out.steps_run == 0
     assert np.array_equal(np.asarray(out.images[0]), np.asarray(image))
+    latents = tiny_sd3(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
+                       output_type="latent", num_images_per_prompt=2,
+                       generator=torch.Generator().manual_seed(0)).images
+    tensor, _ = tiny_sd3.prepare_image(image)
+    z_init, _ = tiny_sd3.prepare_latents(tensor, 2, torch.Generator().manual_seed(0),
+                                         torch.float32)
+    assert calls.count == 0 and torch.equal(latents, z_init)
 
 
 # -- hooks, schedulers, errors ---------------------------------------------------------------------

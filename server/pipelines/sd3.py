@@ -273,7 +273,9 @@ class FlowMatchingDifferentialPipeline:
         channels = z_init.shape[1]
         z_init, noise = self.to_model_layout(z_init), self.to_model_layout(noise)
         model_steps = self.to_model_layout(steps.expand(1, channels, *latent_hw))
-        latents = sched.scale_noise(z_init, timesteps[:1].repeat(batch), noise)
+        # (An all-zero map asking for latents runs no step: they are the original's.)
+        latents = sched.scale_noise(z_init, timesteps[:1].repeat(batch), noise) if longest \
+            else z_init
         latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
 
         # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
