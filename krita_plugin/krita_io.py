@@ -74,9 +74,11 @@ def _node_bgra(node, region: Region) -> bytes:
 class DocumentCanvas:
     """One Krita document, as the rest of the plugin sees it."""
 
-    def __init__(self, document) -> None:
+    def __init__(self, document, active_layer=None) -> None:
         self.document = document
         self.preview_id: str | None = None
+        # Scripts under kritarunner have no view, so Krita reports no active layer: they pin one.
+        self.active_layer = active_layer
 
     # -- reading -----------------------------------------------------------------------------------
     @property
@@ -197,7 +199,8 @@ class DocumentCanvas:
         source_node_id = None
         notes: list[str] = []
         if settings.source == "active_layer":
-            node = active_node if active_node is not None else self.document.activeNode()
+            node = next((n for n in (active_node, self.active_layer) if n is not None), None)
+            node = node if node is not None else self.document.activeNode()
             if node is None:
                 raise JobInputError("Source is 'Active layer' but no layer is active: click a layer first.")
             if map_node is not None and _node_id(node) == _node_id(map_node):
@@ -340,12 +343,14 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
 class KritaHost:
     """What the panel needs from Krita: the active document's canvas and the settings store.
 
-    `document` pins one document (scripts under kritarunner have no window, so no active one).
+    `document` pins one document (scripts under kritarunner have no window, so no active one),
+    `active_layer` the layer used when Source is 'Active layer'.
     """
 
-    def __init__(self, document=None, store=None) -> None:
+    def __init__(self, document=None, store=None, active_layer=None) -> None:
         self.store = store if store is not None else KritaSettingsStore()
         self.document = document
+        self.active_layer = active_layer
         self._canvases: dict = {}
 
     def active_canvas(self) -> DocumentCanvas | None:
@@ -359,6 +364,8 @@ class KritaHost:
             canvas = self._canvases[key] = DocumentCanvas(document)
         else:
             canvas.document = document
+        if self.active_layer is not None:
+            canvas.active_layer = self.active_layer
         return canvas
 
 
@@ -374,17 +381,19 @@ def docker_controller():
     return None
 
 
-def script_controller(url: str | None = None, token: str = "", document=None, persist: bool = False):
+def script_controller(url: str | None = None, token: str = "", document=None, active_layer=None,
+                      persist: bool = False):
     """A Controller for scripts (kritarunner, the scripter, end-to-end tests), without a docker.
 
-    It reads `document` (default: the active one) and keeps its settings in memory unless
+    It reads `document` (default: the active one; kritarunner has none, pass it) and, for Source
+    'Active layer', `active_layer` (default: Krita's active node). Settings stay in memory unless
     `persist` (then in kritarc, shared with the docker). It does not connect until asked:
     `wait_connected()` connects to `url` and pumps Qt until the server's welcome arrived.
     """
     from .controller import Controller
     from .settings import DictStore
 
-    host = KritaHost(document=document, store=None if persist else DictStore())
+    host = KritaHost(document=document, store=None if persist else DictStore(), active_layer=active_layer)
     controller = Controller(host)
     if url is not None:
         controller.settings.server_url, controller.settings.token = url, token

@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from shared import protocol
+from shared.fan import fan_strengths
 
 _spec = importlib.util.spec_from_file_location("krita_harness", Path(__file__).parent / "krita" / "harness.py")
 harness = importlib.util.module_from_spec(_spec)
@@ -262,3 +263,120 @@ def _write_failing(tmp_path: Path) -> Path:
     (tmp_path / "plugin_checks_failing.py").write_text(
         "from kscript import entry\n\n@entry\ndef fails(args):\n    return 1 / 0\n")
     return tmp_path
+
+
+# -- Several checks in one Krita start (plugin_checks.batch) -------------------------------------------
+
+FAN = {"columns": 4, "low": 0.2, "high": 0.8}
+SEL = (8, 6, 40, 30)
+
+
+def ink_layer() -> np.ndarray:
+    ink = np.zeros((H, W, 4), np.uint8)
+    ink[10:30, 5:40] = (20, 200, 30, 255)
+    ink[30:40, 20:60] = (200, 40, 40, 128)  # half-transparent: composited in the projection
+    return ink
+
+
+@pytest.fixture(scope="module")
+def batch(krita_home, tmp_path_factory):
+    """Run the batched checks once; each test below reads its own part."""
+    checks = {}
+
+    def add(name: str, function: str, files: dict[str, bytes], **args):
+        base = tmp_path_factory.mktemp(name)
+        (base / "in").mkdir()
+        (base / "out").mkdir()
+        for file, data in files.items():
+            (base / "in" / file).write_bytes(data)
+        checks[name] = (function, {**args, "width": args.get("width", W), "height": args.get("height", H),
+                                   "in_dir": str(base / "in"), "out_dir": str(base / "out")}, base / "out")
+
+    rng = np.random.default_rng(7)
+    result_full = rng.integers(0, 256, (H, W, 4), dtype=np.uint8)
+    result_full[..., 3] = 255
+    result_sel = result_full[: SEL[3], : SEL[2]].copy()
+    common = {"picture.bgra": picture(4).tobytes(), "ink.bgra": ink_layer().tobytes()}
+    add("fan", "fan_result_applied", {**common, "result.png": rgba_png(result_full)}, **FAN, return_pixels=True)
+    add("fan_sel", "fan_result_applied", {**common, "result.png": rgba_png(result_sel)}, **FAN,
+        region="selection", selection=list(SEL))
+    add("sources", "sources", {**common, "result.png": rgba_png(result_full)})
+    add("panel", "panel_create_map", common)
+    w, h = 128, 64
+    add("grow", "soft_inpaint_map", {"picture.bgra": np.full((h, w, 4), 200, np.uint8).tobytes()}, width=w,
+        height=h, selection=[40, 16, 48, 32], softness=0, grow=6)
+    names = list(checks)
+    out = harness.run_in_krita("plugin_checks", "batch", {"checks": [list(checks[n][:2]) for n in names]},
+                               home=krita_home)
+    return {n: (r, checks[n][2], result_full) for n, r in zip(names, out, strict=True)}
+
+
+def part(batch, name):
+    r, out_dir, extra = batch[name]
+    if not r["ok"]:
+        pytest.fail(f"{name} failed inside Krita:\n{r['error']}")
+    return r["value"], out_dir, extra
+
+
+def test_fan_result_layer_is_labelled_with_each_column_strength_and_apply_adds_one_layer(batch):
+    r, _, result_full = part(batch, "fan")
+    m = r["message"]
+    assert m["mode"] == "fan" and m["fan"] == {"count": 4, "low": 0.2, "high": 0.8} and not r["has_map"]
+    assert "region" not in m and r["state"] == "done"
+    label = "fan " + " | ".join(f"{s:.2f}" for s in fan_strengths(4, 0.2, 0.8))
+    assert label == "fan 0.20 | 0.40 | 0.60 | 0.80"
+    assert r["names"] == ["Background", "Ink", f"dunes · seed 21 · {label}"]
+    # Applied: the result is an ordinary layer now (visible, out of the list), nothing else changed.
+    assert r["history_left"] == 0 and r["applied_visible"]
+    assert len(r["after"]) == len(r["before"]) + 1
+    for key, value in r["before"].items():
+        assert r["after"][key] == value
+    layer = np.frombuffer(bytes.fromhex(r["applied_pixels"]), np.uint8).reshape(H, W, 4)
+    np.testing.assert_array_equal(bgra_to_rgba(layer), result_full)
+
+
+def test_fan_in_a_selection_spans_the_selection_bounds(batch):
+    r, _, _ = part(batch, "fan_sel")
+    x, y, w, h = SEL
+    assert r["message"]["region"] == {"x": x, "y": y, "width": w, "height": h}
+    assert r["names"][-1].endswith("fan 0.20 | 0.40 | 0.60 | 0.80")
+    assert len(r["after"]) == len(r["before"]) + 1
+    assert all(r["after"][k] == v for k, v in r["before"].items())
+
+
+def test_source_is_the_active_layer_or_the_visible_picture(batch):
+    r, out_dir, _ = part(batch, "sources")
+    assert r["source_is_ink"] and r["source2"] is None
+    active = np.frombuffer((out_dir / "active.bgra").read_bytes(), np.uint8).reshape(H, W, 4)
+    ink = ink_layer()
+    opaque = ink[..., 3] == 255
+    np.testing.assert_array_equal(active[opaque], ink[opaque])  # that layer alone, not the Background
+    assert (active[ink[..., 3] == 0][..., 3] == 0).all()
+    # The visible picture: Ink composited over the Background; the hidden layer left out.
+    pic = picture(4).astype(float)
+    a = ink[..., 3:4] / 255.0
+    want = ink[..., :3] * a + pic[..., :3] * (1 - a)
+    projection = np.frombuffer((out_dir / "projection.bgra").read_bytes(), np.uint8).reshape(H, W, 4)
+    assert np.abs(projection[..., :3].astype(float) - want).max() <= 1.5
+    assert (projection[..., 3] == 255).all()
+    # The result went right above the source layer, below the painter's other layers.
+    assert r["names"] == ["Background", "Ink", "ink · seed 3 · strength 0.50", "Notes"]
+    after_by_id = {v["id"]: v for v in r["after"].values()}
+    assert all(after_by_id[v["id"]] == v for v in r["before"].values())  # by identity: indices moved up
+
+
+def test_create_change_map_button_in_the_panel(batch):
+    r, _, _ = part(batch, "panel")
+    assert r["count"] == 1 and r["type"] == "paintlayer" and r["all_black_opaque"]
+    assert len(r["after"]) == len(r["before"]) + 1 and all(r["after"][k] == v for k, v in r["before"].items())
+    assert "paint white" in r["message"] and r["submitted"] == 0
+
+
+def test_soft_inpaint_grow_uses_krita_grow(batch):
+    r, out_dir, _ = part(batch, "grow")
+    w, h = 128, 64
+    soft = np.frombuffer((out_dir / "soft_map.gray").read_bytes(), np.uint8).reshape(h, w)
+    row, col = soft[32], soft[:, 64]
+    # 48x32 at (40, 16) grown by 6: x in [34, 94), y in [10, 54); hard edges (softness 0).
+    assert (row[35:93] == 255).all() and (row[:33] == 0).all() and (row[95:] == 0).all()
+    assert (col[11:53] == 255).all() and (col[:9] == 0).all() and (col[55:] == 0).all()

@@ -267,3 +267,138 @@ def deep_document(args: dict) -> dict:
         "result_px": list(bytes(node.pixelData(0, 0, 1, 1))),
         "before_same": all(after.get(k) == v for k, v in before.items()),
     }
+
+
+@entry
+def batch(args: dict) -> list:
+    """Several checks in one Krita start (each start costs seconds): args["checks"] is a list of
+    [function name, its args]; returns one {"ok", "value" | "error"} per check, in order."""
+    import traceback
+
+    out = []
+    for name, check_args in args["checks"]:
+        fn = globals()[name]
+        fn = getattr(fn, "__wrapped__", fn)  # the undecorated check
+        try:
+            out.append({"ok": True, "value": fn(check_args)})
+        except Exception:
+            out.append({"ok": False, "error": traceback.format_exc()})
+    return out
+
+
+def _fake_controller(doc, active_layer=None):
+    from krita_plugin.controller import Controller
+    from krita_plugin.krita_io import KritaHost
+    from krita_plugin.settings import DictStore
+
+    host = KritaHost(document=doc, store=DictStore(), active_layer=active_layer)
+    client = _FakeClient()
+    controller = Controller(host, client=client)
+    notices = []
+    controller.notice.connect(lambda level, text: notices.append([level, text]))
+    client.state_changed.emit("connected", "ok")
+    return controller, client, notices
+
+
+def _deliver(client, request, png: bytes, job_id: int, seed: int, w: int, h: int) -> None:
+    from shared import protocol
+    from shared.protocol import Region
+
+    region = request.region or Region(0, 0, w, h)
+    client.event.emit(protocol.Accepted(ref=request.ref, job_id=job_id, position=0, seed=seed))
+    client.event.emit(protocol.Result(job_id=job_id, index=0, seed=seed, region=region, png=png,
+                                      width=region.width, height=region.height, timings={}))
+    client.event.emit(protocol.Done(job_id=job_id, images=1, steps_run=4, timings={}))
+
+
+def fan_result_applied(args: dict) -> dict:
+    """Strength fan through the docker's controller: the request, the result layer's name (each
+    column's strength), then Apply: exactly one new layer, every other layer untouched."""
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    ink = doc.createNode("Ink", "paintlayer")
+    doc.rootNode().addChildNode(ink, None)
+    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+    before = layer_pixels(doc)
+    controller, client, notices = _fake_controller(doc)
+    if args.get("selection"):
+        from krita import Selection
+
+        selection = Selection()
+        selection.select(*args["selection"], 255)
+        doc.setSelection(selection)
+    controller.update_settings(mode="fan", fan_columns=args["columns"], fan_low=args["low"], fan_high=args["high"],
+                               prompt="dunes", random_seed=False, seed=21, region=args.get("region", "canvas"))
+    assert controller.generate(), notices
+    request, image_png, map_gray8 = client.submitted[0]
+    _deliver(client, request, _read(args, "result.png"), 31, 21, w, h)
+    outcome = controller.outcomes[request.ref]
+    after_result = layer_pixels(doc)
+    key = controller.history.entries[0].key
+    controller.apply_result(key)
+    after = {k: v for k, v in layer_pixels(doc).items() if "Selection" not in k}
+    node = controller.host.active_canvas().find_node(outcome.layer_ids[0])
+    return {
+        "message": request.to_message(), "has_map": map_gray8 is not None, "state": outcome.state,
+        "names": [n.name() for n in doc.rootNode().childNodes()], "before": before, "after_result": after_result,
+        "after": after, "history_left": len(controller.history.entries), "applied_visible": node.visible(),
+        "applied_pixels": bytes(node.pixelData(0, 0, w, h)).hex() if args.get("return_pixels") else None,
+    }
+
+
+def sources(args: dict) -> dict:
+    """Source 'Active layer' sends that layer alone (results go right above it); 'Visible
+    picture' sends the composite. Through script_controller, the scripting entry point."""
+    from krita_plugin.images import png_to_bgra
+    from krita_plugin.krita_io import script_controller
+
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    root = doc.rootNode()
+    ink = doc.createNode("Ink", "paintlayer")
+    root.addChildNode(ink, None)
+    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+    top = doc.createNode("Notes", "paintlayer")
+    root.addChildNode(top, None)
+    top.setVisible(False)
+    top.setPixelData(bytes((0, 0, 255, 255)) * (w * h), 0, 0, w, h)
+    before = layer_pixels(doc)
+
+    c = script_controller("ws://127.0.0.1:1", document=doc, active_layer=ink)
+    c.update_settings(mode="uniform", strength=0.5, source="active_layer", random_seed=False, seed=3)
+    job = c.prepare_job()
+    _write(args, "active.bgra", png_to_bgra(job.image_png))
+    above = job.inputs.source_node_id == ink.uniqueId().toString()
+    c.update_settings(source="projection")
+    job2 = c.prepare_job()
+    _write(args, "projection.bgra", png_to_bgra(job2.image_png))
+
+    controller, client, notices = _fake_controller(doc, active_layer=ink)
+    controller.update_settings(mode="uniform", strength=0.5, source="active_layer", random_seed=False, seed=3,
+                               prompt="ink")
+    assert controller.generate(), notices
+    _deliver(client, client.submitted[0][0], _read(args, "result.png"), 5, 3, w, h)
+    return {"source_is_ink": above, "message": job.request.to_message(),
+            "names": [n.name() for n in root.childNodes()], "before": before,
+            "after": layer_pixels(doc), "source2": job2.inputs.source_node_id}
+
+
+def panel_create_map(args: dict) -> dict:
+    """The docker's panel inside Krita: its 'Create Change Map layer' button adds one black,
+    opaque paint layer called 'Change Map' and changes nothing else."""
+    from krita_plugin.docker import DiffDiffPanel
+
+    w, h = args["width"], args["height"]
+    doc = _picture_document(args)
+    before = layer_pixels(doc)
+    controller, client, notices = _fake_controller(doc)
+    panel = DiffDiffPanel(controller.host, controller=controller)
+    panel.create_map.click()
+    after = layer_pixels(doc)
+    nodes = [n for n in doc.rootNode().childNodes() if n.name() == "Change Map"]
+    data = bytes(nodes[0].pixelData(0, 0, w, h)) if nodes else b""
+    # Generating from it at once: the layer is black, so the painter is told to paint white first.
+    panel.generate.click()
+    return {"before": before, "after": after, "count": len(nodes), "type": nodes[0].type() if nodes else None,
+            "all_black_opaque": data == bytes((0, 0, 0, 255)) * (w * h), "message": panel.message.text(),
+            "submitted": len(client.submitted)}
