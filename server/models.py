@@ -100,10 +100,13 @@ def _load(model: str, dtype: torch.dtype) -> DifferentialPipeline:
 
 def _load_cascade_family(model: str, dtype: torch.dtype) -> Any:
     """Kandinsky 2.2 (prior + decoder) and DeepFloyd IF (stages): their own loaders, or None."""
+    from server.pipelines.deepfloyd_if import is_deepfloyd_if, load_deepfloyd_if
     from server.pipelines.kandinsky import is_kandinsky22, load_kandinsky22
 
     if is_kandinsky22(model):
         return load_kandinsky22(model, dtype)
+    if is_deepfloyd_if(model):
+        return load_deepfloyd_if(model, dtype)
     return None
 
 

@@ -76,6 +76,8 @@ def tiny_kandinsky22_components(seed: int = TINY_SEED) -> tuple[dict[str, Any], 
             block_out_channels=(32, 32, 32, 32), layers_per_block=1, norm_num_groups=8,
             norm_type="spatial", sample_size=64,
         )
+    for module in (text_encoder, prior, image_encoder, unet, movq):
+        module.eval()  # as from_pretrained leaves them: no dropout at inference
     prior_parts = {
         "prior": prior, "image_encoder": image_encoder, "text_encoder": text_encoder,
         "tokenizer": tokenizer,
@@ -128,6 +130,7 @@ def _if_unet(sample_size: int, in_channels: int, super_resolution: bool) -> UNet
         up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=_EMBED,
         encoder_hid_dim=_EMBED, encoder_hid_dim_type="text_proj", addition_embed_type="text",
+        addition_embed_type_num_heads=2,
         resnet_time_scale_shift="scale_shift", act_fn="gelu", only_cross_attention=False,
         **extra,
     )
@@ -147,6 +150,8 @@ def tiny_if_components(seed: int = TINY_SEED) -> tuple[dict[str, Any], dict[str,
         ))
         stage_1 = _if_unet(16, 3, super_resolution=False)
         stage_2 = _if_unet(64, 6, super_resolution=True)
+    for module in (text_encoder, stage_1, stage_2):
+        module.eval()  # T5 has dropout; inference never wants it (from_pretrained does this too)
     first = {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": stage_1,
              "scheduler": DDPMScheduler(**_if_schedule())}
     second = {"tokenizer": tokenizer, "text_encoder": text_encoder, "unet": stage_2,
