@@ -130,3 +130,29 @@ def test_table_has_the_paper_layout() -> None:
     line = adherence.summary_line(result)
     pairs = dict(p.split("=") for p in line.split())
     assert set(pairs) >= {"cam_gradient", "dam_shapes", "baseline_cam_triangles", "distance"}
+
+
+def test_command_line_runs_table_1_on_tiny_sd(capsys) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        code = adherence.main(["--count", "1", "--size", "32", "--steps", "4", "--thresholds", "0.5",
+                               "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0
+    out = capsys.readouterr().out
+    # Without LPIPS (and its weights) on the machine, the output names the fallback it used instead.
+    from eval.metrics import LPIPS_DISTANCE, lpips_unavailable_reason
+
+    used = LPIPS_DISTANCE if lpips_unavailable_reason() is None else FALLBACK_DISTANCE
+    if used == FALLBACK_DISTANCE:
+        assert f"fallback {FALLBACK_DISTANCE}, not LPIPS" in out
+    assert "model tiny-sd, 1 images 32x32, 4 steps" in out
+    assert "Differential diffusion (ours)" in out and "Binary-mask inpaint (best thr.)" in out
+    assert "(7 pipeline runs" in out  # all-change, then per map kind: ours and one threshold
+    pairs = dict(pair.split("=", 1) for pair in out.strip().splitlines()[-1].split())
+    assert pairs["distance"] == used and f"distance {used}" in out
+    for kind in MAP_KINDS:
+        assert math.isfinite(float(pairs[f"dam_{kind}"])) and -1.0 <= float(pairs[f"cam_{kind}"]) <= 1.0
