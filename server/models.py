@@ -266,8 +266,8 @@ def tiny_components(model: str, seed: int = TINY_SEED) -> dict[str, Any]:
                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             )
             scheduler = DDIMScheduler(**_SD_SCHEDULE, clip_sample=False, set_alpha_to_one=False)
-            return {"vae": _tiny_vae(), "text_encoder": _tiny_text_encoder(tokenizer),
-                    "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler}
+            return _eval({"vae": _tiny_vae(), "text_encoder": _tiny_text_encoder(tokenizer),
+                          "tokenizer": tokenizer, "unet": unet, "scheduler": scheduler})
         # SDXL: two text encoders (penultimate hidden states concatenated, 32 + 32), pooled
         # projection and size/crop time ids as added conditioning.
         refiner = model == "tiny-sdxl-refiner"
@@ -286,9 +286,18 @@ def tiny_components(model: str, seed: int = TINY_SEED) -> dict[str, Any]:
                                  "text_encoder_2": _tiny_text_encoder(tokenizer, True),
                                  "tokenizer_2": tokenizer}
         if refiner:
-            return parts
+            return _eval(parts)
         parts.update(
             vae=_tiny_vae(), text_encoder=_tiny_text_encoder(tokenizer), tokenizer=tokenizer,
             scheduler=EulerDiscreteScheduler(**_SD_SCHEDULE, timestep_spacing="leading"),
         )
-        return parts
+        return _eval(parts)
+
+
+def _eval(parts: dict[str, Any]) -> dict[str, Any]:
+    # Inference mode, as from_pretrained leaves models: a tiny model saved and reloaded then runs
+    # the same kernels and gives the same images.
+    for part in parts.values():
+        if isinstance(part, torch.nn.Module):
+            part.eval()
+    return parts
