@@ -46,14 +46,18 @@ def load_pipeline(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     refiner: str | None = None,
+    config: str | None = None,
 ) -> DifferentialPipeline:
     """A differential-diffusion pipeline for ``model``.
 
     ``model``: ``tiny-sd`` / ``tiny-sdxl`` (random weights, offline, deterministic), a local
     diffusers folder, a local single-file ``.safetensors`` checkpoint, or a Hugging Face hub id
     (default cache). ``refiner`` (SDXL only): the same kinds of id for an SDXL refiner.
+    ``config`` (single-file checkpoints): a local diffusers folder of the same architecture
+    (``model_index.json`` and the components' configs; weights not needed), so that nothing is
+    downloaded; without it the configs come from the Hugging Face cache or, once, the hub.
     """
-    pipe = _load(model, dtype)
+    pipe = _load(model, dtype, config)
     if refiner is not None:
         if pipe.family != "sdxl":
             raise ValueError(f"A refiner only works with an SDXL base model; {model!r} is SD.")
@@ -66,7 +70,7 @@ def load_pipeline(
     return pipe.to(device=device, dtype=dtype)
 
 
-def _load(model: str, dtype: torch.dtype) -> DifferentialPipeline:
+def _load(model: str, dtype: torch.dtype, config: str | None = None) -> DifferentialPipeline:
     other = _load_cascade_family(model, dtype)
     if other is not None:
         return other
@@ -83,7 +87,7 @@ def _load(model: str, dtype: torch.dtype) -> DifferentialPipeline:
     if model == "tiny-sdxl-refiner":
         raise ValueError("'tiny-sdxl-refiner' is a refiner: use load_pipeline('tiny-sdxl', "
                          "refiner='tiny-sdxl-refiner').")
-    diffusers_pipe = _load_diffusers(model, dtype, refiner=False)
+    diffusers_pipe = _load_diffusers(model, dtype, refiner=False, config=config)
     if isinstance(diffusers_pipe, StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline):
         if diffusers_pipe.text_encoder is None:
             raise ValueError(f"{model!r} is an SDXL refiner; load it with refiner=, next to an "
@@ -129,7 +133,7 @@ def _load_refiner(refiner: str, base: DifferentialPipeline,
 
 
 # -- real models ---------------------------------------------------------------------------------
-def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool) -> Any:
+def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool, config: str | None = None) -> Any:
     path = Path(model).expanduser()
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
     if path.is_dir():
@@ -147,35 +151,95 @@ def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool) -> Any:
             raise ModelNotFoundError(
                 f"Refusing {path.name}: only .safetensors checkpoints are loaded (pickled "
                 f"{path.suffix} files can run code). Convert it to .safetensors first.")
-        cls = StableDiffusionXLImg2ImgPipeline if refiner else (
-            StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline)
-        try:
-            return cls.from_single_file(str(path), **kwargs)
-        except Exception as exc:
-            raise ModelNotFoundError(
-                f"Could not load the checkpoint {path} (diffusers needs its model config, from "
-                f"the hub or the local cache): {_one_line(exc)}") from exc
+        return _load_single_file(path, dtype, refiner, config)
+    tried = (f"Model {model!r} not found. Tried: the built-in ids ({', '.join(_builtin_ids())}); "
+             f"a local folder or .safetensors file at {path.resolve()} (nothing there)")
     looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".safetensors") \
         or model.count("/") > 1
     if looks_like_path or "/" not in model:
-        raise ModelNotFoundError(
-            f"Model {model!r} not found: it is not a built-in id ({', '.join(TINY_MODELS[:2])}), "
-            f"not an existing local folder or .safetensors file, and not a hub id (owner/name).")
+        raise ModelNotFoundError(f"{tried}; it is not a Hugging Face hub id (owner/name) either.")
     try:
         return _hub_pipeline_class(model, refiner).from_pretrained(
             model, use_safetensors=True, **kwargs)
     except Exception as exc:
         raise ModelNotFoundError(
-            f"Model {model!r} not found: not a built-in id or local path, and the Hugging Face hub "
-            f"(or its cache) failed: {_one_line(exc)}") from exc
+            f"{tried}; the Hugging Face hub id {model!r}: "
+            f"{_hub_failure(exc) or _one_line(exc)}.") from exc
+
+
+def _load_single_file(path: Path, dtype: torch.dtype, refiner: bool, config: str | None) -> Any:
+    """A single-file checkpoint holds the weights but not the architecture: diffusers builds the
+    pipeline from a diffusers config folder. Given ``config`` (a local folder), nothing is
+    downloaded; otherwise diffusers picks the original repository from the checkpoint's keys and
+    reads its configs from the Hugging Face cache, downloading them (a few kB) if missing."""
+    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    config_dir = Path(config).expanduser() if config is not None else None
+    if config_dir is not None and config_dir.is_dir():
+        cls = _folder_pipeline_class(config_dir, refiner)  # the folder says which family
+        kwargs.update(config=str(config_dir), local_files_only=True)
+    else:
+        cls = StableDiffusionXLImg2ImgPipeline if refiner else (
+            StableDiffusionXLPipeline if _single_file_is_sdxl(path) else StableDiffusionPipeline)
+        if config is not None:  # a hub id whose configs are cached
+            kwargs.update(config=config, local_files_only=True)
+    if cls is StableDiffusionPipeline:
+        kwargs.update(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    try:
+        return cls.from_single_file(str(path), **kwargs)
+    except Exception as exc:
+        hint = "" if config_dir is not None and config_dir.is_dir() else (
+            " To load it offline, pass the model's diffusers config folder (config=..., a local "
+            "folder with model_index.json and the components' configs; weights not needed).")
+        why = _hub_failure(exc)
+        why = f"the configs it needs are {why}" if why else _one_line(exc)
+        raise ModelNotFoundError(f"Could not load the checkpoint {path}: {why}.{hint}") from exc
+
+
+def _builtin_ids() -> list[str]:
+    ids = list(TINY_MODELS[:2])
+    try:  # other families register their own tiny models
+        from server.tiny_flow import TINY_FLOW_MODELS
+
+        ids += TINY_FLOW_MODELS
+    except ImportError:
+        pass
+    return ids
+
+
+def _hub_failure(exc: BaseException) -> str | None:
+    """Why the hub could not give a model, in a few words a painter can act on (None: not the
+    hub's doing)."""
+    names: list[str] = []
+    cause: BaseException | None = exc
+    while cause is not None and len(names) < 10:
+        names.extend(c.__name__ for c in type(cause).__mro__)
+        cause = cause.__cause__ or cause.__context__
+    if "OfflineModeIsEnabled" in names:
+        return "not in the local cache, and offline mode (HF_HUB_OFFLINE) is on"
+    if "GatedRepoError" in names:
+        return "a gated model: accept its licence on huggingface.co and log in (hf auth login)"
+    if "RepositoryNotFoundError" in names:
+        return "no such repository on the hub (or it is private: log in with hf auth login)"
+    if "EntryNotFoundError" in names:
+        return "the repository has no .safetensors weights (only those are loaded)"
+    if any(n in names for n in ("ConnectionError", "ConnectError", "TimeoutException", "gaierror")):
+        return "not in the local cache, and the hub could not be reached"
+    return None
 
 
 def _check_safetensors_folder(path: Path) -> None:
-    weights = [p for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".ckpt", ".pt")]
-    if weights and not any(p.suffix == ".safetensors" for p in weights):
+    # Per component: a folder whose weights are all pickled would make diffusers fall back to
+    # torch.load (or fail deep inside); refuse it here, before anything is read.
+    pickled = [p for p in path.rglob("*") if p.suffix in (".bin", ".ckpt", ".pt", ".pth")]
+    unsafe = sorted({p.parent for p in pickled if not any(q.suffix == ".safetensors"
+                                                          for q in p.parent.iterdir())})
+    if unsafe:
+        where = ", ".join(str(d.relative_to(path)) if d != path else "." for d in unsafe)
+        example = next(p for p in pickled if p.parent == unsafe[0]).name
         raise ModelNotFoundError(
-            f"Refusing {path}: it holds only pickled weights ({weights[0].name}); this server "
-            "loads .safetensors only. Re-save the model with safe_serialization=True.")
+            f"Refusing {path}: only pickled weights ({example}) in {where}; this server loads "
+            ".safetensors only (pickles can run code). Re-save the model with "
+            "save_pretrained(..., safe_serialization=True).")
 
 
 def _folder_pipeline_class(path: Path, refiner: bool) -> type:

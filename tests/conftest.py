@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# Tests never reach the Hugging Face hub: set before huggingface_hub is imported (it reads the
+# variable once), so a model that is not local fails at once instead of trying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 import numpy as np
 import pytest
 from PIL import Image
