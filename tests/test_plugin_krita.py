@@ -96,6 +96,11 @@ PREVIEW_REGION = (8, 4, 32, 24)
 FAN = {"columns": 4, "low": 0.2, "high": 0.8}
 SEL = (8, 6, 40, 30)
 DEEP = [("RGBA", "U16"), ("GRAYA", "U8"), ("RGBA", "F32")]
+SETTINGS = {"server_url": "ws://127.0.0.1:7999", "token": "tok", "prompt": "two\nlines · ü", "steps": 13,
+            "guidance": 6.5, "seed": 99, "random_seed": False, "variants": 3, "mode": "soft_inpaint",
+            "map_layer": "Mask A", "softness_px": 12, "grow_px": -3, "fan_columns": 5, "fan_low": 0.15,
+            "fan_high": 0.95, "strength": 0.4, "source": "active_layer", "region": "selection",
+            "scheduler": "Euler a", "model": "tiny-sd", "negative_prompt": "blurry"}
 
 
 def preview_images() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -150,6 +155,9 @@ def batch(krita_home, tmp_path_factory):
         region="selection", selection=list(SEL))
     add("sources", "sources", {**common, "result.png": rgba_png(random_rgba(H, W, 9))})
     add("panel", "panel_create_map", common)
+    add("settings", "settings_write", {}, values=SETTINGS)
+    add("shrink", "soft_inpaint_map", soft_files, width=SOFT_W, height=SOFT_H, selection=list(SOFT_SEL),
+        softness=0, grow=-4)
 
     names = list(checks)
     out = harness.run_in_krita("plugin_checks", "batch", {"checks": [list(checks[n][:2]) for n in names]},
@@ -227,6 +235,25 @@ def test_soft_inpaint_region_covers_the_feathered_edge(batch):
     region = result["message"]["region"]
     assert region["x"] < 40 and region["x"] + region["width"] > 88  # wider than the hard selection
     assert region["y"] <= 16 and region["y"] + region["height"] >= 48
+
+
+def test_soft_inpaint_negative_grow_uses_krita_shrink(batch):
+    r, out_dir = part(batch, "shrink")
+    soft = np.frombuffer((out_dir / "soft_map.gray").read_bytes(), np.uint8).reshape(SOFT_H, SOFT_W)
+    ys, xs = np.nonzero(soft)
+    # 48x32 at (40, 16) shrunk by 4: x in [44, 84), y in [20, 44).
+    assert (xs.min(), xs.max() + 1, ys.min(), ys.max() + 1) == (44, 84, 20, 44)
+    assert (soft[20:44, 44:84] == 255).all()
+
+
+def test_settings_persist_between_krita_sessions(batch, krita_home):
+    r, _ = part(batch, "settings")
+    assert r["same_session"]
+    # A second Krita session in the same profile loads what the first one saved.
+    (later,) = harness.run_in_krita("plugin_checks", "batch", {"checks": [["settings_read", {}]]}, home=krita_home)
+    assert later["ok"], later.get("error")
+    for key, value in SETTINGS.items():
+        assert later["value"][key] == value, key
 
 
 def test_soft_inpaint_grow_uses_krita_grow(batch):

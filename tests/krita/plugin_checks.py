@@ -402,3 +402,23 @@ def panel_create_map(args: dict) -> dict:
     return {"before": before, "after": after, "count": len(nodes), "type": nodes[0].type() if nodes else None,
             "all_black_opaque": data == bytes((0, 0, 0, 255)) * (w * h), "message": panel.message.text(),
             "submitted": len(client.submitted)}
+
+
+def settings_write(args: dict) -> dict:
+    """Save every setting through Krita's own configuration (what the docker does on each edit)."""
+    from krita_plugin.krita_io import KritaSettingsStore
+    from krita_plugin.settings import load_settings, save_settings
+
+    settings = _settings(**args["values"])
+    save_settings(settings, KritaSettingsStore())
+    return {"same_session": load_settings(KritaSettingsStore()) == settings}
+
+
+def settings_read(args: dict) -> dict:
+    """In a later Krita session: what the docker would load."""
+    import dataclasses
+
+    from krita_plugin.krita_io import KritaSettingsStore
+    from krita_plugin.settings import load_settings
+
+    return dataclasses.asdict(load_settings(KritaSettingsStore()))
