@@ -17,7 +17,8 @@
 
 Every case runs once as warm-up, then the cases take turns for --repeats rounds (the machine may be shared
 and noisy: interleaving spreads its noise over all cases) and the median of each is compared. The table also
-shows each case's spread (lowest and highest sample) and, for the ratios, the range of the per-round ratios.
+shows each case's spread (lowest and highest sample) and, for the ratios, the median and range of the
+ratios within each round (two cases timed back to back share the machine's mood of the moment).
 Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
 The last line holds `name=value` pairs for scripts.
 """
@@ -76,14 +77,23 @@ class Report:
     memory_mb: dict[str, float] = field(default_factory=dict)  # peak extra MB per case
     memory_method: str = ""
     uniform_max_diff: float = float("nan")  # ours vs img2img, output pixels in [0, 1]
+    load_average: float = float("nan")  # the machine's 1-minute load, the larger of before and after timing
 
     def ratio(self, case: str, reference: str) -> float:
         return self.medians[case] / self.medians[reference]
 
-    def ratio_range(self, case: str, reference: str) -> tuple[float, float]:
-        """Lowest and highest ratio of the two cases within one round: how much the noise moves a ratio."""
-        ratios = [a / b for a, b in zip(self.samples[case], self.samples[reference], strict=True)]
-        return min(ratios), max(ratios)
+    def round_ratios(self, case: str, reference: str) -> list[float]:
+        """The two cases' ratio within each round: their spread shows how much the noise moves a ratio."""
+        return [a / b for a, b in zip(self.samples[case], self.samples[reference], strict=True)]
+
+    def step_cost_fit(self) -> tuple[float, float]:
+        """Least-squares ``seconds = fixed + per_step * steps`` over the skipping levels that ran a step."""
+        points = [(self.steps_run[f"ours_max_{v:g}"], self.medians[f"ours_max_{v:g}"]) for v in SKIP_LEVELS]
+        points = [(n, t) for n, t in points if n > 0]
+        if len({n for n, _ in points}) < 2:
+            return float("nan"), float("nan")
+        per_step, fixed = np.polyfit([n for n, _ in points], [t for _, t in points], 1)
+        return float(fixed), float(per_step)
 
     def summary(self) -> dict[str, float]:
         out = {"overhead": self.ratio("ours_uniform", "img2img")}
@@ -309,7 +319,9 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
     report.steps_run = {name: out.steps_run for name, out in outputs.items() if name.startswith("ours")}
     del outputs
+    report.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     report.samples = measure_times(cases, settings.repeats, settings.device, warmed_up=True)
+    report.load_average = max(report.load_average, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
     report.medians = {name: statistics.median(values) for name, values in report.samples.items()}
     if memory:
         progress("measuring peak memory")
@@ -326,7 +338,8 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
 def format_report(report: Report) -> str:
     s = report.settings
     k = s.steps
-    header = f"{'case':<36}{'steps':>6}{'median s':>10}{'min-max s':>16}{'ratio':>8}{'per-round':>14}  goal"
+    header = (f"{'case':<36}{'steps':>6}{'median s':>10}{'min-max s':>16}{'ratio':>8}"
+              f"{'per-round med (min-max)':>26}  goal")
 
     def row(label: str, case: str, steps: int, reference: str, goal: str = "") -> str:
         values = report.samples[case]
@@ -334,15 +347,17 @@ def format_report(report: Report) -> str:
         if case == reference:
             ratio, rounds = f"{1.0:>8.3f}", ""
         else:
-            low, high = report.ratio_range(case, reference)
-            ratio, rounds = f"{report.ratio(case, reference):>8.3f}", f"{low:.3f}-{high:.3f}"
-        return f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>14}  {goal}".rstrip()
+            per_round = report.round_ratios(case, reference)
+            ratio = f"{report.ratio(case, reference):>8.3f}"
+            rounds = f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})"
+        return f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>26}  {goal}".rstrip()
 
     extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
     lines = [
         f"bench/pipeline.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
         f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
-        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds",
+        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds; load average "
+        f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
         f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
         f"{report.uniform_max_diff:.2e} (0 = the same computation)",
         "",
@@ -359,6 +374,16 @@ def format_report(report: Report) -> str:
         name = f"ours_max_{level:g}"
         lines.append(row(f"{level:g}", name, report.steps_run[name], "ours_max_1",
                          "<= 0.12" if level == 0.1 else ""))
+    fixed, per_step = report.step_cost_fit()
+    if fixed == fixed:  # not NaN
+        full = fixed + per_step * k
+        here = (fixed + per_step * int(0.1 * k + 1e-4)) / full
+        at_100 = (fixed + per_step * 10) / (fixed + per_step * 100)
+        lines.append(
+            f"fit over the levels: {fixed * 1000:.1f} ms fixed (prompt, VAE, setup) + {per_step * 1000:.2f} ms per "
+            f"step; the fixed part is {fixed / full:.0%} of a {k}-step run: the fit predicts skip_0.1 = "
+            f"{here:.3f} here, {at_100:.3f} at 100 steps"
+        )
     steps5 = sum(int(k * x) for x in FAN_STRENGTHS)
     lines += [
         "",

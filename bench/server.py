@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import os
 import statistics
 import sys
 import time
@@ -87,6 +88,7 @@ class Report:
     model_size: tuple[int, int] = (0, 0)
     result_max_diff: int = -1  # server result vs direct output, 0..255
     threads: int = 0
+    load_average: float = float("nan")  # the machine's 1-minute load, the larger of before and after timing
 
     @property
     def server_overhead(self) -> float:
@@ -242,6 +244,7 @@ async def run_benchmark_async(settings: Settings) -> Report:
         ours = np.asarray(output.images[0].convert("RGB"), dtype=np.int16)
         report.result_max_diff = int(np.abs(theirs - ours).max()) if theirs.shape == ours.shape else 255
         progress("warm-up done")
+        report.load_average = _load_average()
 
         for round_index in range(settings.repeats):
             order = ("server", "direct") if round_index % 2 == 0 else ("direct", "server")
@@ -260,7 +263,12 @@ async def run_benchmark_async(settings: Settings) -> Report:
                     report.direct_s.append(seconds)
             progress(f"round {round_index + 1}/{settings.repeats} timed")
         await client.close()
+    report.load_average = max(report.load_average, _load_average())
     return report
+
+
+def _load_average() -> float:
+    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def run_benchmark(settings: Settings) -> Report:
@@ -283,7 +291,8 @@ def format_report(report: Report) -> str:
     lines = [
         f"bench/server.py: model {s.model} on {s.device} ({report.threads} torch threads), {s.size}x{s.size} "
         f"change-map job (gradient), {s.steps} steps, scheduler {s.scheduler}, guidance {s.guidance_scale:g}, "
-        f"preview every {s.preview_every} steps, median of {s.repeats} alternating rounds",
+        f"preview every {s.preview_every} steps, median of {s.repeats} alternating rounds; load average "
+        f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
         f"server ran the model at {w}x{h}, {report.steps_run} steps, {report.previews} previews per job; "
         f"result vs direct call: max pixel difference {report.result_max_diff} (0 = the same computation)",
         "",
