@@ -119,15 +119,24 @@ def _if_schedule() -> dict[str, Any]:
 
 
 def _if_unet(sample_size: int, in_channels: int, super_resolution: bool) -> UNet2DConditionModel:
-    extra: dict[str, Any] = {}
-    if super_resolution:  # the noise level of the upscaled stage-I image is a class label
+    extra: dict[str, Any] = {
+        "block_out_channels": (32, 64),
+        "down_block_types": ("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        "up_block_types": ("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+    }
+    if super_resolution:
+        # The noise level of the upscaled stage-I image is a class label. One more level, with
+        # attention only at the lowest, keeps the full-size pixel UNet cheap (like IF-II, which
+        # attends at its low-resolution levels only).
         extra = {"class_embed_type": "timestep", "mid_block_scale_factor": 1.414,
-                 "time_embedding_act_fn": "gelu"}
+                 "time_embedding_act_fn": "gelu", "block_out_channels": (16, 32, 64),
+                 "down_block_types": ("ResnetDownsampleBlock2D",) * 2
+                 + ("SimpleCrossAttnDownBlock2D",),
+                 "up_block_types": ("SimpleCrossAttnUpBlock2D",)
+                 + ("ResnetUpsampleBlock2D",) * 2}
     return UNet2DConditionModel(
         sample_size=sample_size, in_channels=in_channels, out_channels=6, layers_per_block=1,
-        block_out_channels=(32, 64), norm_num_groups=8, attention_head_dim=8,
-        down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
-        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
         mid_block_type="UNetMidBlock2DSimpleCrossAttn", cross_attention_dim=_EMBED,
         encoder_hid_dim=_EMBED, encoder_hid_dim_type="text_proj", addition_embed_type="text",
         addition_embed_type_num_heads=2,

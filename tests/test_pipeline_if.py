@@ -1,0 +1,186 @@
+"""DeepFloyd IF's pixel-space differential loop against diffusers' IF img2img stages."""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import pytest
+import torch
+from diffusers import IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
+
+from server.pipelines import Cancelled, StepInfo
+from server.pipelines.deepfloyd_if import NO_SAFETY
+from tests.conftest import make_test_image
+
+PROMPT = "a red boat on a lake"
+NEGATIVE = "blurry"
+
+
+@pytest.fixture(scope="module")
+def tiny_if():
+    from server.models import load_pipeline
+
+    return load_pipeline("tiny-if")
+
+
+def reference(pipe):
+    """diffusers' stage I and stage II img2img pipelines on the very same components."""
+    c = pipe.components
+    first = IFImg2ImgPipeline(tokenizer=c["tokenizer"], text_encoder=c["text_encoder"],
+                              unet=c["unet"], scheduler=c["scheduler"], **NO_SAFETY)
+    second = IFImg2ImgSuperResolutionPipeline(
+        tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], unet=c["unet_2"],
+        scheduler=c["scheduler_2"], image_noising_scheduler=c["image_noising_scheduler"],
+        **NO_SAFETY)
+    for p in (first, second):
+        p.set_progress_bar_config(disable=True)
+    return first, second
+
+
+class UNetCalls:
+    def __init__(self, monkeypatch, unet):
+        self.count = 0
+        forward = unet.forward
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(unet, "forward", counting)
+
+
+def run(pipe, image, change_map, seed=0, **kwargs):
+    kwargs.setdefault("num_inference_steps", 10)
+    kwargs.setdefault("output_type", "np")
+    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
+                guidance_scale=7.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+
+
+def test_loads_through_load_pipeline(tiny_if):
+    assert tiny_if.family == "if"
+    assert tiny_if.native_resolution == 64  # stage II's size (stage I: 16)
+    assert tiny_if.options == {"stage_2": True, "stage_3": False}
+
+
+# -- uniform map == IFImg2ImgPipeline (+ IFImg2ImgSuperResolutionPipeline) -----------------------
+@pytest.mark.parametrize("strength", [0.5, 0.7])  # float32 0.7 is 0.69999999: still 7 of 10
+def test_uniform_map_equals_diffusers_img2img_stage_1(tiny_if, strength):
+    image = make_test_image()
+    change_map = np.full((64, 64), strength, np.float32)
+    ours = run(tiny_if, image, change_map, seed=3, stage_2=False, output_type="latent")
+    first, _ = reference(tiny_if)
+    theirs = first(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=strength,
+                   num_inference_steps=10, guidance_scale=7.0, clean_caption=False,
+                   generator=torch.Generator().manual_seed(3), output_type="pt").images
+    assert ours.images.shape == theirs.shape == (1, 3, 16, 16)
+    assert ours.steps_run == math.floor(strength * 10 + 1e-4)
+    assert torch.equal(ours.images, theirs)
+
+
+def test_uniform_map_equals_diffusers_cascade_stage_1_and_2(tiny_if):
+    image = make_test_image()
+    change_map = np.full((64, 64), 0.6, np.float32)
+    ours = run(tiny_if, image, change_map, seed=5, num_inference_steps=5)
+    first, second = reference(tiny_if)
+    generator = torch.Generator().manual_seed(5)  # one generator through both stages
+    stage_1 = first(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, strength=0.6,
+                    num_inference_steps=5, guidance_scale=7.0, clean_caption=False,
+                    generator=generator, output_type="pt").images
+    theirs = second(prompt=PROMPT, negative_prompt=NEGATIVE, image=stage_1, original_image=image,
+                    strength=0.6, num_inference_steps=5, guidance_scale=7.0,
+                    clean_caption=False, generator=generator, output_type="np").images
+    assert ours.steps_run == 3 + 3
+    assert ours.images.shape == theirs.shape == (1, 64, 64, 3)
+    np.testing.assert_array_equal(ours.images, theirs)
+
+
+# -- Algorithm 2 (skipping) per stage, strength 0, all-zero maps ---------------------------------
+@pytest.mark.parametrize("top", [1.0, 0.5, 0.25])
+def test_each_stage_runs_only_floor_max_map_times_k_steps(tiny_if, monkeypatch, top):
+    stage_1 = UNetCalls(monkeypatch, tiny_if.components["unet"])
+    stage_2 = UNetCalls(monkeypatch, tiny_if.components["unet_2"])
+    change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
+    change_map[:, -8:] = np.float32(top)  # survives the box filter down to stage I's 16 px
+    out = run(tiny_if, make_test_image(), change_map, num_inference_steps=4,
+              output_type="latent")
+    expected = math.floor(top * 4 + 1e-4)
+    assert stage_1.count == stage_2.count == expected
+    assert out.steps_run == 2 * expected
+
+
+def test_strength_zero_pixels_equal_the_input(tiny_if):
+    image = make_test_image(80, 48)  # stage I 24 x 16, stage II 104 x 64, result back at 80 x 48
+    change_map = np.zeros((48, 80), np.float32)
+    change_map[:, 40:] = 1.0
+    out = run(tiny_if, image, change_map, num_inference_steps=4, output_type="pil")
+    result, source = np.asarray(out.images[0]), np.asarray(image)
+    assert out.images[0].size == (80, 48)
+    assert np.array_equal(result[:, :40], source[:, :40])
+    assert not np.array_equal(result[:, 44:], source[:, 44:])
+    last = run(tiny_if, image, change_map, num_inference_steps=4, output_type="latent")
+    x_init = tiny_if.stage_input(image, 2)
+    assert last.images.shape == (1, 3, 64, 104)
+    assert torch.equal(last.images[..., :52], x_init[..., :52])  # stage II's kept half
+
+
+def test_all_zero_map_runs_nothing(tiny_if, monkeypatch):
+    calls = UNetCalls(monkeypatch, tiny_if.components["unet"])
+    image = make_test_image()
+    out = tiny_if(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
+                  num_images_per_prompt=2)
+    assert calls.count == out.steps_run == 0
+    assert all(np.array_equal(np.asarray(r), np.asarray(image)) for r in out.images)
+
+
+# -- batch, hooks ----------------------------------------------------------------------------------
+def test_batch_variants_differ_and_reproduce_alone(tiny_if):
+    image, change_map = make_test_image(), np.full((64, 64), 0.8, np.float32)
+    kwargs = dict(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=4,
+                  output_type="np")
+    batch = tiny_if(**kwargs, num_images_per_prompt=2,
+                    generator=[torch.Generator().manual_seed(40 + i) for i in range(2)]).images
+    assert batch.shape == (2, 64, 64, 3) and not np.array_equal(batch[0], batch[1])
+    alone = tiny_if(**kwargs, generator=torch.Generator().manual_seed(41)).images
+    np.testing.assert_allclose(alone[0], batch[1], atol=1e-4)
+
+
+def test_preview_hook_spans_both_stages_and_cancel_stops(tiny_if, monkeypatch):
+    seen: list[StepInfo] = []
+    previews = []
+
+    def hook(info: StepInfo) -> None:
+        seen.append(info)
+        previews.append(info.preview())
+
+    run(tiny_if, make_test_image(), np.full((64, 64), 0.5, np.float32), callback=hook,
+        num_inference_steps=6)
+    assert [info.step for info in seen] == list(range(1, 7))
+    assert all(info.total == 6 for info in seen)
+    assert [info.stage for info in seen] == [1] * 3 + [2] * 3
+    assert all(p.shape == (16, 16, 3) and p.dtype == np.uint8 for p in previews)
+    assert not np.array_equal(previews[0], previews[-1])
+
+    calls = UNetCalls(monkeypatch, tiny_if.components["unet_2"])
+    cancel = threading.Event()
+
+    def stop_in_stage_2(info: StepInfo) -> None:
+        if info.step == 5:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        run(tiny_if, make_test_image(), np.ones((64, 64), np.float32), num_inference_steps=3,
+            callback=stop_in_stage_2, cancel=cancel)
+    assert calls.count == 2  # 3 steps of stage I, then 2 of stage II
+
+
+def test_bad_arguments_raise_value_errors(tiny_if):
+    image, change_map = make_test_image(), np.ones((64, 64), np.float32)
+    with pytest.raises(ValueError, match="scheduler"):
+        tiny_if(image=image, change_map=change_map, scheduler="Nope")
+    with pytest.raises(ValueError, match="generators"):
+        tiny_if(image=image, change_map=change_map, num_inference_steps=2,
+                num_images_per_prompt=2, generator=[torch.Generator()])
+    with pytest.raises(ValueError, match="refiner"):
+        tiny_if(image=image, change_map=change_map, refiner_split=0.5)
