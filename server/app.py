@@ -39,7 +39,7 @@ log = logging.getLogger("server.app")
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SERVER_NAME = "diffdiff-server 0.1.0"
-FAMILIES = ("sd", "sdxl", "sd3", "flux")
+FAMILIES = ("sd", "sdxl", "sd3", "flux", "kandinsky22", "if")
 # Previews queued for a slow client beyond this are skipped; results and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
 SHUTDOWN_FLUSH_S = 2.0  # how long a shutdown waits for each client to take its last messages
