@@ -188,3 +188,40 @@ def test_bad_arguments_raise_value_errors(tiny_k22):
                  num_images_per_prompt=2, generator=[torch.Generator()])
     with pytest.raises(ValueError, match="refiner"):
         tiny_k22(image=image, change_map=change_map, refiner_split=0.5)
+
+
+# -- over the real server --------------------------------------------------------------------------
+def test_a_job_over_the_real_server_returns_the_right_size(tiny_k22):
+    import asyncio
+
+    from server.app import ServerConfig, run_server
+    from shared import protocol as p
+    from tests.test_server import Client, decode, of
+
+    image = make_test_image(80, 48, seed=2)
+    change = np.zeros((48, 80), np.uint8)
+    change[:, 40:] = 255
+
+    async def job() -> list:
+        config = ServerConfig(model="tiny-kandinsky22", port=0)
+        async with run_server(config, lambda name: tiny_k22) as server:
+            client = await Client.connect(server)
+            assert "kandinsky22" in client.session.capabilities.families
+            await client.submit(image, change, steps=4, seed=5, preview_every=1)
+            accepted = await client.accepted()
+            events = await client.until_end(accepted.job_id)
+            await client.close()
+            return events
+
+    events = asyncio.run(job())
+    assert isinstance(events[-1], p.Done), events[-1]
+    (result,) = of(events, p.Result)
+    got, region = decode(result.png), result.region  # the server crops to the edited region
+    assert got.shape == (region.height, region.width, 3) == (result.height, result.width, 3)
+    source = np.asarray(image)[region.y : region.y + region.height,
+                               region.x : region.x + region.width]
+    kept = 40 - region.x
+    assert kept > 0 and region.x + region.width == 80
+    np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
+    assert not np.array_equal(got[:, kept + 4 :], source[:, kept + 4 :])
+    assert of(events, p.Preview)
