@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from shared import protocol
 
@@ -46,6 +46,7 @@ class ServerClient(QObject):
         self._thread: threading.Thread | None = None
         self._wake: asyncio.Event | None = None
         self._attempt: asyncio.Future | None = None
+        self._tail: asyncio.Task | None = None  # the last queued send (loop thread only)
         self._attempts = 0
         self._stopping = False
 
@@ -76,15 +77,43 @@ class ServerClient(QObject):
             self._thread.join(timeout_s)
         self._thread = None
 
-    def submit(self, request: protocol.SubmitRequest, image_png: bytes, map_gray8: bytes | None) -> int:
+    def submit(self, request: protocol.SubmitRequest, image_png: bytes | Callable[[], bytes],
+               map_gray8: bytes | None) -> int:
         """Validate and queue one job; returns its ref. Raises NotConnected or protocol.ProtocolError
-        (a request the server would refuse, e.g. too many pixels) before anything is sent."""
+        (a request the server would refuse, e.g. too many pixels) before anything is sent.
+
+        `image_png` may be a function returning the PNG: it then runs on a worker of the network
+        loop (encoding a large canvas takes a second, never on the UI thread), and a failure there
+        comes back as an Error event carrying the ref.
+        """
         with self._lock:
-            if self._session is None or not self._session.connected:
+            session = self._session
+            if session is None or not session.connected:
                 raise NotConnected("Not connected to the server: start it, check the URL, then try again.")
-            frames = self._session.submit(request, image_png, map_gray8)
-        self._send(frames)
+            if not callable(image_png):
+                self._send(session.submit(request, image_png, map_gray8))
+                return request.ref
+            if request.ref == 0:
+                request.ref = session.new_ref()
+            protocol.parse_submit(request.to_message(), session.capabilities)  # refuse early, here
+        self._run_soon(self._encode_and_send(session, request, image_png, map_gray8))
         return request.ref
+
+    async def _encode_and_send(self, session: protocol.ClientSession, request: protocol.SubmitRequest,
+                               encode: Callable[[], bytes], map_gray8: bytes | None) -> None:
+        try:
+            png = await asyncio.get_running_loop().run_in_executor(None, encode)
+            with self._lock:
+                if self._session is not session:  # reconnected meanwhile: the job died with the old connection
+                    return
+                frames = session.submit(request, png, map_gray8)
+        except protocol.ProtocolError as exc:
+            self._emit_event(protocol.Error(exc.code, exc.message, ref=request.ref))
+            return
+        except Exception as exc:  # e.g. an image Qt could not encode
+            self._emit_event(protocol.Error("bad_image", f"Could not prepare the picture: {exc}", ref=request.ref))
+            return
+        await self._send_frames(frames)
 
     def cancel(self, job_id: int | None = None, ref: int | None = None) -> None:
         with self._lock:
@@ -102,8 +131,12 @@ class ServerClient(QObject):
 
     # -- loop thread ---------------------------------------------------------------------------------
     def _call_soon(self, fn) -> None:
-        if self._loop is not None and not self._loop.is_closed():
-            self._loop.call_soon_threadsafe(fn)
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(fn)
+            except RuntimeError:  # closed in between
+                pass
 
     def _restart(self) -> None:
         """Drop the current connection so the loop reconnects (to a new URL) or stops."""
@@ -114,19 +147,35 @@ class ServerClient(QObject):
         elif self._attempt is not None:  # still opening (a server that does not answer): stop waiting
             self._attempt.cancel()
 
-    def _send(self, frames: list[str | bytes]) -> None:
-        async def send() -> None:
-            ws = self._ws
-            if ws is None:
-                return
-            try:
-                for frame in frames:
-                    await ws.send(frame)
-            except Exception as exc:  # the receive loop sees the same failure and reconnects
-                self._emit_event(protocol.Error("send_failed", f"Could not send to the server: {exc}"))
+    def _run_soon(self, coroutine) -> None:
+        """Run `coroutine` on the loop after every one queued before it (frames leave in call order,
+        so a cancel never overtakes the submit it is about, even while that submit is encoding)."""
+        loop = self._loop
+        try:
+            if loop is None or loop.is_closed():
+                raise RuntimeError("no loop")
+            asyncio.run_coroutine_threadsafe(self._in_order(coroutine), loop)
+        except RuntimeError:  # the client is stopping: nothing to send to
+            coroutine.close()
 
-        if self._loop is not None and not self._loop.is_closed():
-            asyncio.run_coroutine_threadsafe(send(), self._loop)
+    async def _in_order(self, coroutine) -> None:
+        previous, self._tail = self._tail, asyncio.current_task()
+        if previous is not None and not previous.done():
+            await asyncio.wait({previous})
+        await coroutine
+
+    def _send(self, frames: list[str | bytes]) -> None:
+        self._run_soon(self._send_frames(frames))
+
+    async def _send_frames(self, frames: list[str | bytes]) -> None:
+        ws = self._ws
+        if ws is None:
+            return
+        try:
+            for frame in frames:
+                await ws.send(frame)
+        except Exception as exc:  # the receive loop sees the same failure and reconnects
+            self._emit_event(protocol.Error("send_failed", f"Could not send to the server: {exc}"))
 
     def _set_state(self, state: str, text: str) -> None:
         self.state = state
@@ -150,6 +199,12 @@ class ServerClient(QObject):
         try:
             loop.run_until_complete(self._run())
         finally:
+            # Sends still queued (e.g. a picture being encoded) die with the connection.
+            pending = [task for task in asyncio.all_tasks(loop) if not task.done()]
+            for task in pending:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_default_executor())
             loop.close()
             self._loop = None
 

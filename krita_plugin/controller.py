@@ -57,14 +57,27 @@ class ActiveJob:
 
 @dataclass
 class PreparedJob:
-    """A job read off the canvas, not sent yet: exactly what `submit_job` will put on the wire."""
+    """A job read off the canvas, not sent yet: exactly what `submit_job` will put on the wire.
+
+    The picture is encoded to PNG only when first asked for (`image_png`): `submit_job` lets the
+    client's network thread do it, since a 4K canvas takes about a second to encode.
+    """
 
     request: protocol.SubmitRequest
-    image_png: bytes
     map_gray8: bytes | None
     inputs: JobInputs
     canvas: Any
     seed: int | None
+    _png: bytes | None = field(default=None, repr=False)
+
+    @property
+    def image_png(self) -> bytes:
+        if self._png is None:
+            self._png = bgra_to_png(self.inputs.image_bgra, self.inputs.width, self.inputs.height)
+        return self._png
+
+    def encode(self) -> bytes:
+        return self.image_png
 
 
 @dataclass
@@ -170,14 +183,12 @@ class Controller(QObject):
         inputs = canvas.read_inputs(settings)
         seed = pick_seed(settings)
         request = build_submit(settings, inputs, seed)
-        image_png = bgra_to_png(inputs.image_bgra, inputs.width, inputs.height)
-        return PreparedJob(request, image_png, inputs.change_map if request.needs_map else None, inputs, canvas,
-                           seed)
+        return PreparedJob(request, inputs.change_map if request.needs_map else None, inputs, canvas, seed)
 
     def submit_job(self, job: PreparedJob) -> JobOutcome:
         """Send a prepared job; raises NotConnected or protocol.ProtocolError (e.g. over the server's limits)."""
         settings = self.settings.validated()
-        ref = self.client.submit(job.request, job.image_png, job.map_gray8)
+        ref = self.client.submit(job.request, job.encode, job.map_gray8)  # encoded off the UI thread
         self.last_seed = job.seed
         outcome = self.outcomes[ref] = JobOutcome(ref=ref, seed=job.seed)
         self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=job.inputs.label,

@@ -198,7 +198,8 @@ class RecordingClient(QObject):
         self.state = "connected"
 
     def submit(self, request, image_png, map_gray8):
-        self.frames.append(self.session.submit(request, image_png, map_gray8))
+        png = image_png() if callable(image_png) else image_png  # the real client encodes on its thread
+        self.frames.append(self.session.submit(request, png, map_gray8))
         return request.ref
 
     def cancel(self, job_id=None, ref=None):

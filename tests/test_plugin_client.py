@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from plugin_fakes import FakeCanvas, FakeHost, qapp
 
+from krita_plugin import controller as controller_module
 from krita_plugin.client import NotConnected, ServerClient
 from krita_plugin.controller import Controller, pump_events
 from krita_plugin.qt import QTimer
@@ -109,6 +110,14 @@ class SocketThreads:
 
 def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeypatch):
     sockets = SocketThreads(monkeypatch)
+    encoders: list[str] = []
+    real_encode = controller_module.bgra_to_png
+
+    def encode(*args):
+        encoders.append(threading.current_thread().name)
+        return real_encode(*args)
+
+    monkeypatch.setattr(controller_module, "bgra_to_png", encode)
     server = ServerThread(tiny_sd).start()
     c, canvas, events = controller_for(server.url)
     try:
@@ -135,6 +144,8 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     # The network ran on the client's (and the server's) threads, never on the UI thread.
     assert "diffdiff-client" in sockets.threads
     assert threading.main_thread().name not in sockets.threads, sockets.threads
+    # So did encoding the canvas to PNG (a second for a 4K canvas).
+    assert len(encoders) == 1 and encoders[0] != threading.main_thread().name
 
 
 def test_client_reconnects_by_itself_after_a_server_restart(tiny_sd):
@@ -209,3 +220,48 @@ def test_a_wrong_token_is_refused_with_a_message_and_not_retried(tiny_sd):
     finally:
         c.shutdown()
         server.stop()
+
+
+def _slow(encode, seconds: float):
+    def slow(*args):
+        threading.Event().wait(seconds)  # a big canvas takes a while to encode
+        return encode(*args)
+
+    return slow
+
+
+def test_cancel_right_after_generate_never_overtakes_the_submit(tiny_sd, monkeypatch):
+    monkeypatch.setattr(controller_module, "bgra_to_png", _slow(controller_module.bgra_to_png, 0.3))
+    server = ServerThread(tiny_sd, preview_every=0).start()
+    c, canvas, events = controller_for(server.url)
+    try:
+        assert c.wait_connected(60), c.connection_text
+        c.update_settings(steps=100)
+        outcome = c.submit_job(c.prepare_job())
+        c.cancel()  # still encoding: the cancel (by ref) must reach the server after the submit
+        c.wait_for(outcome, 60)
+    finally:
+        c.shutdown()
+        server.stop()
+    assert outcome.state == "cancelled", (outcome.message, [type(e).__name__ for e in events])
+    assert not any(isinstance(e, protocol.Error) for e in events) and not c.busy
+    assert [la.owner for la in canvas.layers] == ["painter"]
+
+
+def test_a_picture_that_cannot_be_encoded_ends_the_job_with_a_message(tiny_sd, monkeypatch):
+    def broken(*_args):
+        raise ValueError("no memory for the PNG")
+
+    monkeypatch.setattr(controller_module, "bgra_to_png", broken)
+    server = ServerThread(tiny_sd, preview_every=0).start()
+    c, canvas, _ = controller_for(server.url)
+    notices: list[str] = []
+    c.notice.connect(lambda _level, text: notices.append(text))
+    try:
+        assert c.wait_connected(60), c.connection_text
+        outcome = c.run_job(timeout_s=30)
+    finally:
+        c.shutdown()
+        server.stop()
+    assert outcome.state == "error" and "no memory for the PNG" in outcome.message
+    assert "Could not prepare the picture" in notices[-1] and not c.busy

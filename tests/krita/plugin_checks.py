@@ -127,7 +127,8 @@ class _FakeClient:
 
     def submit(self, request, image_png, map_gray8):
         request.ref = len(self.submitted) + 1
-        self.submitted.append((request, image_png, map_gray8))
+        png = image_png() if callable(image_png) else image_png  # the real client encodes on its thread
+        self.submitted.append((request, png, map_gray8))
         return request.ref
 
     def cancel(self, job_id=None, ref=None):
