@@ -20,9 +20,11 @@ from typing import Any
 
 import torch
 from diffusers import (
+    AutoencoderKL,
     DDIMScheduler,
     DDPMScheduler,
     PriorTransformer,
+    StableDiffusionUpscalePipeline,
     UnCLIPScheduler,
     UNet2DConditionModel,
     VQModel,
@@ -169,3 +171,37 @@ def tiny_if_components(seed: int = TINY_SEED) -> tuple[dict[str, Any], dict[str,
                                                        beta_schedule="squaredcos_cap_v2",
                                                        clip_sample=False)}
     return first, second
+
+
+def tiny_if_upscaler(seed: int = TINY_SEED) -> StableDiffusionUpscalePipeline:
+    """A tiny stage III: diffusers' x4 latent upscaler (CLIP text, a scale-4 VAE, a UNet fed the
+    latents plus the noised low-resolution image, the noise level as a class label)."""
+    from server.models import _tiny_text_encoder, tiny_tokenizer
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = tiny_tokenizer()
+        text_encoder = _tiny_text_encoder(tokenizer)
+        unet = UNet2DConditionModel(
+            sample_size=64, in_channels=7, out_channels=4, layers_per_block=1,
+            block_out_channels=(16, 32), norm_num_groups=8, cross_attention_dim=_EMBED,
+            attention_head_dim=8, use_linear_projection=True, num_class_embeds=1000,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        )
+        vae = AutoencoderKL(  # three blocks: scale factor 4, like the real x4 upscaler's VAE
+            in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+            down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+            block_out_channels=(8, 8, 16), norm_num_groups=4, scaling_factor=0.08333,
+        )
+    for module in (text_encoder, unet, vae):
+        module.eval()
+    return StableDiffusionUpscalePipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+        low_res_scheduler=DDPMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                        beta_start=0.0001, beta_end=0.02),
+        scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="scaled_linear",
+                                beta_start=0.00085, beta_end=0.012, clip_sample=False,
+                                set_alpha_to_one=False, prediction_type="v_prediction"),
+        max_noise_level=350,
+    )

@@ -222,3 +222,25 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_if):
     assert not np.array_equal(got[:, kept + 4 :], source[:, kept + 4 :])
     assert of(events, p.Preview) and all(decode(e.png).shape[2] == 3
                                          for e in of(events, p.Preview))
+
+
+def test_stage_3_upscales_stage_2s_result_as_usual(tiny_if):
+    from server.pipelines.deepfloyd_if import DeepFloydIFDifferentialPipeline
+    from server.tiny_pixel import tiny_if_upscaler
+
+    upscaler = tiny_if_upscaler()
+    pipe = DeepFloydIFDifferentialPipeline(**tiny_if.components, upscaler=upscaler)
+    assert pipe.options == {"stage_2": True, "stage_3": True} and pipe.native_resolution == 256
+    image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
+    kwargs = dict(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=2,
+                  guidance_scale=7.0, output_type="latent")
+    ours = pipe(**kwargs, generator=torch.Generator().manual_seed(5)).images
+    assert ours.shape == (1, 3, 256, 256)
+    generator = torch.Generator().manual_seed(5)  # stages I + II, then diffusers' upscaler
+    stage_2 = pipe(**kwargs, generator=generator, stage_3=False).images
+    theirs = upscaler(prompt=[PROMPT], image=(stage_2 / 2 + 0.5).clamp(0, 1), noise_level=100,
+                      generator=generator, num_inference_steps=2, guidance_scale=7.0,
+                      output_type="pt").images * 2 - 1
+    assert torch.equal(ours, theirs)
+    final = pipe(**{**kwargs, "output_type": "np"}, generator=torch.Generator().manual_seed(5))
+    assert final.images.shape == (1, 64, 64, 3)  # back at the input's size

@@ -254,7 +254,8 @@ class DeepFloydIFDifferentialPipeline:
         out = self.upscaler(
             prompt=[prompt] * batch,
             negative_prompt=None if negative_prompt is None else [negative_prompt] * batch,
-            image=x, noise_level=self.upscaler_noise_level, generator=generator,
+            image=(x.float() / 2.0 + 0.5).clamp(0.0, 1.0), noise_level=self.upscaler_noise_level,
+            generator=generator,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
             output_type="pt").images
         return out.to(x.dtype) * 2.0 - 1.0
@@ -399,12 +400,12 @@ def stage_2_id(stage_1: str) -> str:
     return f"{owner}/IF-II-{size}-v1.0"
 
 
-def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32,
-                      stage_2: str | None = None) -> DeepFloydIFDifferentialPipeline:
-    """``tiny-if``; a local folder holding ``stage_1/`` (and optionally ``stage_2/``) diffusers
-    folders; or a stage-I folder / hub id, with stage II from ``stage_2`` (default: the hub's
-    matching IF-II, cached). Stage III is not loaded here (pass ``upscaler=`` to the pipeline).
-    Safetensors only; the safety checker and watermarker are not loaded."""
+def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: str | None = None,
+                      stage_3: str | None = None) -> DeepFloydIFDifferentialPipeline:
+    """``tiny-if``; a local folder holding ``stage_1/`` (and optionally ``stage_2/``, and
+    ``stage_3/`` for the x4 upscaler) diffusers folders; or a stage-I folder / hub id, with
+    stage II from ``stage_2`` (default: the hub's matching IF-II, cached) and stage III from
+    ``stage_3`` (default: none). Safetensors only; no safety checker or watermarker."""
     if model == "tiny-if":
         from server.tiny_pixel import tiny_if_components
 
@@ -418,6 +419,8 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32,
         source_1 = str(path / "stage_1")
         if source_2 is None and (path / "stage_2").is_dir():
             source_2 = str(path / "stage_2")
+        if stage_3 is None and (path / "stage_3").is_dir():
+            stage_3 = str(path / "stage_3")
     elif source_2 is None and not path.exists():
         source_2 = stage_2_id(model)
     kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True, **NO_SAFETY}
@@ -428,6 +431,12 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32,
             source_2, text_encoder=None, tokenizer=None, **kwargs)
         parts = {"unet_2": second_pipe.unet, "scheduler_2": second_pipe.scheduler,
                  "image_noising_scheduler": second_pipe.image_noising_scheduler}
+        if stage_3 is not None:
+            from diffusers import StableDiffusionUpscalePipeline
+
+            parts["upscaler"] = StableDiffusionUpscalePipeline.from_pretrained(
+                stage_3, torch_dtype=dtype, use_safetensors=True, safety_checker=None,
+                feature_extractor=None, watermarker=None)
     return DeepFloydIFDifferentialPipeline(
         tokenizer=first_pipe.tokenizer, text_encoder=first_pipe.text_encoder,
         unet=first_pipe.unet, scheduler=first_pipe.scheduler, **parts)
