@@ -11,6 +11,7 @@ from typing import Any
 from .controller import Controller
 from .qt import (
     ALIGN_TOP,
+    HORIZONTAL,
     USER_ROLE,
     QCheckBox,
     QComboBox,
@@ -25,6 +26,7 @@ from .qt import (
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
+    QSlider,
     QSpinBox,
     QStackedWidget,
     QVBoxLayout,
@@ -42,6 +44,25 @@ def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
     if suffix:
         box.setSuffix(suffix)
     return box
+
+
+def _slider_row(box: QSpinBox, hi: int) -> tuple[QHBoxLayout, QSlider]:
+    """A slider beside a spin box, kept in step with it (the box holds the value)."""
+    slider = QSlider(HORIZONTAL)
+    slider.setRange(box.minimum(), min(box.maximum(), hi))
+    slider.setValue(min(box.value(), hi))
+    slider.valueChanged.connect(box.setValue)
+
+    def follow(value: int) -> None:  # quietly: a box value beyond the slider's range must stay
+        slider.blockSignals(True)
+        slider.setValue(min(value, hi))
+        slider.blockSignals(False)
+
+    box.valueChanged.connect(follow)
+    row = QHBoxLayout()
+    row.addWidget(slider, 1)
+    row.addWidget(box)
+    return row, slider
 
 
 def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
@@ -127,7 +148,8 @@ class DiffDiffPanel(QWidget):
         pl = QFormLayout(page)
         self.softness = _spin(0, 512, s.softness_px, " px")
         self.grow = _spin(-256, 256, s.grow_px, " px")
-        pl.addRow("Softness", self.softness)
+        softness_row, self.softness_slider = _slider_row(self.softness, 128)
+        pl.addRow("Softness", softness_row)
         pl.addRow("Grow", self.grow)
         pl.addRow(QLabel("Repaints the selection; strength fades out over the softness."))
         self.mode_pages.addWidget(page)
@@ -145,7 +167,15 @@ class DiffDiffPanel(QWidget):
         page = QWidget()
         pl = QFormLayout(page)
         self.strength = _dspin(0.0, 1.0, s.strength, 0.05)
-        pl.addRow("Strength", self.strength)
+        self.strength_slider = QSlider(HORIZONTAL)
+        self.strength_slider.setRange(0, 100)
+        self.strength_slider.setValue(round(s.strength * 100))
+        self.strength_slider.valueChanged.connect(lambda v: self.strength.setValue(v / 100))
+        self.strength.valueChanged.connect(lambda v: self.strength_slider.setValue(round(v * 100)))
+        strength_row = QHBoxLayout()
+        strength_row.addWidget(self.strength_slider, 1)
+        strength_row.addWidget(self.strength)
+        pl.addRow("Strength", strength_row)
         self.mode_pages.addWidget(page)
         self.mode_pages.setCurrentIndex(MODES.index(s.mode))
         wl.addWidget(self.mode_pages)

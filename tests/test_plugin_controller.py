@@ -396,3 +396,17 @@ def test_panel_lists_the_servers_models_and_schedulers():
     assert [panel.model.itemData(i) for i in range(panel.model.count())] == ["", "a", "b"]
     assert [panel.scheduler.itemText(i) for i in range(panel.scheduler.count())][1:] == ["DDIM", "Euler a"]
     assert panel.generate.isEnabled()
+
+
+def test_softness_and_strength_sliders_follow_their_boxes():
+    c, *_ = make(mode="soft_inpaint")
+    panel = DiffDiffPanel(c.host, controller=c)
+    panel.softness_slider.setValue(40)
+    assert panel.softness.value() == 40 and c.settings.softness_px == 40
+    panel.softness.setValue(300)  # beyond the slider's range: the box still takes it
+    assert c.settings.softness_px == 300 and panel.softness.value() == 300
+    assert panel.softness_slider.value() == panel.softness_slider.maximum()
+    panel.strength_slider.setValue(25)
+    assert c.settings.strength == 0.25 and panel.strength.value() == 0.25
+    panel.strength.setValue(0.8)
+    assert panel.strength_slider.value() == 80
