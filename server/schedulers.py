@@ -9,16 +9,38 @@ from __future__ import annotations
 import importlib.util
 from typing import Any
 
+import numpy as np
 from diffusers import (
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
-    LMSDiscreteScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
+# The module itself, not the package's name: without scipy, diffusers exports a placeholder.
+from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+
+class LMSWithoutScipy(LMSDiscreteScheduler):
+    """diffusers' LMS, with its coefficients integrated without scipy.
+
+    Each coefficient integrates a Lagrange basis polynomial of degree ``order - 1`` (at most 3)
+    between two sigmas; Gauss-Legendre quadrature with 4 nodes is exact up to degree 7.
+    """
+
+    def get_lms_coefficient(self, order: int, t: int, current_order: int) -> float:
+        sigmas = [float(s) for s in self.sigmas]
+        low, high = sigmas[t], sigmas[t + 1]
+        nodes, weights = np.polynomial.legendre.leggauss(4)
+        taus = (high - low) / 2.0 * nodes + (high + low) / 2.0
+        basis = np.ones_like(taus)
+        for k in range(order):
+            if k != current_order:
+                basis *= (taus - sigmas[t - k]) / (sigmas[t - current_order] - sigmas[t - k])
+        return float((high - low) / 2.0 * np.sum(weights * basis))
+
 
 # name -> (scheduler class, config overrides)
 _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
@@ -29,9 +51,9 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "UniPC": (UniPCMultistepScheduler, {}),
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
+    # diffusers' own LMS needs scipy (not a dependency here); with it installed, it is used as is.
+    "LMS": (LMSDiscreteScheduler if importlib.util.find_spec("scipy") else LMSWithoutScipy, {}),
 }
-if importlib.util.find_spec("scipy") is not None:  # LMS integrates its coefficients with scipy
-    _SCHEDULERS["LMS"] = (LMSDiscreteScheduler, {})
 
 SCHEDULER_NAMES: tuple[str, ...] = tuple(_SCHEDULERS)
 DEFAULT_SCHEDULER = "DPM++ 2M Karras"

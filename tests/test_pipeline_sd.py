@@ -312,6 +312,26 @@ def test_cancel_stops_before_the_next_step(tiny_sd, test_image, monkeypatch):
     assert calls.count == 2
 
 
+def test_lms_coefficients_are_the_exact_integrals(tiny_sd):
+    # LMS's coefficients integrate Lagrange basis polynomials; integrate them exactly instead.
+    from numpy.polynomial import Polynomial
+
+    sched = make_scheduler("LMS", tiny_sd.scheduler.config)
+    sched.set_timesteps(10)
+    sigmas = [float(s) for s in sched.sigmas]
+    for t in range(len(sigmas) - 1):
+        for order in range(1, min(t + 1, 4) + 1):
+            for current in range(order):
+                basis = Polynomial([1.0])
+                for k in range(order):
+                    if k != current:
+                        basis *= Polynomial([-sigmas[t - k], 1.0]) / (sigmas[t - current] - sigmas[t - k])
+                antiderivative = basis.integ()
+                exact = antiderivative(sigmas[t + 1]) - antiderivative(sigmas[t])
+                assert sched.get_lms_coefficient(order, t, current) == pytest.approx(exact, rel=1e-9,
+                                                                                    abs=1e-12)
+
+
 def test_scheduler_names_all_run(tiny_sd, test_image):
     change_map = np.full((64, 64), 0.5, np.float32)
     for name in SCHEDULER_NAMES:
