@@ -120,6 +120,19 @@ def test_all_zero_map_returns_input_without_unet(tiny_sd, test_image, monkeypatc
         assert np.array_equal(np.asarray(result), np.asarray(test_image))
 
 
+def test_all_zero_map_as_latents_is_the_encoded_input(tiny_sd, test_image, monkeypatch):
+    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    out = tiny_sd(prompt=PROMPT, image=test_image, change_map=np.zeros((64, 64), np.float32),
+                  num_inference_steps=10, num_images_per_prompt=2, output_type="latent",
+                  generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
+    assert calls.count == 0 and out.steps_run == 0
+    image_tensor, _ = tiny_sd.prepare_image(test_image)
+    z_init, _ = tiny_sd.prepare_latents(image_tensor, 2, [torch.Generator().manual_seed(s) for s in (1, 2)],
+                                        torch.float32)
+    assert out.images.shape == (2, 4, 8, 8)
+    assert torch.equal(out.images, z_init)
+
+
 # -- Algorithm 1: regions, nested masks, exact kept pixels -----------------------------------------
 def test_left_half_zero_keeps_input_pixels_exactly(tiny_sd, test_image):
     change_map = np.zeros((64, 64), np.float32)

@@ -253,7 +253,10 @@ class StableDiffusionDifferentialPipeline:
                                        self.vae_scale_factor)
         steps = steps_per_pixel(latent_map, k).to(self.device)  # n = floor(m*k + tiny)
         longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
-        if longest == 0 and output_type != "latent":
+        if longest == 0:  # nothing may change: no prompt, no UNet
+            if output_type == "latent":  # the input, encoded
+                z_init, _ = self.prepare_latents(image_tensor, batch, generator, self.unet.dtype)
+                return DifferentialDiffusionOutput(z_init, 0, steps)
             return self._unchanged_output(image, original, batch, output_type)
 
         # 2. Scheduler (a fresh one per run) and the timesteps that will run.
