@@ -14,11 +14,21 @@ from collections.abc import Callable, Sequence
 
 from shared import protocol
 
+from .images import png_to_bgra
 from .qt import QObject, Signal
 
 CLIENT_NAME = "krita-plugin/0.1"
 RECEIVE_LIMIT = 512 * 1024 * 1024  # results of a large canvas are big PNGs; the server caps what it sends
 RECONNECT_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 4.0)
+
+
+def _decode(ev: protocol.Preview | protocol.Result) -> bytes | None:
+    """BGRA pixels at the region's size (previews come downscaled); None: the controller decodes
+    again and reports what is wrong with the picture."""
+    try:
+        return png_to_bgra(ev.png, ev.region.width, ev.region.height)
+    except Exception:
+        return None
 
 
 class NotConnected(RuntimeError):
@@ -266,6 +276,9 @@ class ServerClient(QObject):
                         elif isinstance(ev, protocol.Error) and ev.code in (
                                 protocol.E_BAD_VERSION, protocol.E_UNAUTHORIZED, protocol.E_HANDSHAKE_REQUIRED):
                             refused = ev.message
+                        if isinstance(ev, (protocol.Preview, protocol.Result)):
+                            # Decoded here, not on the UI thread (a 4K result takes ~0.5 s).
+                            ev.bgra = await asyncio.get_running_loop().run_in_executor(None, _decode, ev)
                         self._emit_event(ev)
             return refused, protocol.describe_close(ws.close_code, ws.close_reason or "")
         except InvalidURI:

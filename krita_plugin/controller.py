@@ -102,6 +102,15 @@ class JobOutcome:
         return self.state != "running"
 
 
+def event_pixels(ev: protocol.Preview | protocol.Result) -> bytes:
+    """The event's picture as BGRA at its region's size: decoded already by the client's network
+    thread (`ev.bgra`), or here when that failed or the event came from elsewhere (tests)."""
+    bgra = getattr(ev, "bgra", None)
+    if bgra is not None:
+        return bgra
+    return png_to_bgra(ev.png, ev.region.width, ev.region.height)
+
+
 def pump_events(until, timeout_s: float, interval_s: float = 0.01) -> bool:
     """Run the Qt event loop (queued signals from the client thread included) until `until()` is
     true or `timeout_s` passes; returns `until()`. For scripts and tests, never for the docker."""
@@ -296,7 +305,7 @@ class Controller(QObject):
             return
         region = ev.region
         if self._safely(lambda: job.canvas.set_preview(
-                region, png_to_bgra(ev.png, region.width, region.height), job.above_id)) and job.outcome:
+                region, event_pixels(ev), job.above_id)) and job.outcome:
             job.outcome.previews += 1
 
     def _on_Result(self, ev: protocol.Result) -> None:
@@ -309,7 +318,7 @@ class Controller(QObject):
         region = ev.region
         name = result_layer_name(job.prompt, ev.seed, job.label)
         layer_id = self._safely(lambda: job.canvas.add_result_layer(
-            name, region, png_to_bgra(ev.png, region.width, region.height), job.above_id, ev.index == 0))
+            name, region, event_pixels(ev), job.above_id, ev.index == 0))
         if layer_id is None:
             return
         entry = self.history.add(job_id=ev.job_id, index=ev.index, seed=ev.seed, name=name, region=region,

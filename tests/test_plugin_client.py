@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from plugin_fakes import FakeCanvas, FakeHost, qapp
 
+from krita_plugin import client as client_module
 from krita_plugin import controller as controller_module
 from krita_plugin.client import NotConnected, ServerClient
 from krita_plugin.controller import Controller, pump_events
@@ -118,6 +119,15 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
         return real_encode(*args)
 
     monkeypatch.setattr(controller_module, "bgra_to_png", encode)
+    decoders: list[str] = []
+    real_decode = client_module.png_to_bgra
+
+    def decode(*args):
+        decoders.append(threading.current_thread().name)
+        return real_decode(*args)
+
+    monkeypatch.setattr(client_module, "png_to_bgra", decode)
+    monkeypatch.setattr(controller_module, "png_to_bgra", decode)
     server = ServerThread(tiny_sd).start()
     c, canvas, events = controller_for(server.url)
     try:
@@ -146,6 +156,8 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     assert threading.main_thread().name not in sockets.threads, sockets.threads
     # So did encoding the canvas to PNG (a second for a 4K canvas).
     assert len(encoders) == 1 and encoders[0] != threading.main_thread().name
+    # And decoding what came back: every preview and the result, none on the UI thread.
+    assert len(decoders) == outcome.previews + 1 and threading.main_thread().name not in decoders
 
 
 def test_client_reconnects_by_itself_after_a_server_restart(tiny_sd):
