@@ -225,3 +225,12 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_k22):
     np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
     assert not np.array_equal(got[:, kept + 4 :], source[:, kept + 4 :])
     assert of(events, p.Preview)
+
+
+def test_every_scheduler_name_runs(tiny_k22):
+    from server.schedulers import SCHEDULER_NAMES
+
+    for name in SCHEDULER_NAMES:
+        out = run(tiny_k22, make_test_image(), np.full((64, 64), 0.5, np.float32),
+                  num_inference_steps=4, scheduler=name, output_type="latent")
+        assert torch.isfinite(out.images).all() and out.steps_run >= 2, name

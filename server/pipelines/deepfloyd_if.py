@@ -42,6 +42,7 @@ from server.pipelines import (
     steps_per_pixel,
     unchanged_blend_weight,
 )
+from server.pipelines.kandinsky import uses_learned_variance
 from server.pipelines.sd import _extra_step_kwargs
 from server.schedulers import copy_scheduler, make_scheduler
 
@@ -79,6 +80,8 @@ class Stage:
     steps: torch.Tensor  # 1 x 1 x h x w: steps each pixel receives
     k: int
     guidance_scale: float
+    start: int = 0  # first step index that runs (Algorithm 2: k - max steps)
+    timesteps: torch.Tensor | None = None  # the timesteps that will run
     condition: torch.Tensor | None = None  # stage II: the noised, upscaled stage-I image
     noise_level: torch.Tensor | None = None  # stage II: its noise level (a class label)
 
@@ -201,19 +204,13 @@ class DeepFloydIFDifferentialPipeline:
 
         ``noise``: the one Gaussian draw reused for every noised original at this stage."""
         sched, k, x_init = stage.scheduler, stage.k, stage.x_init
-        longest = int(stage.steps.max())
-        sched.set_timesteps(k, device=self.device)
-        start = k - longest
-        timesteps = sched.timesteps[start * sched.order :]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start * sched.order)
-        if longest == 0:  # nothing changes at this stage's resolution
+        start, timesteps = stage.start, stage.timesteps
+        if len(timesteps) == 0:  # nothing changes at this stage's resolution
             return x_init
         x = sched.add_noise(x_init, noise, timesteps[:1].repeat(x_init.shape[0]))
         do_cfg = stage.guidance_scale > 1.0
         step_kwargs = _extra_step_kwargs(sched, generator)
-        learned_variance = getattr(sched.config, "variance_type", None) in (
-            "learned", "learned_range")
+        learned_variance = uses_learned_variance(sched)
         class_labels = None
         if stage.noise_level is not None:
             class_labels = torch.cat([stage.noise_level] * 2) if do_cfg else stage.noise_level
@@ -331,14 +328,20 @@ class DeepFloydIFDifferentialPipeline:
             steps = steps_per_pixel(self.stage_map(pixel_map, size), k_stage).to(self.device)
             sched = make_scheduler(scheduler, base_scheduler.config) if scheduler else \
                 copy_scheduler(base_scheduler)
+            sched.set_timesteps(k_stage, device=self.device)
+            start = k_stage - int(steps.max())  # Algorithm 2: skip what changes nothing
+            timesteps = sched.timesteps[start * sched.order :] if start < k_stage \
+                else sched.timesteps[:0]
+            if hasattr(sched, "set_begin_index"):
+                sched.set_begin_index(start * sched.order)
             return Stage(number, unet, sched, x_init.repeat_interleave(batch, dim=0), steps,
-                         k_stage, guidance)
+                         k_stage, guidance, start, timesteps)
 
         stages = [make_stage(1, k, self.helper.unet, self.helper.scheduler, guidance_scale)]
         if use_2:
             g2 = guidance_scale if guidance_scale_2 is None else float(guidance_scale_2)
             stages.append(make_stage(2, k2, self.helper_2.unet, self.helper_2.scheduler, g2))
-        total = sum(int(s.steps.max()) for s in stages)
+        total = sum(len(s.timesteps) for s in stages)  # UNet calls, over both stages
         progress = [0, total]
         preview_size = (stages[0].x_init.shape[-1], stages[0].x_init.shape[-2])
 

@@ -14,6 +14,7 @@ exactly (same generator, drawn in the same order: prior first, then the decoder'
 
 from __future__ import annotations
 
+import inspect
 import json
 import threading
 from collections.abc import Callable
@@ -300,8 +301,7 @@ class KandinskyV22DifferentialPipeline:
         z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
         latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
         step_kwargs = _extra_step_kwargs(sched, generator)
-        learned_variance = getattr(sched.config, "variance_type", None) in (
-            "learned", "learned_range")
+        learned_variance = uses_learned_variance(sched)
         channels = latents.shape[1]
         latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
         rgb_fit = self.rgb_fit() if callback is not None else None
@@ -345,6 +345,15 @@ class KandinskyV22DifferentialPipeline:
         images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
             else generated
         return DifferentialDiffusionOutput(images, len(timesteps), steps)
+
+
+def uses_learned_variance(scheduler: Any) -> bool:
+    """Whether ``scheduler.step`` takes the model's variance channels too (DDPM, DPM-Solver with
+    a ``learned`` / ``learned_range`` variance type); other schedulers get the noise only. The
+    config alone does not say: ``from_config`` keeps keys the new scheduler class ignores."""
+    if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
+        return False
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
 
 
 def _unchanged_output(image: Image.Image, original: np.ndarray, batch: int,
