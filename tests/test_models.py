@@ -15,8 +15,10 @@ from diffusers import (
     StableDiffusionPipeline,
     StableDiffusionXLImg2ImgPipeline,
     StableDiffusionXLPipeline,
+    UNet2DConditionModel,
 )
 from safetensors.torch import load_file, save_file
+from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
 from server.models import ModelNotFoundError, load_pipeline, tiny_components, tiny_tokenizer
 from server.pipelines.sd import StableDiffusionDifferentialPipeline, StableDiffusionXLDifferentialPipeline
@@ -156,7 +158,8 @@ def test_folder_without_model_index_is_refused(tmp_path):
 _RESNET = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("norm2", "out_layers.0"),
            ("conv2", "out_layers.3"), ("time_emb_proj", "emb_layers.1"), ("conv_shortcut", "skip_connection"))
 _UNET_FIXED = {"time_embedding.linear_1": "time_embed.0", "time_embedding.linear_2": "time_embed.2",
-               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2"}
+               "conv_in": "input_blocks.0.0", "conv_norm_out": "out.0", "conv_out": "out.2",
+               "add_embedding.linear_1": "label_emb.0.0", "add_embedding.linear_2": "label_emb.0.2"}
 _VAE_ATTENTION = (("group_norm", "norm"), ("to_q", "q"), ("to_k", "k"), ("to_v", "v"),
                   ("to_out.0", "proj_out"))
 
@@ -212,7 +215,35 @@ def _ldm_vae_key(key: str, up_blocks: int) -> str:
     return key
 
 
+def _open_clip(text_encoder: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """SDXL's second text encoder in OpenCLIP's layout (fused q/k/v, transposed projection)."""
+    out: dict[str, torch.Tensor] = {}
+    fused: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in text_encoder.state_dict().items():
+        key = key.removeprefix("text_model.")
+        if key.endswith("position_ids"):
+            continue
+        if m := re.fullmatch(r"encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)", key):
+            fused.setdefault(f"transformer.resblocks.{m[1]}.attn.in_proj_{m[3]}", {})[m[2]] = value
+            continue
+        renamed = {"embeddings.position_embedding.weight": "positional_embedding",
+                   "embeddings.token_embedding.weight": "token_embedding.weight",
+                   "final_layer_norm.weight": "ln_final.weight", "final_layer_norm.bias": "ln_final.bias",
+                   "text_projection.weight": "text_projection"}.get(key)
+        if renamed == "text_projection":
+            value = value.T
+        if renamed is None:
+            renamed = ("transformer." + key.replace("encoder.layers.", "resblocks.")
+                       .replace("layer_norm1", "ln_1").replace("layer_norm2", "ln_2")
+                       .replace(".fc1.", ".c_fc.").replace(".fc2.", ".c_proj.").replace(".self_attn", ".attn"))
+        out[renamed] = value
+    for key, parts in fused.items():
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]])
+    return out
+
+
 def ldm_checkpoint(components: dict) -> dict[str, torch.Tensor]:
+    """SD 1.x (one text encoder) or SDXL (two) components as one original-layout state dict."""
     unet, vae, text_encoder = components["unet"], components["vae"], components["text_encoder"]
     per_block = unet.config.layers_per_block
     up_with_attention = [getattr(block, "attentions", None) is not None for block in unet.up_blocks]
@@ -223,9 +254,13 @@ def ldm_checkpoint(components: dict) -> dict[str, torch.Tensor]:
         if ".mid.attn_1." in new and value.ndim == 2:
             value = value[:, :, None, None]  # 1x1 convolutions in the original layout
         out[f"first_stage_model.{new}"] = value
+    clip_prefix = "conditioner.embedders.0" if "text_encoder_2" in components else "cond_stage_model"
     for key, value in text_encoder.state_dict().items():
         if not key.endswith("position_ids"):
-            out[f"cond_stage_model.transformer.text_model.{key.removeprefix('text_model.')}"] = value
+            out[f"{clip_prefix}.transformer.text_model.{key.removeprefix('text_model.')}"] = value
+    if "text_encoder_2" in components:
+        for key, value in _open_clip(components["text_encoder_2"]).items():
+            out[f"conditioner.embedders.1.model.{key}"] = value
     return {k: v.detach().clone().contiguous() for k, v in out.items()}
 
 
@@ -248,6 +283,41 @@ def test_single_file_checkpoint_loads_offline_with_a_config_folder(single_file, 
     for name in ("unet", "vae", "text_encoder"):
         assert same_weights(loaded.components[name], tiny_sd.components[name]), name
     np.testing.assert_array_equal(edit(loaded), edit(tiny_sd))
+
+
+def sdxl_with_distinct_text_encoders() -> dict:
+    """tiny-sdxl with a wider second text encoder (48 instead of 32): in a single file diffusers
+    tells SDXL's two encoders apart by their width (768 and 1280 in the real model)."""
+    parts = tiny_components("tiny-sdxl")
+    tokenizer = parts["tokenizer_2"]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(1)
+        parts["text_encoder_2"] = CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=77, projection_dim=48, hidden_act="gelu",
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id)).eval()
+        parts["unet"] = UNet2DConditionModel.from_config(
+            {**parts["unet"].config, "cross_attention_dim": 32 + 48,
+             "projection_class_embeddings_input_dim": 6 * 8 + 48}).eval()
+    return parts
+
+
+def test_sdxl_single_file_checkpoint_loads_offline_with_a_config_folder(tmp_path):
+    components = sdxl_with_distinct_text_encoders()
+    checkpoint = tmp_path / "tiny-sdxl.safetensors"
+    save_file(ldm_checkpoint(components), str(checkpoint))
+    original = StableDiffusionXLPipeline(**components)
+    original.save_pretrained(tmp_path / "config", safe_serialization=True)
+    for weights in (tmp_path / "config").rglob("*.safetensors"):
+        weights.unlink()
+    loaded = load_pipeline(str(checkpoint), config=str(tmp_path / "config"))
+    assert isinstance(loaded, StableDiffusionXLDifferentialPipeline)
+    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+        assert same_weights(loaded.components[name], components[name]), name
+    reference = StableDiffusionXLDifferentialPipeline(
+        **{n: components[n] for n in StableDiffusionXLDifferentialPipeline.component_names})
+    np.testing.assert_array_equal(edit(loaded), edit(reference))
 
 
 def test_single_file_without_configs_fails_with_one_clear_line(single_file):
