@@ -55,7 +55,9 @@ def load_pipeline(
     (default cache). ``refiner`` (SDXL only): the same kinds of id for an SDXL refiner.
     ``config`` (single-file checkpoints): a local diffusers folder of the same architecture
     (``model_index.json`` and the components' configs; weights not needed), so that nothing is
-    downloaded; without it the configs come from the Hugging Face cache or, once, the hub.
+    downloaded. By default a folder beside the checkpoint with its name (``x.safetensors`` ->
+    ``x/``) is used when there is one, else the configs of the original repository, from the
+    Hugging Face cache or (once) the hub.
     """
     pipe = _load(model, dtype, config)
     if refiner is not None:
@@ -173,6 +175,9 @@ def _load_single_file(path: Path, dtype: torch.dtype, refiner: bool, config: str
     downloaded; otherwise diffusers picks the original repository from the checkpoint's keys and
     reads its configs from the Hugging Face cache, downloading them (a few kB) if missing."""
     kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    beside = path.with_suffix("")
+    if config is None and (beside / "model_index.json").is_file():
+        config = str(beside)
     config_dir = Path(config).expanduser() if config is not None else None
     if config_dir is not None and config_dir.is_dir():
         cls = _folder_pipeline_class(config_dir, refiner)  # the folder says which family

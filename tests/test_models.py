@@ -320,6 +320,13 @@ def test_sdxl_single_file_checkpoint_loads_offline_with_a_config_folder(tmp_path
     np.testing.assert_array_equal(edit(loaded), edit(reference))
 
 
+def test_single_file_uses_the_config_folder_beside_it(single_file, tiny_sd):
+    checkpoint, config, _ = single_file
+    config.rename(checkpoint.with_suffix(""))  # tiny-sd.safetensors + tiny-sd/model_index.json ...
+    loaded = load_pipeline(str(checkpoint))
+    assert same_weights(loaded.unet, tiny_sd.unet)
+
+
 def test_single_file_without_configs_fails_with_one_clear_line(single_file):
     import huggingface_hub.constants
 
