@@ -242,8 +242,20 @@ def test_stage_3_upscales_stage_2s_result_as_usual(tiny_if):
                       generator=generator, num_inference_steps=2, guidance_scale=7.0,
                       output_type="pt").images * 2 - 1
     assert torch.equal(ours, theirs)
-    final = pipe(**{**kwargs, "output_type": "np"}, generator=torch.Generator().manual_seed(5))
+    seen: list[StepInfo] = []
+    final = pipe(**{**kwargs, "output_type": "np"}, generator=torch.Generator().manual_seed(5),
+                 callback=seen.append)
     assert final.images.shape == (1, 64, 64, 3)  # back at the input's size
+    assert [(i.step, i.stage) for i in seen] == [(1, 1), (2, 2), (3, 3), (4, 3)]
+    assert all(i.total == 4 and i.preview().shape == (16, 16, 3) for i in seen)
+    cancel = threading.Event()
+
+    def stop_in_stage_3(info: StepInfo) -> None:
+        if info.stage == 3:
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        pipe(**kwargs, callback=stop_in_stage_3, cancel=cancel)
 
 
 def test_every_scheduler_name_runs(tiny_if):

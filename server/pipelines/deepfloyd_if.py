@@ -244,17 +244,32 @@ class DeepFloydIFDifferentialPipeline:
                     stage=stage.number, preview_size=preview_size))
         return torch.where(steps == 0, x_init, x)  # strength 0 ends exactly on the original
 
-    def upscale(self, x: torch.Tensor, prompt: str, negative_prompt: str | None,
-                num_inference_steps: int, guidance_scale: float, generator: Generator) -> torch.Tensor:
-        """Stage III as usual (diffusers' x4 upscaler); B x 3 x 4h x 4w in [-1, 1]."""
+    def upscale(
+        self, x: torch.Tensor, prompt: str, negative_prompt: str | None, num_inference_steps: int,
+        guidance_scale: float, generator: Generator, callback: Callable[[StepInfo], None] | None,
+        cancel: threading.Event | None, progress: list[int], preview_size: tuple[int, int],
+    ) -> torch.Tensor:
+        """Stage III as usual (diffusers' x4 upscaler); B x 3 x 4h x 4w in [-1, 1].
+
+        Its steps are reported too (previews keep showing stage II's result: its latents are
+        the upscaler's VAE's) and a cancel stops it between steps."""
         batch = x.shape[0]
+
+        def on_step(i: int, t: Any, latents: torch.Tensor) -> None:
+            progress[0] += 1
+            if callback is not None:
+                callback(PixelStepInfo(step=progress[0], total=progress[1], latents=x,
+                                       family=self.family, stage=3, preview_size=preview_size))
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"Cancelled after {progress[0]} of {progress[1]} steps.")
+
         out = self.upscaler(
             prompt=[prompt] * batch,
             negative_prompt=None if negative_prompt is None else [negative_prompt] * batch,
             image=(x.float() / 2.0 + 0.5).clamp(0.0, 1.0), noise_level=self.upscaler_noise_level,
             generator=generator,
             num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-            output_type="pt").images
+            output_type="pt", callback=on_step, callback_steps=1).images
         return out.to(x.dtype) * 2.0 - 1.0
 
     # -- the run ---------------------------------------------------------------------------------
@@ -285,8 +300,9 @@ class DeepFloydIFDifferentialPipeline:
         Same arguments as the SD pipeline. ``stage_2`` / ``stage_3``: run those stages when the
         model has them; stage II uses ``num_inference_steps_2`` / ``guidance_scale_2`` when given
         (defaults: the stage-I values). ``output_type="latent"`` gives the last stage's pixels,
-        B x 3 x h x w in [-1, 1] at that stage's size. ``steps_run`` counts UNet steps over the
-        differential stages; ``steps_per_latent_pixel`` is the last differential stage's map.
+        B x 3 x h x w in [-1, 1] at that stage's size. ``steps_run`` counts UNet steps over all
+        stages (stage III: all its steps); ``steps_per_latent_pixel`` is the last differential
+        stage's map. Steps are numbered across stages in ``StepInfo`` (``.stage`` says which).
         """
         if refiner_split is not None:
             raise ValueError("refiner_split is for SDXL with a refiner; this is DeepFloyd IF.")
@@ -341,7 +357,8 @@ class DeepFloydIFDifferentialPipeline:
         if use_2:
             g2 = guidance_scale if guidance_scale_2 is None else float(guidance_scale_2)
             stages.append(make_stage(2, k2, self.helper_2.unet, self.helper_2.scheduler, g2))
-        total = sum(len(s.timesteps) for s in stages)  # UNet calls, over both stages
+        # UNet calls over all stages (stage III runs all its steps).
+        total = sum(len(s.timesteps) for s in stages) + (k2 if use_3 else 0)
         progress = [0, total]
         preview_size = (stages[0].x_init.shape[-1], stages[0].x_init.shape[-2])
 
@@ -364,7 +381,10 @@ class DeepFloydIFDifferentialPipeline:
                                callback, cancel, progress, preview_size)
             last = stage
         if use_3:
-            x = self.upscale(x, prompt, negative_prompt, k2, guidance_scale, generator)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"Cancelled after {progress[0]} of {progress[1]} steps.")
+            x = self.upscale(x, prompt, negative_prompt, k2, guidance_scale, generator,
+                             callback, cancel, progress, preview_size)
 
         # 4. Output at the input's size, kept pixels put back exactly.
         if output_type == "latent":
