@@ -15,10 +15,11 @@
   CUDA: torch.cuda.max_memory_allocated. CPU: in a child process whose large allocations are all mmapped
   (MALLOC_MMAP_THRESHOLD_), the peak resident set (VmHWM, reset through /proc/self/clear_refs) during the run.
 
-Every case runs once as warm-up, then the cases take turns for --repeats rounds (the machine may be shared
-and noisy: interleaving spreads its noise over all cases) and the median of each is compared. The table also
-shows each case's spread (lowest and highest sample) and, for the ratios, the median and range of the
-ratios within each round (two cases timed back to back share the machine's mood of the moment).
+Every case runs once as warm-up, then the cases take turns for --repeats rounds, forwards then backwards
+(the machine may be shared and noisy: interleaving spreads its noise over all cases). A ratio is the median
+over the rounds of the two cases' ratio within the round (compared cases run back to back, so a load that
+comes and goes cancels out); the table also shows the range of those ratios, the ratio of the medians, and
+each case's median time and spread.
 Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
 The last line holds `name=value` pairs for scripts.
 """
@@ -80,6 +81,11 @@ class Report:
     load_average: float = float("nan")  # the machine's 1-minute load, the larger of before and after timing
 
     def ratio(self, case: str, reference: str) -> float:
+        """The median of the per-round ratios: each round's pair ran back to back, so a load that comes
+        and goes over seconds cancels out of it better than out of a ratio of medians."""
+        return statistics.median(self.round_ratios(case, reference))
+
+    def ratio_of_medians(self, case: str, reference: str) -> float:
         return self.medians[case] / self.medians[reference]
 
     def round_ratios(self, case: str, reference: str) -> list[float]:
@@ -208,15 +214,18 @@ def progress(message: str) -> None:
 def measure_times(
     cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmed_up: bool = False
 ) -> dict[str, list[float]]:
-    """Seconds per case, one sample per round; the cases take turns, starting one later each round."""
+    """Seconds per case, one sample per round; the cases take turns, in order, then in reverse order.
+
+    Compared cases sit next to each other in `cases`, so each pair runs back to back in every round and
+    each goes first in every other round.
+    """
     names = list(cases)
     if not warmed_up:
         for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
             cases[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
     for round_index in range(repeats):
-        shift = round_index % len(names)
-        for name in names[shift:] + names[:shift]:
+        for name in names if round_index % 2 == 0 else names[::-1]:
             _synchronize(device)
             started = time.perf_counter()
             cases[name]()
@@ -338,19 +347,21 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
 def format_report(report: Report) -> str:
     s = report.settings
     k = s.steps
-    header = (f"{'case':<36}{'steps':>6}{'median s':>10}{'min-max s':>16}{'ratio':>8}"
-              f"{'per-round med (min-max)':>26}  goal")
+    header = (f"{'case':<36}{'steps':>6}{'median s':>10}{'min-max s':>16}{'ratio':>8}{'(min-max)':>15}"
+              f"{'of medians':>11}  goal")
 
     def row(label: str, case: str, steps: int, reference: str, goal: str = "") -> str:
         values = report.samples[case]
         spread = f"{min(values):.4f}-{max(values):.4f}"
         if case == reference:
-            ratio, rounds = f"{1.0:>8.3f}", ""
+            ratio, rounds, of_medians = f"{1.0:>8.3f}", "", ""
         else:
             per_round = report.round_ratios(case, reference)
             ratio = f"{report.ratio(case, reference):>8.3f}"
-            rounds = f"{statistics.median(per_round):.3f} ({min(per_round):.3f}-{max(per_round):.3f})"
-        return f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>26}  {goal}".rstrip()
+            rounds = f"({min(per_round):.3f}-{max(per_round):.3f})"
+            of_medians = f"{report.ratio_of_medians(case, reference):.3f}"
+        return (f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>15}"
+                f"{of_medians:>11}  {goal}").rstrip()
 
     extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
     lines = [
