@@ -46,6 +46,20 @@ def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
     return box
 
 
+def _note(text: str) -> QLabel:
+    label = QLabel(text)
+    label.setWordWrap(True)  # a docker is narrow: long hints wrap instead of widening it
+    return label
+
+
+def _combo() -> QComboBox:
+    combo = QComboBox()
+    # Long model names must not make the docker wider than its column: the combo elides instead.
+    combo.setSizeAdjustPolicy(QComboBox.AdjustToMinimumContentsLengthWithIcon)
+    combo.setMinimumContentsLength(8)
+    return combo
+
+
 def _slider_row(box: QSpinBox, hi: int) -> tuple[QHBoxLayout, QSlider]:
     """A slider beside a spin box, kept in step with it (the box holds the value)."""
     slider = QSlider(HORIZONTAL)
@@ -105,8 +119,9 @@ class DiffDiffPanel(QWidget):
         layout.addWidget(self.prompt)
         layout.addWidget(self.negative)
         sampling = QFormLayout()
-        self.model = QComboBox()
-        self.scheduler = QComboBox()
+        sampling.setRowWrapPolicy(QFormLayout.WrapLongRows)  # narrow docker: fields go under their labels
+        self.model = _combo()
+        self.scheduler = _combo()
         self.steps = _spin(1, 500, s.steps)
         self.guidance = _dspin(0.0, 50.0, s.guidance, 0.5)
         self.variants = _spin(1, 16, s.variants)
@@ -128,7 +143,7 @@ class DiffDiffPanel(QWidget):
         # What may change
         what = QGroupBox("What may change")
         wl = QVBoxLayout(what)
-        self.mode = QComboBox()
+        self.mode = _combo()
         for mode in MODES:
             self.mode.addItem(MODE_LABELS[mode], mode)
         self.mode.setCurrentIndex(MODES.index(s.mode))
@@ -141,7 +156,7 @@ class DiffDiffPanel(QWidget):
         self.create_map = QPushButton("Create Change Map layer")
         pl.addRow("Map layer", self.map_layer)
         pl.addRow(self.create_map)
-        pl.addRow(QLabel("White = change fully, black = keep."))
+        pl.addRow(_note("White = change fully, black = keep."))
         self.mode_pages.addWidget(page)
         # soft inpaint
         page = QWidget()
@@ -151,7 +166,7 @@ class DiffDiffPanel(QWidget):
         softness_row, self.softness_slider = _slider_row(self.softness, 128)
         pl.addRow("Softness", softness_row)
         pl.addRow("Grow", self.grow)
-        pl.addRow(QLabel("Repaints the selection; strength fades out over the softness."))
+        pl.addRow(_note("Repaints the selection; strength fades out over the softness."))
         self.mode_pages.addWidget(page)
         # fan
         page = QWidget()
@@ -180,11 +195,11 @@ class DiffDiffPanel(QWidget):
         self.mode_pages.setCurrentIndex(MODES.index(s.mode))
         wl.addWidget(self.mode_pages)
         where = QFormLayout()
-        self.source = QComboBox()
+        self.source = _combo()
         self.source.addItem("Visible picture", "projection")
         self.source.addItem("Active layer", "active_layer")
         self.source.setCurrentIndex(0 if s.source == "projection" else 1)
-        self.region = QComboBox()
+        self.region = _combo()
         self.region.addItem("Whole canvas", "canvas")
         self.region.addItem("Selection bounds", "selection")
         self.region.setCurrentIndex(0 if s.region == "canvas" else 1)

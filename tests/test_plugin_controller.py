@@ -410,3 +410,10 @@ def test_softness_and_strength_sliders_follow_their_boxes():
     assert c.settings.strength == 0.25 and panel.strength.value() == 0.25
     panel.strength.setValue(0.8)
     assert panel.strength_slider.value() == 80
+
+
+def test_panel_fits_a_docker_column():
+    # Long hints wrap and combos elide: an unwrapped sentence made the panel 580 px wide once.
+    c, *_ = make(mode="change_map")
+    panel = DiffDiffPanel(c.host, controller=c)
+    assert panel.minimumSizeHint().width() <= 360
