@@ -266,3 +266,28 @@ def test_every_scheduler_name_runs(tiny_if):
         out = run(tiny_if, make_test_image(), np.full((64, 64), 0.5, np.float32),
                   num_inference_steps=4, scheduler=name, stage_2=False)
         assert np.isfinite(out.images).all() and out.steps_run >= 2, name
+
+
+def test_stage_sizes_fit_a_deeper_unet_on_a_wide_crop(tiny_if):
+    # IF's resize makes 80 x 48 into 24 x 16 at stage I; a UNet that halves four times needs
+    # multiples of 16 (as IF-II does at 256 px), so such sizes are rounded to fit it.
+    from diffusers import UNet2DConditionModel
+
+    from server.pipelines.deepfloyd_if import DeepFloydIFDifferentialPipeline
+
+    config = dict(tiny_if.unet.config)
+    config.update(block_out_channels=(8, 8, 16, 16, 32),
+                  down_block_types=("ResnetDownsampleBlock2D",) * 4
+                  + ("SimpleCrossAttnDownBlock2D",),
+                  up_block_types=("SimpleCrossAttnUpBlock2D",)
+                  + ("ResnetUpsampleBlock2D",) * 4)
+    deep = UNet2DConditionModel.from_config(config).eval()
+    pipe = DeepFloydIFDifferentialPipeline(**{**tiny_if.components, "unet": deep})
+    image = make_test_image(80, 48)
+    assert tuple(pipe.stage_input(image, 1).shape) == (1, 3, 16, 32)
+    assert tuple(pipe.stage_input(make_test_image(), 1).shape) == (1, 3, 16, 16)  # IF's own
+    change_map = np.zeros((48, 80), np.float32)
+    change_map[:, 40:] = 1.0
+    out = run(pipe, image, change_map, num_inference_steps=2, stage_2=False, output_type="pil")
+    assert out.images[0].size == (80, 48)
+    assert np.array_equal(np.asarray(out.images[0])[:, :40], np.asarray(image)[:, :40])

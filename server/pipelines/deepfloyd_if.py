@@ -170,11 +170,22 @@ class DeepFloydIFDifferentialPipeline:
         return torch.cat([negative, embeds]) if do_cfg else embeds
 
     def stage_input(self, image: Image.Image, stage: int) -> torch.Tensor:
-        """The input image at a stage's resolution, 1 x 3 x h x w in [-1, 1] (IF's own resize:
-        the short side to the UNet's sample size, the long side a multiple of 8)."""
-        if stage == 1:
-            return self.helper.preprocess_image(image)
-        return self.helper_2.preprocess_original_image(image)
+        """The input image at a stage's resolution, 1 x 3 x h x w in [-1, 1].
+
+        IF's own resize (the short side to the UNet's sample size, the long side a multiple of
+        8), unless that size does not divide by the UNet's downsampling (IF's resnet blocks
+        cannot upsample to odd sizes, e.g. IF-II on a wide crop): then both sides are rounded
+        to multiples of it."""
+        helper = self.helper if stage == 1 else self.helper_2
+        x = helper.preprocess_image(image) if stage == 1 else \
+            helper.preprocess_original_image(image)
+        multiple = 2 ** (len(helper.unet.config.block_out_channels) - 1)
+        height, width = x.shape[-2:]
+        if height % multiple == 0 and width % multiple == 0:
+            return x
+        size = tuple(max(multiple, int(round(n / multiple)) * multiple) for n in (width, height))
+        resized = np.asarray(image.convert("RGB").resize(size, Image.BICUBIC), np.float32)
+        return torch.from_numpy(resized / 127.5 - 1.0).permute(2, 0, 1)[None]
 
     @staticmethod
     def stage_map(pixel_map: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
