@@ -385,6 +385,8 @@ def test_documents_that_are_not_rgba8_are_converted_not_crashed(batch, model, de
     assert r["message"]["mode"] == "uniform" and r["message"]["strength"] == 0.5
     assert r["result_cs"] == ["RGBA", "U8"] and r["result_px"] == [10, 20, 30, 255]
     assert r["before_same"]
+    assert r["active_len"] == 16 * 16 * 4  # Source 'Active layer' reads a converted copy too
+    assert r["map_cs"] == ["RGBA", "U8"] and r["map_rows"] == [255] * 4 + [0] * 12
 
 
 # -- the harness itself ----------------------------------------------------------------------------------

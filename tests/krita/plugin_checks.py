@@ -259,7 +259,17 @@ def deep_document(args: dict) -> dict:
     layer_id = canvas.add_result_layer("result", Region(0, 0, w, h), bytes((10, 20, 30, 255)) * (w * h))
     node = canvas.find_node(layer_id)
     after = layer_pixels(doc)
+    # The other readers: the active layer alone (converted copy) and a change map drawn on the
+    # plugin's own map layer (made 8-bit RGBA whatever the document is).
+    active = canvas.read_inputs(_settings(mode="uniform", strength=0.5, source="active_layer"),
+                                active_node=doc.rootNode().childNodes()[0])
+    map_node = canvas.find_node(canvas.create_map_layer("Change Map"))
+    map_node.setPixelData(bytes((255, 255, 255, 255)) * (w * 4), 0, 0, w, 4)  # the top 4 rows: change
+    mapped = canvas.read_inputs(_settings(mode="change_map"))
     return {
+        "active_len": len(active.image_bgra),
+        "map_cs": [map_node.colorModel(), map_node.colorDepth()],
+        "map_rows": [sum(mapped.change_map[y * w:(y + 1) * w]) // w for y in range(h)],
         "doc": [doc.colorModel(), doc.colorDepth()],
         "notes": inputs.notes,
         "image_len": len(inputs.image_bgra),
