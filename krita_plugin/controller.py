@@ -7,13 +7,17 @@ runs on the UI thread; the client's events arrive here as queued Qt signals.
 Driving it from a script (inside Krita, e.g. under kritarunner, or from the docker's own
 controller in the GUI), without any widget::
 
-    from krita_plugin.krita_io import script_controller
+    from krita_plugin.krita_io import script_controller  # packaged: differential_diffusion.krita_io
     c = script_controller("ws://127.0.0.1:7860", document=doc)  # or krita_io.docker_controller()
     c.wait_connected(timeout_s=30)            # pumps the Qt event loop until the handshake is done
     c.update_settings(mode="fan", prompt="a red barn", random_seed=False, seed=7, fan_columns=4)
-    job = c.prepare_job()                     # reads the active document: request, PNG, map bytes
-    outcome = c.run_job(timeout_s=300)        # sends it, pumps Qt until done/cancelled/error
+    job = c.prepare_job()                     # reads the document: job.request, job.map_gray8, job.image_png
+    outcome = c.run_job(timeout_s=300, job=job)  # sends it, pumps Qt until done/cancelled/error
     outcome.state, outcome.layer_ids, outcome.previews, outcome.message
+
+Under kritarunner there is no window, hence no active document or layer: pass `document=` (and
+`active_layer=` for Source 'Active layer') to script_controller. `controller.finished` carries the
+same JobOutcome for code that prefers a signal to `run_job`'s blocking wait.
 
 `prepare_job` raises JobInputError (a sentence for the painter) when the canvas cannot make a
 job; `run_job` raises TimeoutError after cancelling a job that ran past `timeout_s`. The same
