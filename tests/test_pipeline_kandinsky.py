@@ -149,6 +149,11 @@ def test_all_zero_map_runs_nothing(tiny_k22, monkeypatch):
                    num_images_per_prompt=2)
     assert unet.count == prior.count == out.steps_run == 0
     assert all(np.array_equal(np.asarray(r), np.asarray(image)) for r in out.images)
+    latents = tiny_k22(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
+                       num_images_per_prompt=2, output_type="latent")
+    tensor, _ = tiny_k22.prepare_image(image)
+    z_init, _ = tiny_k22.prepare_latents(tensor, 2, None, torch.float32)
+    assert unet.count == prior.count == 0 and torch.equal(latents.images, z_init)
 
 
 # -- hooks -----------------------------------------------------------------------------------------

@@ -274,7 +274,10 @@ class KandinskyV22DifferentialPipeline:
                                        self.vae_scale_factor)
         steps = steps_per_pixel(latent_map, k).to(self.device)
         longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
-        if longest == 0 and output_type != "latent":
+        if longest == 0:  # an all-zero map: nothing may change, so no model (not even the prior) runs
+            if output_type == "latent":
+                z_init, _ = self.prepare_latents(image_tensor, batch, None, self.unet.dtype)
+                return DifferentialDiffusionOutput(z_init, 0, steps)
             return _unchanged_output(image, original, batch, output_type)
 
         # 2. Scheduler (a fresh one per run) and the timesteps that will run.
@@ -358,7 +361,6 @@ def uses_learned_variance(scheduler: Any) -> bool:
 
 def _unchanged_output(image: Image.Image, original: np.ndarray, batch: int,
                       output_type: str) -> DifferentialDiffusionOutput:
-    # An all-zero map: nothing may change, so no model (not even the prior) runs.
     if output_type == "pil":
         return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
     return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
