@@ -331,6 +331,8 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             scroll.setWidget(self.panel)
             self.setWidget(scroll)
             self.panel.controller.connect_server()  # returns at once; retries in the background
+            # Say goodbye to the server when Krita quits (it then cancels this client's jobs at once).
+            Krita.instance().notifier().applicationClosing.connect(self.panel.controller.shutdown)
 
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
