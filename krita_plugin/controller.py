@@ -154,7 +154,10 @@ class Controller(QObject):
 
     # -- settings and connection -------------------------------------------------------------------
     def update_settings(self, **values) -> None:
-        reconnect = any(k in values and values[k] != getattr(self.settings, k) for k in ("server_url", "token"))
+        # A new URL or token connects again; so does confirming the same ones while not connected
+        # (the painter pressed Enter in the URL box after starting the server).
+        reconnect = any(k in values and (values[k] != getattr(self.settings, k) or self.connection_state
+                                         in ("disconnected", "refused")) for k in ("server_url", "token"))
         for key, value in values.items():
             setattr(self.settings, key, value)
         save_settings(self.settings, self.store)

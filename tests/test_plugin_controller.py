@@ -417,3 +417,17 @@ def test_panel_fits_a_docker_column():
     c, *_ = make(mode="change_map")
     panel = DiffDiffPanel(c.host, controller=c)
     assert panel.minimumSizeHint().width() <= 360
+
+
+def test_confirming_the_url_reconnects_only_when_not_connected():
+    c, client, *_ = make(mode="uniform")
+    calls: list[str] = []
+    client.connect_to = lambda url, token="": calls.append(url)
+    c.update_settings(server_url=c.settings.server_url)  # connected: nothing to do
+    assert calls == []
+    c.connection_state = "disconnected"
+    c.update_settings(server_url=c.settings.server_url)  # Enter in the URL box: try now
+    assert calls == [c.settings.server_url]
+    c.connection_state = "connected"
+    c.update_settings(server_url="ws://127.0.0.1:9999")
+    assert calls[-1] == "ws://127.0.0.1:9999"
