@@ -5,10 +5,12 @@
     python bench/server.py --model stabilityai/stable-diffusion-2-1-base --device cuda --size 512 --steps 30
 
 A server (server.app.run_server, the real websocket listener and job worker) runs in this process on
-a free loopback port. A real websocket client, driven by the plugin's sans-I/O ``shared.protocol``
-ClientSession, submits a change-map job (previews on, every --preview-every steps, like the plugin) and
-reads every frame up to ``done``. The same pipeline object is then called directly with the same
-settings (image, map, prompt, steps, guidance, seed, scheduler): what the worker itself would call.
+a free loopback port. A real websocket client in a child process (Krita is another process too; no torch
+there), driven by the plugin's sans-I/O ``shared.protocol`` ClientSession, submits a change-map job
+(previews on, every --preview-every steps, like the plugin) and reads every frame up to ``done``. The same
+pipeline object is then called directly with the same settings (image, map, prompt, steps, guidance, seed,
+scheduler): what the worker itself would call. --in-process-client runs the client on the server's event
+loop instead (its parsing then competes with the worker for the GIL).
 
 - server_overhead: client-side time from the first submit frame sent to ``done`` received / the
   direct call (goal <= 1.05). It includes the upload, PNG decoding, map building, previews, result
@@ -28,7 +30,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import dataclasses
 import io
+import json
 import os
 import statistics
 import sys
@@ -60,6 +65,7 @@ class Settings:
     scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
     seed: int = 1234
     threads: int | None = None  # torch CPU threads; None: torch's default
+    client_process: bool = True  # the client in a child process (else on the server's event loop)
 
 
 @dataclass
@@ -194,6 +200,53 @@ class Client:
                     raise RuntimeError(f"the job failed: {event}")
 
 
+async def client_child(url: str, settings_json: str) -> None:
+    """The client process: one job per "run" line on stdin, its timings as one JSON line on stdout."""
+    settings = Settings(**json.loads(settings_json))
+    image_png, map_gray8, _ = make_inputs(settings.size)
+    client = Client(url)
+    await client.connect()
+    # Read commands off the loop so the connection keeps answering the server's pings meanwhile.
+    while (await asyncio.to_thread(sys.stdin.readline)).strip() == "run":
+        job = await client.run_job(settings, image_png, map_gray8)
+        fields = dataclasses.asdict(job)
+        fields["result_png"] = base64.b64encode(job.result_png).decode("ascii")
+        print(json.dumps(fields), flush=True)
+    await client.close()
+
+
+class ChildClient:
+    """Drives a client_child process: the same run_job as Client, over the child's stdin/stdout."""
+
+    def __init__(self, url: str, settings: Settings) -> None:
+        self.url, self.settings = url, settings
+        self.process: Any = None
+
+    async def connect(self) -> None:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "--client-child", self.url,
+            json.dumps(dataclasses.asdict(self.settings)), cwd=ROOT,
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        )
+
+    async def run_job(self, settings: Settings, image_png: bytes, map_gray8: bytes) -> ServerJob:
+        self.process.stdin.write(b"run\n")
+        await self.process.stdin.drain()
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the client process ended (exit code {await self.process.wait()}); see stderr")
+        fields = json.loads(line)
+        fields["result_png"] = base64.b64decode(fields["result_png"])
+        fields["model_size"] = tuple(fields["model_size"])
+        return ServerJob(**fields)
+
+    async def close(self) -> None:
+        self.process.stdin.write(b"quit\n")
+        await self.process.stdin.drain()
+        if await self.process.wait() != 0:
+            raise RuntimeError("the client process failed; see stderr")
+
+
 def direct_call(pipe: Any, settings: Settings, picture: Any, change_map: np.ndarray) -> Any:
     """The pipeline call the worker makes for this job, without the server around it."""
     import torch
@@ -230,7 +283,9 @@ async def run_benchmark_async(settings: Settings) -> Report:
     async with run_server(config) as server:
         pipe = server.host.pipe
         progress(f"server up at {server.url}, model {settings.model} loaded")
-        client = Client(server.url)
+        client: Client | ChildClient = (
+            ChildClient(server.url, settings) if settings.client_process else Client(server.url)
+        )
         await client.connect()
 
         async def server_round() -> ServerJob:
@@ -299,7 +354,8 @@ def format_report(report: Report) -> str:
         f"bench/server.py: model {s.model} on {s.device} ({report.threads} torch threads), {s.size}x{s.size} "
         f"change-map job (gradient), {s.steps} steps, scheduler {s.scheduler}, guidance {s.guidance_scale:g}, "
         f"preview every {s.preview_every} steps, median of {s.repeats} alternating rounds; load average "
-        f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
+        f"{report.load_average:.1f} on {os.cpu_count()} CPUs; client "
+        f"{'in a child process' if s.client_process else 'on the server event loop'}",
         f"server ran the model at {w}x{h}, {report.steps_run} steps, {report.previews} previews per job; "
         f"result vs direct call: max pixel difference {report.result_max_diff} (0 = the same computation)",
         "",
@@ -338,9 +394,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
     parser.add_argument("--seed", type=int, default=1234)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
+    parser.add_argument("--in-process-client", action="store_true",
+                        help="run the websocket client on the server's event loop, not in a child process")
+    parser.add_argument("--client-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--quick", action="store_true",
                         help="128 px, 10 steps, 3 rounds, 1 thread unless given: well under a minute on 2 cores")
     args = parser.parse_args(argv)
+    if args.client_child:
+        asyncio.run(client_child(*args.client_child))
+        return 0
     steps = args.steps or (10 if args.quick else 20)
     repeats = args.repeats or (3 if args.quick else 5)
     size = args.size or (128 if args.quick else 256 if args.model.startswith("tiny-") else 512)
@@ -351,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model=args.model, device=args.device, size=size, steps=steps, repeats=repeats,
         guidance_scale=args.guidance_scale, preview_every=args.preview_every, scheduler=args.scheduler,
         seed=args.seed, threads=args.threads or (1 if args.quick else None),
+        client_process=not args.in_process_client,
     )
     if settings.threads:
         import torch
