@@ -291,3 +291,32 @@ def test_stage_sizes_fit_a_deeper_unet_on_a_wide_crop(tiny_if):
     out = run(pipe, image, change_map, num_inference_steps=2, stage_2=False, output_type="pil")
     assert out.images[0].size == (80, 48)
     assert np.array_equal(np.asarray(out.images[0])[:, :40], np.asarray(image)[:, :40])
+
+
+# -- loading real-model folders ----------------------------------------------------------------------
+def save_as_folders(pipe, root, safe: bool = True) -> None:
+    first, second = reference(pipe)
+    first.save_pretrained(root / "stage_1", safe_serialization=safe)
+    second.text_encoder = second.tokenizer = None  # stage II reuses stage I's T5, as real IF
+    second.register_to_config(text_encoder=(None, None), tokenizer=(None, None))
+    second.save_pretrained(root / "stage_2", safe_serialization=safe)
+
+
+def test_saved_stage_folders_load_and_give_the_same_images(tiny_if, tmp_path):
+    from server.models import load_pipeline
+
+    save_as_folders(tiny_if, tmp_path)
+    loaded = load_pipeline(str(tmp_path))
+    assert loaded.family == "if" and loaded.options == {"stage_2": True, "stage_3": False}
+    image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
+    a = run(tiny_if, image, change_map, num_inference_steps=4).images
+    b = run(loaded, image, change_map, num_inference_steps=4).images
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pickled_weights_are_refused(tiny_if, tmp_path):
+    from server.models import ModelNotFoundError, load_pipeline
+
+    save_as_folders(tiny_if, tmp_path, safe=False)
+    with pytest.raises(ModelNotFoundError, match="safetensors"):
+        load_pipeline(str(tmp_path))

@@ -239,3 +239,30 @@ def test_every_scheduler_name_runs(tiny_k22):
         out = run(tiny_k22, make_test_image(), np.full((64, 64), 0.5, np.float32),
                   num_inference_steps=4, scheduler=name, output_type="latent")
         assert torch.isfinite(out.images).all() and out.steps_run >= 2, name
+
+
+# -- loading real-model folders ----------------------------------------------------------------------
+def save_as_folders(pipe, root, safe: bool = True) -> None:
+    prior, decoder = reference(pipe)
+    prior.save_pretrained(root / "prior", safe_serialization=safe)
+    decoder.save_pretrained(root / "decoder", safe_serialization=safe)
+
+
+def test_a_saved_prior_and_decoder_folder_loads_and_gives_the_same_images(tiny_k22, tmp_path):
+    from server.models import load_pipeline
+
+    save_as_folders(tiny_k22, tmp_path)
+    loaded = load_pipeline(str(tmp_path))
+    assert loaded.family == "kandinsky22"
+    image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
+    a = run(tiny_k22, image, change_map, num_inference_steps=4).images
+    b = run(loaded, image, change_map, num_inference_steps=4).images
+    np.testing.assert_array_equal(a, b)
+
+
+def test_pickled_weights_are_refused(tiny_k22, tmp_path):
+    from server.models import ModelNotFoundError, load_pipeline
+
+    save_as_folders(tiny_k22, tmp_path, safe=False)
+    with pytest.raises(ModelNotFoundError, match="safetensors"):
+        load_pipeline(str(tmp_path))

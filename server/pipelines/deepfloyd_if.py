@@ -20,7 +20,6 @@ pixels put back exactly.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from server.pipelines import (
     steps_per_pixel,
     unchanged_blend_weight,
 )
-from server.pipelines.kandinsky import uses_learned_variance
+from server.pipelines.kandinsky import model_index_class, uses_learned_variance
 from server.pipelines.sd import _extra_step_kwargs
 from server.schedulers import copy_scheduler, make_scheduler
 
@@ -423,7 +422,7 @@ def is_deepfloyd_if(model: str) -> bool:
     if path.is_dir():
         if (path / "stage_1").is_dir():
             return True
-        return _folder_class(path).startswith("IF")
+        return model_index_class(path).startswith("IF")
     return not path.exists() and model.lower().startswith("deepfloyd/if-i-")
 
 
@@ -447,7 +446,11 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: s
         return DeepFloydIFDifferentialPipeline(
             **first, unet_2=second["unet"], scheduler_2=second["scheduler"],
             image_noising_scheduler=second["image_noising_scheduler"])
+    from server.models import _check_safetensors_folder
+
     path = Path(model).expanduser()
+    if path.is_dir():
+        _check_safetensors_folder(path)  # a clear refusal of pickled weights
     source_1, source_2 = model, stage_2
     if path.is_dir() and (path / "stage_1").is_dir():
         source_1 = str(path / "stage_1")
@@ -475,12 +478,3 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: s
         tokenizer=first_pipe.tokenizer, text_encoder=first_pipe.text_encoder,
         unet=first_pipe.unet, scheduler=first_pipe.scheduler, **parts)
 
-
-def _folder_class(path: Path) -> str:
-    index = path / "model_index.json"
-    if not index.is_file():
-        return ""
-    try:
-        return str(json.loads(index.read_text()).get("_class_name", ""))
-    except (OSError, ValueError):
-        return ""

@@ -375,7 +375,7 @@ def is_kandinsky22(model: str) -> bool:
     if path.is_dir():
         if (path / "prior").is_dir() and (path / "decoder").is_dir():
             return True
-        return _folder_class(path).startswith("KandinskyV22")
+        return model_index_class(path).startswith("KandinskyV22")
     return not path.exists() and "kandinsky-2-2" in model.lower()
 
 
@@ -391,7 +391,11 @@ def load_kandinsky22(model: str, dtype: torch.dtype = torch.float32,
         return KandinskyV22DifferentialPipeline(
             **{n: prior_parts[n] for n in PRIOR_COMPONENTS if n != "scheduler"},
             prior_scheduler=prior_parts["scheduler"], **decoder_parts)
+    from server.models import _check_safetensors_folder
+
     path = Path(model).expanduser()
+    if path.is_dir():
+        _check_safetensors_folder(path)  # a clear refusal of pickled weights
     prior_source = prior or DEFAULT_PRIOR
     decoder_source = model
     if path.is_dir() and (path / "prior").is_dir() and (path / "decoder").is_dir():
@@ -405,7 +409,8 @@ def load_kandinsky22(model: str, dtype: torch.dtype = torch.float32,
         **parts, unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq)
 
 
-def _folder_class(path: Path) -> str:
+def model_index_class(path: Path) -> str:
+    """The ``_class_name`` a diffusers folder's model_index.json gives, or "" if none."""
     index = path / "model_index.json"
     if not index.is_file():
         return ""
