@@ -90,6 +90,10 @@ def _load(model: str, dtype: torch.dtype, config: str | None = None) -> Differen
         raise ValueError("'tiny-sdxl-refiner' is a refiner: use load_pipeline('tiny-sdxl', "
                          "refiner='tiny-sdxl-refiner').")
     diffusers_pipe = _load_diffusers(model, dtype, refiner=False, config=config)
+    if diffusers_pipe.unet.config.in_channels != 4:  # inpainting (9) or depth (5) variants
+        raise ModelNotFoundError(
+            f"{model!r} has a {diffusers_pipe.unet.config.in_channels}-channel UNet (an inpainting "
+            "or depth model); differential diffusion needs the plain text-to-image model.")
     if isinstance(diffusers_pipe, StableDiffusionXLPipeline | StableDiffusionXLImg2ImgPipeline):
         if diffusers_pipe.text_encoder is None:
             raise ValueError(f"{model!r} is an SDXL refiner; load it with refiner=, next to an "
@@ -161,8 +165,12 @@ def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool, config: str |
     if looks_like_path or "/" not in model:
         raise ModelNotFoundError(f"{tried}; it is not a Hugging Face hub id (owner/name) either.")
     try:
-        return _hub_pipeline_class(model, refiner).from_pretrained(
-            model, use_safetensors=True, **kwargs)
+        cls = _hub_pipeline_class(model, refiner)
+        sd_kwargs = {} if cls is not StableDiffusionPipeline else {
+            "safety_checker": None, "feature_extractor": None, "requires_safety_checker": False}
+        return cls.from_pretrained(model, use_safetensors=True, **sd_kwargs, **kwargs)
+    except ModelNotFoundError:
+        raise
     except Exception as exc:
         raise ModelNotFoundError(
             f"{tried}; the Hugging Face hub id {model!r}: "
@@ -221,6 +229,8 @@ def _hub_failure(exc: BaseException) -> str | None:
         cause = cause.__cause__ or cause.__context__
     if "OfflineModeIsEnabled" in names:
         return "not in the local cache, and offline mode (HF_HUB_OFFLINE) is on"
+    if "LocalEntryNotFoundError" in names:  # (an EntryNotFoundError too: test it first)
+        return "not in the local cache, and the hub could not be reached"
     if "GatedRepoError" in names:
         return "a gated model: accept its licence on huggingface.co and log in (hf auth login)"
     if "RepositoryNotFoundError" in names:
@@ -251,16 +261,31 @@ def _folder_pipeline_class(path: Path, refiner: bool) -> type:
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelNotFoundError(f"{path} is not a diffusers model folder (no model_index.json).")
-    class_name = json.loads(index.read_text()).get("_class_name", "")
-    if "XL" in class_name or refiner:
-        return StableDiffusionXLImg2ImgPipeline
-    return StableDiffusionPipeline
+    return _index_pipeline_class(index, refiner, str(path))
 
 
 def _hub_pipeline_class(model: str, refiner: bool) -> type:
-    if refiner or "xl" in model.lower():
+    """The class a hub repository declares (its model_index.json: from the cache, or a few
+    hundred bytes from the hub); a name like "...-XL" is not proof of anything."""
+    from huggingface_hub import hf_hub_download, model_info
+
+    try:
+        index = hf_hub_download(model, "model_index.json", local_files_only=True)
+    except Exception:  # not cached: one quick question first (the download retries for ~20 s)
+        model_info(model)
+        index = hf_hub_download(model, "model_index.json")
+    return _index_pipeline_class(Path(index), refiner, model)
+
+
+def _index_pipeline_class(index: Path, refiner: bool, where: str) -> type:
+    class_name = str(json.loads(index.read_text()).get("_class_name", ""))
+    if "XL" in class_name or refiner:
         return StableDiffusionXLImg2ImgPipeline
-    return StableDiffusionPipeline
+    if class_name.startswith("StableDiffusion"):
+        return StableDiffusionPipeline
+    raise ModelNotFoundError(
+        f"{where} is a {class_name or 'model without a pipeline class'}; this loader runs Stable "
+        "Diffusion 1.x/2.x and SDXL diffusers models.")
 
 
 def _single_file_is_sdxl(path: Path) -> bool:

@@ -371,6 +371,57 @@ def test_v_prediction_single_file_and_folder(single_file, tmp_path):
     assert not np.array_equal(edit(from_folder, scheduler="Euler"), edit(epsilon, scheduler="Euler"))
 
 
+# -- hub ids (from the local cache: tests never download) ----------------------------------------------
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """Put a pipeline into a Hugging Face cache as a finished download leaves it."""
+    import huggingface_hub.constants
+
+    root = tmp_path / "hub"
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(root))
+
+    def put(repo: str, pipe, **index_changes) -> None:
+        entry = root / f"models--{repo.replace('/', '--')}"
+        revision = "0123456789abcdef0123456789abcdef01234567"
+        (entry / "refs").mkdir(parents=True)
+        (entry / "refs" / "main").write_text(revision)
+        snapshot = entry / "snapshots" / revision
+        pipe.save_pretrained(snapshot, safe_serialization=True)
+        index = snapshot / "model_index.json"
+        index.write_text(json.dumps({**json.loads(index.read_text()), **index_changes}))
+
+    return put
+
+
+def test_hub_ids_load_from_the_cache_by_their_declared_class(hub_cache, tiny_sd, tiny_sdxl):
+    # SD 1.5 repositories declare a safety checker; it is never loaded (nor downloaded).
+    hub_cache("painter/my-sd", StableDiffusionPipeline(
+        **tiny_components("tiny-sd"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False),
+        safety_checker=["stable_diffusion", "StableDiffusionSafetyChecker"],
+        feature_extractor=["transformers", "CLIPImageProcessor"])
+    hub_cache("painter/big-model", StableDiffusionXLPipeline(**tiny_components("tiny-sdxl")))
+    sd = load_pipeline("painter/my-sd")
+    assert isinstance(sd, StableDiffusionDifferentialPipeline)
+    np.testing.assert_array_equal(edit(sd), edit(tiny_sd))
+    xl = load_pipeline("painter/big-model")  # no "xl" in the name: its model_index.json decides
+    assert isinstance(xl, StableDiffusionXLDifferentialPipeline)
+    np.testing.assert_array_equal(edit(xl), edit(tiny_sdxl))
+
+
+def test_models_of_another_kind_are_refused_clearly(hub_cache, tmp_path):
+    hub_cache("painter/sound", StableDiffusionPipeline(
+        **tiny_components("tiny-sd"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False), _class_name="AudioLDMPipeline")
+    with pytest.raises(ModelNotFoundError, match="painter/sound is a AudioLDMPipeline; this loader runs"):
+        load_pipeline("painter/sound")
+    components = tiny_components("tiny-sd")
+    components["unet"] = UNet2DConditionModel.from_config({**components["unet"].config, "in_channels": 9})
+    folder = save_sd_folder(components, tmp_path / "inpainting", safe_serialization=True)
+    with pytest.raises(ModelNotFoundError, match="9-channel UNet"):
+        load_pipeline(str(folder))
+
+
 # -- ids that are nothing -----------------------------------------------------------------------------
 @pytest.mark.parametrize("model, reason", [
     ("nobody/no-such-model", "the Hugging Face hub id 'nobody/no-such-model': not in the local cache"),
