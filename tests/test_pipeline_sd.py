@@ -311,6 +311,22 @@ def test_preview_hook_reports_every_step(tiny_sd, test_image):
     assert not np.array_equal(previews[0], previews[-1])
 
 
+@pytest.mark.parametrize("scheduler", SCHEDULER_NAMES)
+def test_previews_show_the_clean_estimate(tiny_sd, test_image, scheduler):
+    seen: list[StepInfo] = []
+    run(tiny_sd, test_image, np.full((64, 64), 0.8, np.float32), num_inference_steps=6,
+        scheduler=scheduler, callback=seen.append)
+    if scheduler == "PNDM":  # no clean estimate to show: the latents themselves
+        assert all(info.denoised is None for info in seen)
+        return
+    assert all(info.denoised is not None for info in seen)
+    first, last = seen[0], seen[-1]
+    assert not torch.allclose(first.denoised, first.latents, atol=1e-2)  # not the noisy latents
+    # At the end the estimate is the result (the last step lands on it, up to the final sigma).
+    spread = float(last.latents.std())
+    assert float((last.denoised - last.latents).abs().max()) < 0.05 * spread
+
+
 def test_cancel_stops_before_the_next_step(tiny_sd, test_image, monkeypatch):
     calls = UNetCalls(monkeypatch, tiny_sd.unet)
     cancel = threading.Event()

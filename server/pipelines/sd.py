@@ -301,7 +301,7 @@ class StableDiffusionDifferentialPipeline:
             latents = out.prev_sample
             if callback is not None:
                 callback(StepInfo(step=j + 1, total=len(timesteps), latents=latents,
-                                  denoised=getattr(out, "pred_original_sample", None),
+                                  denoised=_clean_estimate(sched, out),
                                   family=self.family, latent_size=latent_size))
         # Strength-0 regions end exactly on the original latent.
         latents = torch.where(steps == 0, z_init, latents)
@@ -446,6 +446,22 @@ def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
         return array
     pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
     return np.pad(array, pad, mode="edge")
+
+
+def _clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
+    """The scheduler's estimate of the finished latents after a step (previews show it)."""
+    estimate = getattr(out, "pred_original_sample", None)
+    if estimate is not None:  # DDIM, Euler (a), LMS
+        return estimate
+    # DPM-Solver++ and UniPC (predict_x0) keep their clean-latent prediction as the last model
+    # output; the default scheduler would otherwise preview pure noise for most of the run.
+    config = scheduler.config
+    predicts_x0 = config.get("algorithm_type") in ("dpmsolver++", "sde-dpmsolver++") or (
+        config.get("predict_x0") is True)
+    outputs = getattr(scheduler, "model_outputs", None)
+    if predicts_x0 and outputs and outputs[-1] is not None:
+        return outputs[-1]
+    return None
 
 
 def _extra_step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
