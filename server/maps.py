@@ -44,9 +44,11 @@ def _as_float_array(change_map: Any) -> np.ndarray:
             raise ValueError("The change map is empty (0 pixels).")
         if change_map.mode in ("L", "1", "P", "LA"):
             arr = np.asarray(change_map.convert("L"), dtype=np.float32) / 255.0
-        elif change_map.mode in ("I", "I;16", "F"):
+        elif change_map.mode.startswith("I;16"):  # 16-bit grey, whatever its values
+            arr = np.asarray(change_map, dtype=np.float32) / 65535.0
+        elif change_map.mode in ("I", "F"):
             arr = np.asarray(change_map.convert("F"), dtype=np.float32)
-            if change_map.mode != "F":
+            if change_map.mode == "I":  # 32-bit ints: 8- or 16-bit data, judged by its range
                 arr = arr / (65535.0 if arr.max(initial=0) > 255 else 255.0)
         else:
             rgb = np.asarray(change_map.convert("RGB"), dtype=np.float32) / 255.0

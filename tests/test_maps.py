@@ -209,6 +209,9 @@ def test_float_map_of_the_right_size_passes_through():
     (Image.fromarray(np.array([[0, 51, 255]], np.uint8)), [0.0, 0.2, 1.0]),
     (Image.fromarray(np.array([[0, 255]], np.uint8)).convert("1"), [0.0, 1.0]),
     (Image.fromarray(np.array([[0.0, 0.75]], np.float32), mode="F"), [0.0, 0.75]),
+    (Image.fromarray(np.array([[0, 255, 65535]], np.uint16)), [0.0, 255 / 65535, 1.0]),  # I;16
+    (Image.fromarray(np.array([[0, 200]], np.uint16)), [0.0, 200 / 65535]),  # dark, still 16-bit
+    (Image.fromarray(np.array([[0, 51, 255]], np.int32)), [0.0, 0.2, 1.0]),  # I with 8-bit data
 ])
 def test_map_kinds_become_unit_floats(given, expected):
     width = len(expected)
