@@ -113,7 +113,6 @@ def load_layer(out_dir: Path, layer: dict) -> np.ndarray:
 def check_common(r: dict, out_dir: Path, results: int) -> list[tuple[dict, np.ndarray]]:
     """Previews came and went, `results` new layers arrived, the painter's layers are untouched."""
     assert not [n for n in r["notices"] if n[0] == "error"], r["notices"]
-    assert r["notices"][-1][1].startswith("Done:"), r["notices"]
     assert r["outcome"]["state"] == "done" and not r["busy"], r["outcome"]
     assert r["outcome"]["previews"] == len(r["previews"])
     assert r["outcome"]["layer_ids"] == [e["layer_id"] for e in r["history"]]
