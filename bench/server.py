@@ -201,16 +201,17 @@ class Client:
 
 
 async def client_child(url: str, settings_json: str) -> None:
-    """The client process: one job per "run" line on stdin, its timings as one JSON line on stdout."""
+    """The client process: one job per "run" line on stdin, its timings as one JSON line on stdout (with the
+    result PNG, base64, for a "run+png" line)."""
     settings = Settings(**json.loads(settings_json))
     image_png, map_gray8, _ = make_inputs(settings.size)
     client = Client(url)
     await client.connect()
     # Read commands off the loop so the connection keeps answering the server's pings meanwhile.
-    while (await asyncio.to_thread(sys.stdin.readline)).strip() == "run":
+    while (command := (await asyncio.to_thread(sys.stdin.readline)).strip()) in ("run", "run+png"):
         job = await client.run_job(settings, image_png, map_gray8)
         fields = dataclasses.asdict(job)
-        fields["result_png"] = base64.b64encode(job.result_png).decode("ascii")
+        fields["result_png"] = base64.b64encode(job.result_png).decode("ascii") if command == "run+png" else ""
         print(json.dumps(fields), flush=True)
     await client.close()
 
@@ -221,16 +222,19 @@ class ChildClient:
     def __init__(self, url: str, settings: Settings) -> None:
         self.url, self.settings = url, settings
         self.process: Any = None
+        self.want_png = True  # the first job's result is compared with the direct call
 
     async def connect(self) -> None:
         self.process = await asyncio.create_subprocess_exec(
             sys.executable, str(Path(__file__).resolve()), "--client-child", self.url,
             json.dumps(dataclasses.asdict(self.settings)), cwd=ROOT,
             stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+            limit=1 << 28,  # one line carries a base64 result PNG
         )
 
     async def run_job(self, settings: Settings, image_png: bytes, map_gray8: bytes) -> ServerJob:
-        self.process.stdin.write(b"run\n")
+        self.process.stdin.write(b"run+png\n" if self.want_png else b"run\n")
+        self.want_png = False
         await self.process.stdin.drain()
         line = await self.process.stdout.readline()
         if not line:
