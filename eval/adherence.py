@@ -245,7 +245,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     total_runs = len(images) * (1 + len(MAP_KINDS) * (1 + len(thresholds)))
 
     def progress(done: int) -> None:
-        print(f"\rrun {done}/{total_runs}", end="", file=sys.stderr, flush=True)
+        if sys.stderr.isatty():  # a counter in place on a terminal; nothing in a log file
+            print(f"\rrun {done}/{total_runs}", end="", file=sys.stderr, flush=True)
 
     result = run_adherence(
         pipe,
@@ -258,7 +259,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         progress=progress,
     )
-    print(file=sys.stderr)
+    if sys.stderr.isatty():
+        print(file=sys.stderr)
     print(format_table(result, args.model))
     print(f"({result.runs} pipeline runs in {result.seconds:.0f} s on {args.device})")
     print(summary_line(result))
