@@ -12,6 +12,7 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from server.pipelines import Cancelled, StepInfo
+from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image
@@ -96,6 +97,20 @@ def test_v_prediction_uniform_map_equals_img2img(tiny_sd, test_image):
     np.testing.assert_array_equal(ours.images, theirs)
     eps = run(tiny_sd, test_image, change_map, scheduler="DPM++ 2M Karras")
     assert not np.array_equal(eps.images, ours.images)  # the prediction type really mattered
+
+
+def test_half_precision_equals_img2img_with_the_vae_in_fp16(test_image):
+    # Real SD VAEs say force_upcast (diffusers' default); SD img2img still runs them in fp16.
+    components = tiny_components("tiny-sd")
+    components["vae"].register_to_config(force_upcast=True)
+    pipe = StableDiffusionDifferentialPipeline(**components).to(dtype=torch.float16)
+    change_map = np.full((64, 64), 0.5, dtype=np.float32)
+    ours = run(pipe, test_image, change_map, scheduler="DPM++ 2M Karras", num_inference_steps=6)
+    theirs = reference_img2img(pipe, "DPM++ 2M Karras")(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=test_image, strength=0.5, num_inference_steps=6,
+        guidance_scale=7.5, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert pipe.vae.dtype == torch.float16
+    np.testing.assert_array_equal(ours.images, theirs)
 
 
 # -- Algorithm 2: skipping -------------------------------------------------------------------------

@@ -10,6 +10,8 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
 import server.pipelines.sd as sd_module
+from server.models import tiny_components
+from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
 from tests.test_pipeline_sd import NEGATIVE, PROMPT, UNetCalls
 
@@ -70,6 +72,21 @@ def test_uniform_map_equals_sdxl_img2img_with_batch(tiny_sdxl, test_image):
     assert ours.images.shape == (2, 64, 64, 3)
     assert not np.array_equal(ours.images[0], ours.images[1])
     np.testing.assert_array_equal(ours.images, theirs)
+
+
+@pytest.mark.parametrize("force_upcast", [True, False])
+def test_half_precision_equals_sdxl_img2img(test_image, force_upcast):
+    # SDXL's VAE overflows in fp16: with force_upcast it encodes and decodes in fp32, as in diffusers.
+    components = tiny_components("tiny-sdxl")
+    components["vae"].register_to_config(force_upcast=force_upcast)
+    pipe = StableDiffusionXLDifferentialPipeline(**components).to(dtype=torch.float16)
+    change_map = np.full((64, 64), 0.5, dtype=np.float32)
+    ours = pipe(image=test_image, change_map=change_map, scheduler="Euler", output_type="np",
+                **{**common(), "num_inference_steps": 6}).images
+    theirs = reference_base(pipe, "Euler")(image=test_image, strength=0.5, output_type="np",
+                                           **{**common(), "num_inference_steps": 6}).images
+    assert pipe.vae.dtype == torch.float16  # back in fp16 after the run
+    np.testing.assert_array_equal(ours, theirs)
 
 
 # -- base + refiner split ----------------------------------------------------------------------------

@@ -161,7 +161,7 @@ class StableDiffusionDifferentialPipeline:
         for every noised original. Same generator order as diffusers' img2img."""
         vae = self.vae
         image = image.to(device=self.device, dtype=dtype)
-        upcast = vae.config.get("force_upcast", False) and vae.dtype == torch.float16
+        upcast = self._vae_needs_fp32()
         if upcast:  # fp16 SDXL VAEs overflow; diffusers encodes in fp32 too
             image = image.float()
             vae.to(dtype=torch.float32)
@@ -181,6 +181,10 @@ class StableDiffusionDifferentialPipeline:
         noise = randn_tensor(z_init.shape, generator=generator, device=self.device, dtype=dtype)
         return z_init, noise
 
+    def _vae_needs_fp32(self) -> bool:
+        # As diffusers' SD img2img: the SD 1.x/2.x VAE runs in fp16 as it is.
+        return False
+
     def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
         return cfg.scaling_factor * z
@@ -191,10 +195,10 @@ class StableDiffusionDifferentialPipeline:
     def decode_latents(self, latents: torch.Tensor) -> np.ndarray:
         """Latents -> B x H' x W' x 3 float32 in [0, 1] (padded size)."""
         vae = self.vae
-        upcast = vae.config.get("force_upcast", False) and vae.dtype == torch.float16
+        upcast = self._vae_needs_fp32()
         if upcast:
             vae.to(dtype=torch.float32)
-        latents = self._unscale_latents(latents).to(vae.dtype)
+        latents = self._unscale_latents(latents.to(vae.dtype))  # unscaled in the VAE's precision
         decoded = vae.decode(latents, return_dict=False)[0]
         if upcast:
             vae.to(dtype=torch.float16)
@@ -418,6 +422,11 @@ class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline)
         refiner_cond = self.encode_prompt(prompt, negative_prompt, num_images, do_cfg, size,
                                           helper=self.refiner)
         return [base, Denoiser(first_refiner_step, self.refiner.unet, refiner_cond)]
+
+    def _vae_needs_fp32(self) -> bool:
+        # As diffusers' SDXL img2img: a VAE marked force_upcast (SDXL's overflows in fp16)
+        # encodes and decodes in fp32.
+        return bool(self.vae.config.get("force_upcast", False)) and self.vae.dtype == torch.float16
 
     def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
         cfg = self.vae.config
