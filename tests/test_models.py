@@ -409,6 +409,17 @@ def test_hub_ids_load_from_the_cache_by_their_declared_class(hub_cache, tiny_sd,
     np.testing.assert_array_equal(edit(xl), edit(tiny_sdxl))
 
 
+def test_single_file_uses_the_original_repositorys_configs_from_the_cache(single_file, hub_cache, tiny_sd):
+    # No config given and none beside it: diffusers picks the original repository from the
+    # checkpoint's keys (SD 1.5 here) and its configs come from the local cache, offline.
+    checkpoint, _, components = single_file
+    hub_cache("stable-diffusion-v1-5/stable-diffusion-v1-5", StableDiffusionPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False))
+    loaded = load_pipeline(str(checkpoint))
+    assert same_weights(loaded.unet, tiny_sd.unet)
+    np.testing.assert_array_equal(edit(loaded), edit(tiny_sd))
+
+
 def test_models_of_another_kind_are_refused_clearly(hub_cache, tmp_path):
     hub_cache("painter/sound", StableDiffusionPipeline(
         **tiny_components("tiny-sd"), safety_checker=None, feature_extractor=None,
