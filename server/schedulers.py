@@ -49,6 +49,10 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "Euler a": (EulerAncestralDiscreteScheduler, {}),
     "DPM++ 2M": (DPMSolverMultistepScheduler, {"use_karras_sigmas": False}),
     "DPM++ 2M Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
+    "DPM++ 2M SDE": (DPMSolverMultistepScheduler, {"use_karras_sigmas": False,
+                                                   "algorithm_type": "sde-dpmsolver++"}),
+    "DPM++ 2M SDE Karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True,
+                                                          "algorithm_type": "sde-dpmsolver++"}),
     "UniPC": (UniPCMultistepScheduler, {}),
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     # diffusers' own LMS needs scipy (not a dependency here); with it installed, it is used as is.
