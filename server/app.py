@@ -31,15 +31,14 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from server import regions
+from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
-from server.schedulers import SCHEDULER_NAMES
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SERVER_NAME = "diffdiff-server 0.1.0"
-FAMILIES = ("sd", "sdxl", "sd3", "flux", "kandinsky22", "if")
 # Previews queued for a slow client beyond this are skipped; results and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
 SHUTDOWN_FLUSH_S = 2.0  # how long a shutdown waits for each client to take its last messages
@@ -178,12 +177,16 @@ class DiffusionServer:
     async def start(self) -> None:
         pipe = await asyncio.to_thread(self.host.load_initial)
         c = self.config
+        # Every model: its family and schedulers guessed from its id; the loaded one described
+        # by its pipeline (options included), and so is each model once it has been loaded.
+        info = {name: guess_info(name) for name in c.models}
+        current = info[self.host.name] = describe(pipe)
         self.capabilities = p.Capabilities(
-            models=c.models, current_model=self.host.name, schedulers=list(SCHEDULER_NAMES),
+            models=c.models, current_model=self.host.name, schedulers=list(current.schedulers),
             families=list(FAMILIES), native_resolution=int(pipe.native_resolution),
             max_pixels=c.max_pixels, max_message_bytes=c.max_message_bytes,
             max_steps=p.MAX_STEPS, max_variants=p.MAX_VARIANTS,
-            token_required=bool(c.token), device=str(c.device))
+            token_required=bool(c.token), device=str(c.device), model_info=info)
         self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
                              console=ConsoleProgress(enabled=c.console_progress),
                              on_model_changed=self._model_changed)
@@ -220,11 +223,25 @@ class DiffusionServer:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{self.port}"
 
-    def _model_changed(self, model: str, pipe: Any) -> None:
-        # Called on the worker thread; the capabilities object is only read by new handshakes.
-        if self.capabilities is not None:
-            self.capabilities.current_model = model
-            self.capabilities.native_resolution = int(pipe.native_resolution)
+    def _model_changed(self, model: str, pipe: Any, task: Any = None) -> None:
+        """Another model is loaded (by ``task``, a load or a job): new handshakes and submits see
+        its schedulers and options, and every other client is told (the task's own client hears
+        it from the task)."""
+        # Called on the worker thread: each field is replaced whole, never mutated, so the event
+        # loop reading them (handshakes, submit checks) sees the old or the new value.
+        caps = self.capabilities
+        if caps is None:
+            return
+        info = describe(pipe)
+        caps.model_info = {**caps.model_info, model: info}
+        caps.schedulers = list(info.schedulers)
+        caps.native_resolution = int(pipe.native_resolution)
+        caps.current_model = model
+        message = p.dumps(p.model_loaded(model, info.family, caps.native_resolution, info))
+        owner = task.owner if isinstance(task, ModelLoad) else None
+        for session in list(self.sessions):
+            if session is not owner:
+                session.post([message])
 
     # --- one connection -----------------------------------------------------------------------
 
@@ -305,7 +322,8 @@ class DiffusionServer:
         elif kind == "cancel":
             self._on_cancel(session, message)
         elif kind == "list_models":
-            session.send_message(p.models(self.capabilities.models, self.host.name))
+            caps = self.capabilities
+            session.send_message(p.models(caps.models, caps.current_model, caps.model_info))
         elif kind == "load_model":
             model = p.read_str(message, "model", max_len=1000, required=True, where="load_model")
             if model not in self.capabilities.models:

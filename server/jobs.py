@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from server.families import describe
 from server.pipelines import Cancelled
 from server.regions import CanvasMap, crop_inputs, paste_back, plan_region
 from shared import protocol as p
@@ -176,7 +177,7 @@ class Worker:
 
     def __init__(self, host: ModelHost, *, max_region_pixels: int | None = None,
                  console: ConsoleProgress | None = None,
-                 on_model_changed: Callable[[str, Any], None] | None = None) -> None:
+                 on_model_changed: Callable[[str, Any, Task], None] | None = None) -> None:
         self.host = host
         self.max_region_pixels = max_region_pixels
         self.console = console or ConsoleProgress(enabled=False)
@@ -317,9 +318,20 @@ class Worker:
             return
         log.info("model %s loaded in %.1fs", task.model, time.monotonic() - started)
         if self.on_model_changed is not None:
-            self.on_model_changed(self.host.name, pipe)
+            self.on_model_changed(self.host.name, pipe, task)
         task.send([p.dumps(p.model_loaded(self.host.name, pipe.family,
-                                          int(pipe.native_resolution)))])
+                                          int(pipe.native_resolution), describe(pipe)))])
+
+    def _check_model_fields(self, request: p.SubmitRequest, pipe: Any) -> dict[str, Any]:
+        """The job's scheduler and options checked against the pipeline that will run it; the
+        options as keyword arguments for its call."""
+        info = describe(pipe)
+        model = self.host.name
+        if request.scheduler is not None and request.scheduler not in info.schedulers:
+            raise p.ProtocolError(p.E_UNKNOWN_SCHEDULER,
+                                  f"Unknown scheduler {request.scheduler!r} for model {model!r} "
+                                  f"({info.family}); it takes: {', '.join(info.schedulers)}.")
+        return p.check_options(request.options or {}, info.options, model)
 
     def _run_job(self, job: Job) -> None:
         request = job.request
@@ -332,12 +344,21 @@ class Worker:
             previous_model = self.host.name
             pipe = self.host.ensure(request.model)
             if self.host.name != previous_model and self.on_model_changed is not None:
-                self.on_model_changed(self.host.name, pipe)
+                self.on_model_changed(self.host.name, pipe, job)
         except Exception as exc:
             free_device_memory()
             log.error("job %d: could not load %s: %s", job.id, request.model, exc)
             job.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED, load_failure(request.model, exc),
                                       job_id=job.id))])
+            return
+
+        try:
+            options = self._check_model_fields(request, pipe)
+        except p.ProtocolError as exc:
+            # Checked on submit against what the server knew then; another model may have been
+            # loaded since (or this one was not loaded yet), so check again against this one.
+            log.info("job %d refused: %s", job.id, exc.message)
+            job.send([p.dumps(p.error(exc.code, exc.message, job_id=job.id))])
             return
 
         plan = plan_region(job.change, int(pipe.native_resolution), self.max_region_pixels)
@@ -375,6 +396,7 @@ class Worker:
                 output_type="pil",
                 callback=on_step,
                 cancel=job.cancel_event,
+                **options,
             )
             run_s = time.monotonic() - started
             for index, image in enumerate(output.images):

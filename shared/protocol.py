@@ -92,6 +92,7 @@ E_OUT_OF_MEMORY = "out_of_memory"
 E_JOB_FAILED = "job_failed"
 E_MODEL_LOAD_FAILED = "model_load_failed"
 E_SHUTTING_DOWN = "shutting_down"
+E_BAD_OPTION = "bad_option"  # submit.options: an option the model does not take, or a bad value
 
 # Websocket close codes the plugin may see, with what to tell the painter.
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -296,6 +297,186 @@ def read_obj(obj: dict[str, Any], key: str, *, required: bool = False,
 
 
 # ---------------------------------------------------------------------------------------------
+# Model options: what a model takes beyond the common fields (SDXL refiner split, IF stages...)
+# ---------------------------------------------------------------------------------------------
+
+OPTION_TYPES = ("bool", "int", "float")
+MAX_OPTIONS = 32  # options in one submit (a model advertises a handful)
+MAX_OPTION_NAME = 64
+
+
+@dataclass(frozen=True)
+class OptionSpec:
+    """One option a model takes, as the server advertises it.
+
+    ``type`` is ``bool``, ``int`` or ``float``; numbers lie in [``min``, ``max``] (``min``
+    excluded when ``min_exclusive``). ``default`` None means the server derives the value (e.g.
+    stage II steps = the job's steps) unless the client sends one. ``label``/``help`` are for the
+    painter."""
+
+    name: str
+    type: str
+    default: Any = None
+    min: float | None = None
+    max: float | None = None
+    min_exclusive: bool = False
+    label: str = ""
+    help: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name, "type": self.type, "default": self.default}
+        if self.min is not None:
+            out["min"] = self.min
+        if self.max is not None:
+            out["max"] = self.max
+        if self.min_exclusive:
+            out["min_exclusive"] = True
+        out["label"] = self.label or self.name
+        if self.help:
+            out["help"] = self.help
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "option") -> OptionSpec:
+        if not isinstance(data, dict):
+            raise ProtocolError(E_BAD_MESSAGE, f"{where}: an option spec must be an object.")
+        name = read_str(data, "name", max_len=MAX_OPTION_NAME, required=True, where=where)
+        kind = read_str(data, "type", max_len=16, required=True, where=where)
+        if kind not in OPTION_TYPES:
+            raise ProtocolError(E_BAD_MESSAGE, f"{where}: option {name!r} has unknown type "
+                                               f"{kind!r}; expected one of "
+                                               f"{', '.join(OPTION_TYPES)}.")
+        spec = cls(name=name, type=kind,
+                   min=read_float(data, "min", lo=-1e12, hi=1e12, where=where),
+                   max=read_float(data, "max", lo=-1e12, hi=1e12, where=where),
+                   min_exclusive=data.get("min_exclusive") is True,
+                   label=read_str(data, "label", max_len=200, default=name, where=where),
+                   help=read_str(data, "help", max_len=2000, default="", where=where))
+        default = data.get("default")
+        if default is not None:
+            # The default must itself be a legal value of the option.
+            default = check_options({name: default}, [spec], where=where)[name]
+        return cls(**{**spec.__dict__, "default": default})
+
+    def check(self, value: Any, where: str) -> Any:
+        """``value`` as this option's type, or a ProtocolError naming the option."""
+        what = f"{where}: option '{self.name}'"
+        if self.type == "bool":
+            if not isinstance(value, bool):
+                raise ProtocolError(E_BAD_OPTION, f"{what} must be true or false, got "
+                                                  f"{_json_type(value)}.")
+            return value
+        if isinstance(value, bool) or not isinstance(value, int if self.type == "int"
+                                                    else (int, float)):
+            kind = "an integer" if self.type == "int" else "a number"
+            raise ProtocolError(E_BAD_OPTION, f"{what} must be {kind}, got {_json_type(value)}.")
+        number = int(value) if self.type == "int" else float(value)
+        if not math.isfinite(number):
+            raise ProtocolError(E_BAD_OPTION, f"{what} must be finite.")
+        low_ok = self.min is None or (number > self.min if self.min_exclusive
+                                      else number >= self.min)
+        if not low_ok or (self.max is not None and number > self.max):
+            raise ProtocolError(E_BAD_OPTION, f"{what} = {number} is out of range "
+                                              f"{self.range_text()}.")
+        return number
+
+    def range_text(self) -> str:
+        low = "-inf" if self.min is None else _num(self.min)
+        high = "inf" if self.max is None else _num(self.max)
+        return f"{'(' if self.min_exclusive else '['}{low}, {high}]"
+
+
+def _num(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, str):
+        return "a string"
+    return "a list" if isinstance(value, list) else "an object"
+
+
+def check_options(options: dict[str, Any], specs: list[OptionSpec] | None,
+                  model: str = "", where: str = "submit.options") -> dict[str, Any]:
+    """Validate a submit's ``options`` against a model's advertised specs; returns the values
+    with their types fixed (null entries dropped: the default applies). ``specs`` None (the
+    model's options are not known yet) checks only the shape: names and plain JSON values."""
+    if len(options) > MAX_OPTIONS:
+        raise ProtocolError(E_BAD_OPTION, f"{where}: {len(options)} options; at most "
+                                          f"{MAX_OPTIONS}.")
+    by_name = {s.name: s for s in specs} if specs is not None else None
+    out: dict[str, Any] = {}
+    for name, value in options.items():
+        if len(name) > MAX_OPTION_NAME:
+            raise ProtocolError(E_BAD_OPTION, f"{where}: option name of {len(name)} characters; "
+                                              f"the limit is {MAX_OPTION_NAME}.")
+        if value is None:
+            continue
+        if by_name is None:
+            if isinstance(value, bool) or (isinstance(value, (int, float))
+                                           and math.isfinite(value)):
+                out[name] = value
+                continue
+            raise ProtocolError(E_BAD_OPTION, f"{where}: option '{name}' must be true, false or "
+                                              f"a number, got {_json_type(value)}.")
+        spec = by_name.get(name)
+        if spec is None:
+            whose = f"model {model!r}" if model else "this model"
+            takes = (f"it takes: {', '.join(by_name)}" if by_name else "it takes no options")
+            raise ProtocolError(E_BAD_OPTION, f"{where}: unknown option '{name}' for {whose}; "
+                                              f"{takes}.")
+        out[name] = spec.check(value, where)
+    return out
+
+
+@dataclass
+class ModelInfo:
+    """What a server says about one of its models: family, its schedulers and its options.
+
+    ``loaded`` False: guessed from the model's id before it was ever loaded (family and
+    schedulers; options are known once it is loaded)."""
+
+    family: str
+    schedulers: list[str]
+    options: list[OptionSpec] = field(default_factory=list)
+    loaded: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"family": self.family, "schedulers": list(self.schedulers),
+                "options": [o.to_dict() for o in self.options], "loaded": self.loaded}
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "model_info") -> ModelInfo:
+        if not isinstance(data, dict):
+            raise ProtocolError(E_BAD_MESSAGE, f"{where} must be an object.")
+        schedulers = data.get("schedulers") or []
+        if not isinstance(schedulers, list) or not all(isinstance(s, str) for s in schedulers):
+            raise ProtocolError(E_BAD_MESSAGE, f"{where}: 'schedulers' must be a list of strings.")
+        options = data.get("options") or []
+        if not isinstance(options, list) or len(options) > MAX_OPTIONS:
+            raise ProtocolError(E_BAD_MESSAGE, f"{where}: 'options' must be a list of at most "
+                                               f"{MAX_OPTIONS} specs.")
+        return cls(family=read_str(data, "family", max_len=100, default="", where=where),
+                   schedulers=list(schedulers),
+                   options=[OptionSpec.from_dict(o, f"{where}.options") for o in options],
+                   loaded=data.get("loaded", True) is not False)
+
+
+def _model_info_map(data: Any, where: str) -> dict[str, ModelInfo]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ProtocolError(E_BAD_MESSAGE, f"{where}: 'model_info' must be an object.")
+    return {str(k): ModelInfo.from_dict(v, f"{where}.model_info[{k!r}]") for k, v in data.items()}
+
+
+# ---------------------------------------------------------------------------------------------
 # Handshake
 # ---------------------------------------------------------------------------------------------
 
@@ -316,6 +497,8 @@ class Capabilities:
     token_required: bool = False
     modes: list[str] = field(default_factory=lambda: list(MODES))
     device: str = "cpu"
+    # Per model id: family, schedulers and options (servers before options sent none).
+    model_info: dict[str, ModelInfo] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -325,7 +508,12 @@ class Capabilities:
             "max_message_bytes": self.max_message_bytes, "max_steps": self.max_steps,
             "max_variants": self.max_variants, "token_required": self.token_required,
             "modes": list(self.modes), "device": self.device,
+            "model_info": {k: v.to_dict() for k, v in self.model_info.items()},
         }
+
+    def info_for(self, model: str | None = None) -> ModelInfo | None:
+        """What the server said about ``model`` (None: the current one), if anything."""
+        return self.model_info.get(self.current_model if model is None else model)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Capabilities:
@@ -354,6 +542,7 @@ class Capabilities:
             token_required=bool(data.get("token_required", False)),
             modes=str_list("modes") or list(MODES),
             device=read_str(data, "device", max_len=100, default="cpu", where=where),
+            model_info=_model_info_map(data.get("model_info"), where),
         )
 
 
@@ -443,6 +632,8 @@ class SubmitRequest:
     ``soft_inpaint``), ``fan`` (image, ``fan``), ``uniform`` (image, ``strength``).
     ``seed`` None lets the server pick one; variant ``i`` uses ``seed + i``.
     ``preview_every`` None takes the server's default; 0 turns previews off.
+    ``options``: the model's own options by name (see :class:`OptionSpec`), e.g.
+    ``{"refiner_split": 0.7}``; None or empty: every option at its default.
     """
 
     ref: int
@@ -462,6 +653,7 @@ class SubmitRequest:
     strength: float | None = None
     soft_inpaint: SoftInpaint | None = None
     fan: FanSpec | None = None
+    options: dict[str, Any] | None = None
 
     @property
     def needs_map(self) -> bool:
@@ -483,6 +675,8 @@ class SubmitRequest:
                                        "grow_px": self.soft_inpaint.grow_px}
         if self.fan is not None:
             message["fan"] = {"count": self.fan.count, "low": self.fan.low, "high": self.fan.high}
+        if self.options:
+            message["options"] = dict(self.options)
         return message
 
 
@@ -531,14 +725,27 @@ def _parse_submit(message: dict[str, Any], caps: Capabilities | None, ref: int) 
         preview_every=read_int(message, "preview_every", lo=0, hi=max_steps, default=None,
                                where=where),
     )
+    options = read_obj(message, "options", where=where)
+    info = None
     if caps is not None:
-        if request.scheduler is not None and request.scheduler not in caps.schedulers:
-            raise ProtocolError(E_UNKNOWN_SCHEDULER, f"Unknown scheduler {request.scheduler!r}; "
-                                                     f"this server has: "
-                                                     f"{', '.join(caps.schedulers)}.")
         if request.model is not None and request.model not in caps.models:
             raise ProtocolError(E_UNKNOWN_MODEL, f"Unknown model {request.model!r}; this server "
                                                  f"offers: {', '.join(caps.models)}.")
+        info = caps.info_for(request.model)
+        # The target model's own schedulers; the current model's list from a server that sends
+        # no model_info; a model the server knows nothing about yet is checked once loaded.
+        schedulers = info.schedulers if info is not None else (
+            caps.schedulers if request.model in (None, caps.current_model) else None)
+        if request.scheduler is not None and schedulers is not None \
+                and request.scheduler not in schedulers:
+            model = request.model or caps.current_model
+            raise ProtocolError(E_UNKNOWN_SCHEDULER, f"Unknown scheduler {request.scheduler!r} "
+                                                     f"for model {model!r}; it takes: "
+                                                     f"{', '.join(schedulers)}.")
+    if options is not None:
+        known = info.options if info is not None and info.loaded else None
+        request.options = check_options(options, known, request.model or (
+            caps.current_model if caps else "")) or None
 
     region = read_obj(message, "region", where=where)
     if region is not None:
@@ -771,13 +978,24 @@ def cancelled(job_id: int, reason: str = "cancelled") -> dict[str, Any]:
     return {"type": "cancelled", "job_id": job_id, "reason": reason}
 
 
-def models(models: list[str], current_model: str) -> dict[str, Any]:
-    return {"type": "models", "models": list(models), "current_model": current_model}
+def models(models: list[str], current_model: str,
+           model_info: dict[str, ModelInfo] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"type": "models", "models": list(models),
+                           "current_model": current_model}
+    if model_info is not None:
+        out["model_info"] = {k: v.to_dict() for k, v in model_info.items()}
+    return out
 
 
-def model_loaded(model: str, family: str, native_resolution: int) -> dict[str, Any]:
-    return {"type": "model_loaded", "model": model, "family": family,
-            "native_resolution": native_resolution}
+def model_loaded(model: str, family: str, native_resolution: int,
+                 info: ModelInfo | None = None) -> dict[str, Any]:
+    """The model is loaded; ``info`` (its schedulers and options) replaces what the client knew."""
+    out: dict[str, Any] = {"type": "model_loaded", "model": model, "family": family,
+                           "native_resolution": native_resolution}
+    if info is not None:
+        out["schedulers"] = list(info.schedulers)
+        out["options"] = [o.to_dict() for o in info.options]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -879,6 +1097,7 @@ class Error(Event):
 class Models(Event):
     models: list[str]
     current_model: str
+    model_info: dict[str, ModelInfo] = field(default_factory=dict)
 
 
 @dataclass
@@ -886,6 +1105,7 @@ class ModelLoaded(Event):
     model: str
     family: str
     native_resolution: int
+    info: ModelInfo | None = None  # None: a server that sends no schedulers/options
 
 
 def _region(obj: dict[str, Any], where: str) -> Region:
@@ -1053,15 +1273,37 @@ class ClientSession:
             names = m.get("models")
             if not isinstance(names, list):
                 raise ProtocolError(E_BAD_MESSAGE, "models: 'models' must be a list.")
-            return [Models([str(n) for n in names], str(m.get("current_model", "")))]
-        if kind == "model_loaded":
+            info_map = _model_info_map(m.get("model_info"), w)
+            current = str(m.get("current_model", ""))
             if self.capabilities is not None:
-                self.capabilities.current_model = str(m.get("model", ""))
-            return [ModelLoaded(str(m.get("model", "")), str(m.get("family", "")),
-                                read_int(m, "native_resolution", lo=1, hi=MAX_SIDE, default=512,
-                                         where=w))]
+                self.capabilities.models = [str(n) for n in names]
+                self.capabilities.model_info.update(info_map)
+                self._set_current(current, None)
+            return [Models([str(n) for n in names], current, info_map)]
+        if kind == "model_loaded":
+            model, family = str(m.get("model", "")), str(m.get("family", ""))
+            info = None
+            if "schedulers" in m or "options" in m:
+                info = ModelInfo.from_dict({"family": family, "schedulers": m.get("schedulers"),
+                                            "options": m.get("options")}, w)
+            resolution = read_int(m, "native_resolution", lo=1, hi=MAX_SIDE, default=512,
+                                  where=w)
+            if self.capabilities is not None:
+                self.capabilities.native_resolution = resolution
+                self._set_current(model, info)
+            return [ModelLoaded(model, family, resolution, info)]
         # Newer servers may add messages; an old plugin ignores them rather than failing.
         return []
+
+    def _set_current(self, model: str, info: ModelInfo | None) -> None:
+        """The server's current model changed (or was confirmed): checks follow its schedulers."""
+        caps = self.capabilities
+        caps.current_model = model
+        if info is not None:
+            caps.model_info[model] = info
+        known = caps.model_info.get(model)
+        if known is not None:
+            caps.schedulers = list(known.schedulers)
 
     def _forget(self, job_id: int) -> None:
         for key in [k for k in self._announced if k[1] == job_id]:
