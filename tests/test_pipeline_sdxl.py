@@ -13,6 +13,7 @@ import server.pipelines.sd as sd_module
 from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
+from tests.conftest import make_test_image
 from tests.test_pipeline_sd import NEGATIVE, PROMPT, UNetCalls
 
 SCHEDULERS = ("DDIM", "Euler", "Euler a", "DPM++ 2M Karras", "UniPC")
@@ -196,6 +197,32 @@ def test_refiner_runs_the_steps_below_the_split(tiny_sdxl_refined, test_image, m
     assert (base_calls.count, refiner_calls.count) == (7, 0)  # 1.0: no refiner at all
 
 
+def test_regions_get_their_last_steps_across_the_base_refiner_switch(tiny_sdxl_refined, monkeypatch):
+    # Left 0.3, right 1.0, 10 Euler steps, split 0.8: the base runs steps 0..7, the refiner 8..9.
+    # The left region is re-injected up to step 7 and so gets steps 7, 8, 9.
+    change_map = np.ones((16, 32), np.float32)
+    change_map[:, :16] = 0.3
+    keeps, unets = [], []
+    reinject = tiny_sdxl_refined.reinject
+
+    def recording(scheduler, latents, z_init, noise, t, keep):
+        keeps.append(keep[0, 0, 0].tolist())  # one latent row: 2 cells left, 2 right
+        return reinject(scheduler, latents, z_init, noise, t, keep)
+
+    monkeypatch.setattr(tiny_sdxl_refined, "reinject", recording)
+    base_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.unet)
+    refiner_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
+    tiny_sdxl_refined(image=make_test_image(32, 16), change_map=change_map, scheduler="Euler",
+                      refiner_split=0.8, output_type="latent",
+                      callback=lambda info: unets.append((base_calls.count, refiner_calls.count)),
+                      **common())
+    assert (base_calls.count, refiner_calls.count) == (8, 2)
+    assert [b for b, _ in unets] == [1, 2, 3, 4, 5, 6, 7, 8, 8, 8]
+    kept_left = [step for step, keep in enumerate(keeps) if keep[0]]
+    assert kept_left == list(range(8)) and not any(keep[2] for keep in keeps[1:])
+    assert all(keep[:2] == [keep[0]] * 2 and keep[2:] == [keep[2]] * 2 for keep in keeps)
+
+
 def test_refiner_split_is_checked(tiny_sdxl, tiny_sdxl_refined, test_image):
     change_map = np.ones((64, 64), np.float32)
     with pytest.raises(ValueError, match="needs a refiner"):
@@ -230,8 +257,6 @@ def test_sdxl_left_half_zero_keeps_input_pixels_exactly(tiny_sdxl_refined, test_
 
 
 def test_sdxl_left_half_zero_without_refiner_and_odd_size(tiny_sdxl):
-    from tests.conftest import make_test_image
-
     image = make_test_image(59, 37)
     change_map = np.zeros((37, 59), np.float32)
     change_map[:, 30:] = 1.0
