@@ -187,6 +187,10 @@ def _load_single_file(path: Path, dtype: torch.dtype, refiner: bool, config: str
     if config is None and (beside / "model_index.json").is_file():
         config = str(beside)
     config_dir = Path(config).expanduser() if config is not None else None
+    if config is not None and not config_dir.is_dir() and (
+            config.startswith((".", "/", "~")) or config.count("/") != 1):
+        raise ModelNotFoundError(f"The config folder {config_dir} for {path.name} does not exist "
+                                 "(a diffusers folder with model_index.json is expected).")
     if config_dir is not None and config_dir.is_dir():
         cls = _folder_pipeline_class(config_dir, refiner)  # the folder says which family
         kwargs.update(config=str(config_dir), local_files_only=True)

@@ -320,6 +320,12 @@ def test_sdxl_single_file_checkpoint_loads_offline_with_a_config_folder(tmp_path
     np.testing.assert_array_equal(edit(loaded), edit(reference))
 
 
+def test_single_file_with_a_missing_config_folder_says_so(single_file, tmp_path):
+    checkpoint, _, _ = single_file
+    with pytest.raises(ModelNotFoundError, match=r"config folder .*nowhere for tiny-sd.safetensors does not"):
+        load_pipeline(str(checkpoint), config=str(tmp_path / "nowhere"))
+
+
 def test_single_file_uses_the_config_folder_beside_it(single_file, tiny_sd):
     checkpoint, config, _ = single_file
     config.rename(checkpoint.with_suffix(""))  # tiny-sd.safetensors + tiny-sd/model_index.json ...
