@@ -225,24 +225,28 @@ def _builtin_ids() -> list[str]:
 
 def _hub_failure(exc: BaseException) -> str | None:
     """Why the hub could not give a model, in a few words a painter can act on (None: not the
-    hub's doing)."""
-    names: list[str] = []
+    hub's doing). The outermost error that says something wins (the others are its context)."""
+    from huggingface_hub import constants
+
+    offline = "not in the local cache, and offline mode (HF_HUB_OFFLINE) is on"
     cause: BaseException | None = exc
-    while cause is not None and len(names) < 10:
-        names.extend(c.__name__ for c in type(cause).__mro__)
+    for _ in range(10):
+        if cause is None:
+            break
+        names = {c.__name__ for c in type(cause).__mro__}
+        if "OfflineModeIsEnabled" in names:
+            return offline
+        if "GatedRepoError" in names:
+            return "a gated model: accept its licence on huggingface.co and log in (hf auth login)"
+        if "RepositoryNotFoundError" in names:
+            return "no such repository on the hub (or it is private: log in with hf auth login)"
+        if "LocalEntryNotFoundError" in names or names & {"ConnectionError", "ConnectError",
+                                                          "TimeoutException", "gaierror"}:
+            return offline if constants.HF_HUB_OFFLINE else \
+                "not in the local cache, and the hub could not be reached"
+        if "EntryNotFoundError" in names:
+            return "the repository has no .safetensors weights (only those are loaded)"
         cause = cause.__cause__ or cause.__context__
-    if "OfflineModeIsEnabled" in names:
-        return "not in the local cache, and offline mode (HF_HUB_OFFLINE) is on"
-    if "LocalEntryNotFoundError" in names:  # (an EntryNotFoundError too: test it first)
-        return "not in the local cache, and the hub could not be reached"
-    if "GatedRepoError" in names:
-        return "a gated model: accept its licence on huggingface.co and log in (hf auth login)"
-    if "RepositoryNotFoundError" in names:
-        return "no such repository on the hub (or it is private: log in with hf auth login)"
-    if "EntryNotFoundError" in names:
-        return "the repository has no .safetensors weights (only those are loaded)"
-    if any(n in names for n in ("ConnectionError", "ConnectError", "TimeoutException", "gaierror")):
-        return "not in the local cache, and the hub could not be reached"
     return None
 
 
@@ -277,7 +281,16 @@ def _hub_pipeline_class(model: str, refiner: bool) -> type:
         index = hf_hub_download(model, "model_index.json", local_files_only=True)
     except Exception:  # not cached: one quick question first (the download retries for ~20 s)
         model_info(model)
-        index = hf_hub_download(model, "model_index.json")
+        try:
+            index = hf_hub_download(model, "model_index.json")
+        except Exception as exc:
+            names = {c.__name__ for c in type(exc).__mro__}
+            if "EntryNotFoundError" in names and "LocalEntryNotFoundError" not in names:
+                raise ModelNotFoundError(
+                    f"{model} on the hub has no model_index.json, so it is not a diffusers model; "
+                    "for a single-file checkpoint, download its .safetensors file and give its "
+                    "path.") from exc
+            raise
     return _index_pipeline_class(Path(index), refiner, model)
 
 

@@ -439,6 +439,47 @@ def test_models_of_another_kind_are_refused_clearly(hub_cache, tmp_path):
         load_pipeline(str(folder))
 
 
+def _hub_answer(kind: type, message: str = "hub says no") -> Exception:
+    import types
+
+    response = types.SimpleNamespace(headers={}, status_code=404, json=lambda: {}, text="",
+                                     request=None, url="https://huggingface.co/x")
+    return kind(message, response=response)
+
+
+@pytest.mark.parametrize("info_error, download_error, expected", [
+    ("RepositoryNotFoundError", None, "no such repository on the hub (or it is private"),
+    ("GatedRepoError", None, "a gated model: accept its licence"),
+    ("ConnectionError", None, "not in the local cache, and the hub could not be reached"),
+    (None, "RemoteEntryNotFoundError", "has no model_index.json, so it is not a diffusers model"),
+])
+def test_hub_answers_become_one_line_a_painter_can_act_on(monkeypatch, info_error, download_error,
+                                                          expected):
+    # The hub cannot be reached from tests: its two calls answer as the real hub would.
+    import huggingface_hub
+    import huggingface_hub.errors as errors
+
+    def model_info(repo, *args, **kwargs):
+        if info_error == "ConnectionError":
+            raise ConnectionError("Name or service not known")
+        if info_error:
+            raise _hub_answer(getattr(errors, info_error))
+        return object()
+
+    def hf_hub_download(repo, filename, *args, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise errors.LocalEntryNotFoundError("not cached")
+        raise _hub_answer(getattr(errors, download_error))
+
+    monkeypatch.setattr(huggingface_hub, "model_info", model_info)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", hf_hub_download)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)  # both calls are fakes
+    with pytest.raises(ModelNotFoundError) as caught:
+        load_pipeline("painter/some-model")
+    message = str(caught.value)
+    assert "\n" not in message and expected in message and "painter/some-model" in message
+
+
 # -- ids that are nothing -----------------------------------------------------------------------------
 @pytest.mark.parametrize("model, reason", [
     ("nobody/no-such-model", "the Hugging Face hub id 'nobody/no-such-model': not in the local cache"),
