@@ -26,6 +26,7 @@ methods serve the docker: `generate()` is `prepare_job` + `submit_job` with erro
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from .history import History, HistoryEntry
 from .images import ImageError, bgra_to_png, png_to_bgra
 from .jobs import JobInputError, JobInputs, build_submit, pick_seed, result_layer_name
 from .qt import QApplication, QObject, Signal
-from .settings import Settings, SettingsStore, load_settings, save_settings
+from .settings import Settings, SettingsStore, load_settings, parse_model_options, save_settings
 
 
 @dataclass
@@ -199,6 +200,12 @@ class Controller(QObject):
         inputs = canvas.read_inputs(settings)
         seed = pick_seed(settings)
         request = build_submit(settings, inputs, seed)
+        names = self.scheduler_names()
+        if request.scheduler and names and request.scheduler not in names:
+            inputs.notes.append(f"The scheduler {request.scheduler} does not work with {self.model_name()}; "
+                                "the model's own scheduler was used.")
+            request.scheduler = None
+        request.options = self.chosen_options() or None
         return PreparedJob(request, inputs.change_map if request.needs_map else None, inputs, canvas, seed)
 
     def submit_job(self, job: PreparedJob) -> JobOutcome:
@@ -226,6 +233,64 @@ class Controller(QObject):
             self.notice.emit("error", exc.message)
             return False
         return True
+
+    # -- the model's own choices: its schedulers and options, as the server advertises them ---------
+    def model_name(self) -> str:
+        """The model the next job runs on: the one picked, else the server's current one."""
+        caps = self.capabilities
+        if self.settings.model and (caps is None or self.settings.model in caps.models):
+            return self.settings.model
+        return caps.current_model if caps is not None else ""
+
+    def model_info(self) -> protocol.ModelInfo | None:
+        """What the server said about the model the next job runs on (None: nothing yet)."""
+        return self.capabilities.info_for(self.model_name()) if self.capabilities is not None else None
+
+    def scheduler_names(self) -> list[str]:
+        """The schedulers that model runs with (flow-matching models have their own)."""
+        info = self.model_info()
+        if info is not None:
+            return list(info.schedulers)
+        return list(self.capabilities.schedulers) if self.capabilities is not None else []
+
+    def option_specs(self) -> list[protocol.OptionSpec]:
+        """The options that model takes (e.g. SDXL's refiner split, IF's stage II switch)."""
+        info = self.model_info()
+        return list(info.options) if info is not None else []
+
+    def _stored_options(self) -> dict:
+        return parse_model_options(self.settings.model_options) or {}
+
+    def option_value(self, spec: protocol.OptionSpec):
+        """The painter's value for an option, or its default (None: the server decides)."""
+        stored = self._stored_options().get(spec.name)
+        if stored is not None:
+            try:
+                return spec.check(stored, "options")
+            except protocol.ProtocolError:
+                pass  # stale (e.g. another model's range): the default
+        return spec.default
+
+    def set_option(self, name: str, value) -> None:
+        """Choose an option's value; None goes back to the default."""
+        values = self._stored_options()
+        if value is None:
+            values.pop(name, None)
+        else:
+            values[name] = value
+        self.update_settings(model_options=json.dumps(values, sort_keys=True) if values else "")
+
+    def chosen_options(self) -> dict:
+        """What a job sends as `options`: the painter's values for the options this model takes."""
+        stored, chosen = self._stored_options(), {}
+        for spec in self.option_specs():
+            if stored.get(spec.name) is None:
+                continue  # never chosen: the server's default
+            try:
+                chosen[spec.name] = spec.check(stored[spec.name], "options")
+            except protocol.ProtocolError:
+                pass  # stale (another model's range): the default
+        return chosen
 
     # -- scripting (blocking helpers that pump the Qt event loop; never used by the docker) --------------
     def wait_connected(self, timeout_s: float = 30.0) -> bool:
@@ -280,8 +345,15 @@ class Controller(QObject):
         if self.capabilities is not None:
             self.capabilities.models = ev.models
             self.capabilities.current_model = ev.current_model
+            self.capabilities.model_info.update(ev.model_info)
 
     def _on_ModelLoaded(self, ev: protocol.ModelLoaded) -> None:
+        caps = self.capabilities
+        if caps is not None:  # (the client's session did the same already; fakes in tests did not)
+            caps.current_model = ev.model
+            if ev.info is not None:
+                caps.model_info[ev.model] = ev.info
+                caps.schedulers = list(ev.info.schedulers)
         self.notice.emit("info", f"Model {ev.model} loaded.")
 
     def _on_Accepted(self, ev: protocol.Accepted) -> None:

@@ -140,6 +140,16 @@ class DiffDiffPanel(QWidget):
         sampling.addRow("Variants", self.variants)
         layout.addLayout(sampling)
 
+        # The model's own options (SDXL refiner split, IF stages, ...): built from what the server
+        # advertises for the chosen model, hidden when it takes none.
+        self.options_box = QGroupBox("Model options")
+        self._options_layout = QVBoxLayout(self.options_box)
+        self._options_body: QWidget | None = None
+        self._options_key: tuple | None = None
+        self.option_widgets: dict[str, Any] = {}
+        self.options_box.setVisible(False)
+        layout.addWidget(self.options_box)
+
         # What may change
         what = QGroupBox("What may change")
         wl = QVBoxLayout(what)
@@ -249,7 +259,7 @@ class DiffDiffPanel(QWidget):
         self.token.editingFinished.connect(lambda: c.update_settings(token=self.token.text()))
         self.prompt.textChanged.connect(lambda: c.update_settings(prompt=self.prompt.toPlainText()))
         self.negative.textChanged.connect(lambda t: c.update_settings(negative_prompt=t))
-        self.model.activated.connect(lambda _i: c.update_settings(model=self.model.currentData() or ""))
+        self.model.activated.connect(self._model_picked)
         self.scheduler.activated.connect(lambda _i: c.update_settings(scheduler=self.scheduler.currentData() or ""))
         self.steps.valueChanged.connect(lambda v: c.update_settings(steps=v))
         self.guidance.valueChanged.connect(lambda v: c.update_settings(guidance=v))
@@ -281,6 +291,10 @@ class DiffDiffPanel(QWidget):
     def _random_seed_toggled(self, checked: bool) -> None:
         self.seed.setEnabled(not checked)
         self.controller.update_settings(random_seed=checked)
+
+    def _model_picked(self, _index: int) -> None:
+        self.controller.update_settings(model=self.model.currentData() or "")
+        self.refresh()  # its schedulers and options
 
     def _mode_changed(self, index: int) -> None:
         self.mode_pages.setCurrentIndex(index)
@@ -322,11 +336,12 @@ class DiffDiffPanel(QWidget):
         self.connection.setText(c.connection_text)
         caps = c.capabilities
         models = caps.models if caps else []
-        schedulers = caps.schedulers if caps else []
+        schedulers = c.scheduler_names()  # the chosen model's: flow models have their own
         if [self.model.itemData(i) for i in range(1, self.model.count())] != models:
             self._fill(self.model, models, c.settings.model)
         if [self.scheduler.itemData(i) for i in range(1, self.scheduler.count())] != schedulers:
             self._fill(self.scheduler, schedulers, c.settings.scheduler)
+        self._refresh_options()
         text, value, maximum = c.status()
         self.progress.setRange(0, maximum)
         self.progress.setValue(value)
@@ -334,6 +349,81 @@ class DiffDiffPanel(QWidget):
             self.status.setText(text)
         self.generate.setEnabled(c.connection_state == "connected")
         self.cancel.setEnabled(c.busy)
+
+    def _refresh_options(self) -> None:
+        """One control per option of the chosen model; rebuilt only when that list changes."""
+        specs = self.controller.option_specs()
+        key = tuple(specs)
+        if key == self._options_key:
+            return
+        self._options_key = key
+        if self._options_body is not None:
+            self._options_layout.removeWidget(self._options_body)
+            self._options_body.deleteLater()
+        self._options_body = QWidget()
+        form = QFormLayout(self._options_body)
+        form.setRowWrapPolicy(QFormLayout.WrapLongRows)
+        self.option_widgets = {}
+        for spec in specs:
+            widget, row = self._option_control(spec)
+            if spec.help:
+                widget.setToolTip(spec.help)
+            self.option_widgets[spec.name] = widget
+            if spec.type == "bool":
+                form.addRow(row)
+            else:
+                form.addRow(spec.label or spec.name, row)
+        self._options_layout.addWidget(self._options_body)
+        self.options_box.setVisible(bool(specs))
+
+    def _option_control(self, spec) -> tuple[Any, Any]:
+        """A control for one option (checkbox, spin box, or slider + box for a 0..1 number) and
+        what goes in the form. A number whose default is None (the server decides) gets an extra
+        lowest value, shown as 'auto', that sends nothing."""
+        c, value = self.controller, self.controller.option_value(spec)
+        if spec.type == "bool":
+            box = QCheckBox(spec.label or spec.name)
+            box.setChecked(bool(value))
+            box.toggled.connect(lambda checked, n=spec.name: c.set_option(n, bool(checked)))
+            return box, box
+        auto = spec.default is None
+        if spec.type == "int":
+            lo = int(spec.min) + (1 if spec.min_exclusive else 0) if spec.min is not None else -(2**31 - 1)
+            hi = int(spec.max) if spec.max is not None else 2**31 - 1
+            box = QSpinBox()
+            box.setRange(lo - 1 if auto else lo, hi)
+            floor = box.minimum()
+
+            def changed(v: int, n: str = spec.name) -> None:
+                c.set_option(n, None if auto and v == floor else int(v))
+        else:
+            lo = float(spec.min) if spec.min is not None else -1e6
+            hi = float(spec.max) if spec.max is not None else 1e6
+            step = 0.05 if hi - lo <= 1.0 else 0.5
+            lo += 0.01 if spec.min_exclusive else 0.0
+            box = _dspin(lo - step if auto else lo, hi, lo, step)
+            floor = box.minimum()
+
+            def changed(v: float, n: str = spec.name) -> None:
+                c.set_option(n, None if auto and v <= floor else round(float(v), 4))
+        if auto:
+            box.setSpecialValueText("auto")
+        box.setValue(floor if value is None else value)
+        box.valueChanged.connect(changed)
+        if spec.type == "float" and spec.min is not None and spec.max is not None and not auto \
+                and spec.max - spec.min <= 1.0:
+            # A fraction (e.g. the refiner split): a slider beside the box, in hundredths.
+            slider = QSlider(HORIZONTAL)
+            slider.setRange(round(box.minimum() * 100), round(box.maximum() * 100))
+            slider.setValue(round(box.value() * 100))
+            slider.valueChanged.connect(lambda v: box.setValue(v / 100))
+            box.valueChanged.connect(lambda v: slider.setValue(round(v * 100)))
+            row = QHBoxLayout()
+            row.addWidget(slider, 1)
+            row.addWidget(box)
+            box.slider = slider
+            return box, row
+        return box, box
 
     def refresh_history(self) -> None:
         self.history.clear()

@@ -6,6 +6,7 @@ In Krita the store is Krita's own configuration (kritarc, via krita_io); in test
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -66,6 +67,9 @@ class Settings:
     source: str = "projection"
     region: str = "canvas"
     preview_every: int = 2
+    # The model's own options the painter chose (SDXL refiner split, IF stages...): a JSON object
+    # by option name, shared by the models that take the option; unset ones keep the default.
+    model_options: str = ""
 
     def validated(self) -> Settings:
         """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
@@ -84,7 +88,19 @@ class Settings:
         s.source = s.source if s.source in SOURCES else "projection"
         s.region = s.region if s.region in REGIONS else "canvas"
         s.preview_every = min(max(int(s.preview_every), 0), 100)
+        s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""
         return s
+
+
+def parse_model_options(text: str) -> dict | None:
+    """The stored model options; {} for nothing stored, None for text that is no JSON object."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _parse(kind: type, text: str, default: object) -> object:
