@@ -47,6 +47,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id, local diffusers folder, .safetensors file, or tiny-sd / "
                              "tiny-sdxl (offline test models). Default: %(default)s")
+    parser.add_argument("--refiner", default=None, metavar="MODEL",
+                        help="an SDXL refiner to run after --model (e.g. tiny-sdxl-refiner); "
+                             "painters set the split per job")
     parser.add_argument("--allow-model", action="append", default=[], metavar="MODEL",
                         help="another model clients may switch to (repeatable)")
     parser.add_argument("--host", default="127.0.0.1",
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         dtype=resolve_dtype(args.dtype, device), preview_every=args.preview_every,
         max_pixels=args.max_pixels, max_message_bytes=args.max_message_bytes,
         max_region_pixels=args.max_region_pixels, extra_models=tuple(args.allow_model),
-        console_progress=None)
+        refiner=args.refiner, console_progress=None)
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
         asyncio.run(serve_until_signal(DiffusionServer(config)))

@@ -61,6 +61,7 @@ class ServerConfig:
     max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
     max_region_pixels: int | None = None  # None: 1.5x native resolution per side, squared
     extra_models: tuple[str, ...] = ()  # other models clients may ask for
+    refiner: str | None = None  # an SDXL refiner for ``model`` (its split is a job option)
     max_jobs_per_client: int = 8
     handshake_timeout_s: float = 10.0
     console_progress: bool | None = False  # None: when stderr is a terminal
@@ -169,8 +170,9 @@ class DiffusionServer:
 
         from server.models import load_pipeline
 
+        refiner = self.config.refiner if model == self.config.model else None
         return load_pipeline(model, device=self.config.device,
-                             dtype=self.config.dtype or torch.float32)
+                             dtype=self.config.dtype or torch.float32, refiner=refiner)
 
     # --- life cycle ---------------------------------------------------------------------------
 

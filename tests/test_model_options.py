@@ -313,3 +313,16 @@ async def test_model_change_updates_what_every_client_sees(tiny_sd, tiny_sd3):
         events = await run_job(a, image, change, seed=4, scheduler="DDIM")
         assert isinstance(events[-1], p.Done)
         assert not of(b.seen, p.Error)
+
+
+@async_test
+async def test_the_servers_own_loader_adds_a_refiner_and_advertises_its_split():
+    from server.__main__ import parse_args
+
+    assert parse_args(["--model", "tiny-sdxl", "--refiner", "tiny-sdxl-refiner"]).refiner == \
+        "tiny-sdxl-refiner"
+    config = ServerConfig(model="tiny-sdxl", refiner="tiny-sdxl-refiner", port=0)
+    async with run_server(config) as server:  # the default loader: server.models.load_pipeline
+        client = await Client.connect(server)
+        info = client.session.capabilities.info_for()
+        assert info.family == "sdxl" and [o.name for o in info.options] == ["refiner_split"]
