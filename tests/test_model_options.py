@@ -326,3 +326,24 @@ async def test_the_servers_own_loader_adds_a_refiner_and_advertises_its_split():
         client = await Client.connect(server)
         info = client.session.capabilities.info_for()
         assert info.family == "sdxl" and [o.name for o in info.options] == ["refiner_split"]
+
+
+@pytest.mark.parametrize("model, options", [
+    ("tiny-kandinsky22", {"prior_num_inference_steps": 2, "prior_guidance_scale": 2.5}),
+    ("tiny-flux", {"true_cfg_scale": 2.0}),
+])
+@async_test
+async def test_kandinsky_and_flux_options_reach_the_pipeline(model, options):
+    from server.models import load_pipeline
+
+    pipe = load_pipeline(model)
+    image, change = make_test_image(64, 64, seed=10), gradient_map()
+    async with run_server(ServerConfig(model=model, port=0), lambda name: pipe) as server:
+        client = await Client.connect(server)
+        advertised = {o.name: o for o in client.session.capabilities.info_for().options}
+        assert set(advertised) == set(options)
+        events = await run_job(client, image, change, seed=12, options=options)
+    assert isinstance(events[-1], p.Done), events[-1]
+    got = decode(of(events, p.Result)[0].png)
+    np.testing.assert_array_equal(got, direct(pipe, image, change, 12, **options))
+    assert not np.array_equal(got, direct(pipe, image, change, 12))  # the options mattered
