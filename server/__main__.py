@@ -45,8 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         prog="python -m server",
         description="Differential Diffusion server for the Krita plugin (websocket, one GPU).")
     parser.add_argument("--model", default=DEFAULT_MODEL,
-                        help="hub id, local diffusers folder, .safetensors file, or tiny-sd / "
-                             "tiny-sdxl (offline test models). Default: %(default)s")
+                        help="hub id, local diffusers folder, .safetensors file, or a built-in "
+                             "offline test model (tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux, "
+                             "tiny-kandinsky22, tiny-if). Default: %(default)s")
     parser.add_argument("--refiner", default=None, metavar="MODEL",
                         help="an SDXL refiner to run after --model (e.g. tiny-sdxl-refiner); "
                              "painters set the split per job")

@@ -213,14 +213,11 @@ def _load_single_file(path: Path, dtype: torch.dtype, refiner: bool, config: str
 
 
 def _builtin_ids() -> list[str]:
-    ids = list(TINY_MODELS[:2])
-    try:  # other families register their own tiny models
-        from server.tiny_flow import TINY_FLOW_MODELS
+    # Imported here: the other families' modules import this one.
+    from server.tiny_flow import TINY_FLOW_MODELS
+    from server.tiny_pixel import TINY_PIXEL_MODELS
 
-        ids += TINY_FLOW_MODELS
-    except ImportError:
-        pass
-    return ids
+    return [*TINY_MODELS[:2], *TINY_FLOW_MODELS, *TINY_PIXEL_MODELS]
 
 
 def _hub_failure(exc: BaseException) -> str | None:
