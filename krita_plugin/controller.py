@@ -11,6 +11,8 @@ controller in the GUI), without any widget::
     c = script_controller("ws://127.0.0.1:7860", document=doc)  # or krita_io.docker_controller()
     c.wait_connected(timeout_s=30)            # pumps the Qt event loop until the handshake is done
     c.update_settings(mode="fan", prompt="a red barn", random_seed=False, seed=7, fan_columns=4)
+    c.option_specs()                          # the model's own options, as the server advertises them
+    c.set_option("refiner_split", 0.7)        # sent with the next jobs to models that take it
     job = c.prepare_job()                     # reads the document: job.request, job.map_gray8, job.image_png
     outcome = c.run_job(timeout_s=300, job=job)  # sends it, pumps Qt until done/cancelled/error
     outcome.state, outcome.layer_ids, outcome.previews, outcome.message
