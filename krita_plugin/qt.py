@@ -1,141 +1,89 @@
 """The one place that imports Qt.
 
 Krita 5 embeds PyQt5; Krita 6 will embed PyQt6. Everything else in the plugin imports Qt names
-from here, so adding PyQt6 means touching only this file (enum scoping differs between the two,
-which is why the few enums the plugin needs are re-exported under one name).
+from here, so adding PyQt6 means touching only this file. The binding is picked once (PyQt5
+first, then PyQt6) and the names below are taken from its modules, so the list is written once.
+
+Enums: PyQt6 only accepts the scoped spelling (``Qt.AlignmentFlag.AlignTop``), and PyQt5 5.15
+(what Krita 5 ships) accepts it too, so the few enums the plugin needs are written once, in that
+spelling, and re-exported under one name.
 """
 
 from __future__ import annotations
 
-try:
-    from PyQt5.QtCore import (
-        QBuffer,
-        QByteArray,
-        QIODevice,
-        QObject,
-        QSettings,
-        Qt,
-        QTimer,
-        pyqtSignal,
-    )
-    from PyQt5.QtGui import QColor, QImage, QPainter
-    from PyQt5.QtWidgets import (
-        QApplication,
-        QCheckBox,
-        QComboBox,
-        QDoubleSpinBox,
-        QFormLayout,
-        QGroupBox,
-        QHBoxLayout,
-        QLabel,
-        QLineEdit,
-        QListWidget,
-        QListWidgetItem,
-        QMessageBox,
-        QPlainTextEdit,
-        QProgressBar,
-        QPushButton,
-        QScrollArea,
-        QSlider,
-        QSpinBox,
-        QStackedWidget,
-        QVBoxLayout,
-        QWidget,
-    )
+import importlib
+from types import ModuleType
 
-    QT_API = "PyQt5"
-    FORMAT_ARGB32 = QImage.Format_ARGB32
-    FORMAT_RGB32 = QImage.Format_RGB32
-    FORMAT_GRAY8 = QImage.Format_Grayscale8
-    READ_WRITE = QIODevice.ReadWrite
-    ALIGN_TOP = Qt.AlignTop
-    HORIZONTAL = Qt.Horizontal
-    USER_ROLE = Qt.UserRole
-    SMOOTH = Qt.SmoothTransformation
-    IGNORE_ASPECT = Qt.IgnoreAspectRatio
-    COMPOSITION_SOURCE_OVER = QPainter.CompositionMode_SourceOver
-except ImportError:  # pragma: no cover - Krita 6 (PyQt6); kept symmetrical on purpose
-    from PyQt6.QtCore import (  # type: ignore[no-redef]
-        QBuffer,
-        QByteArray,
-        QIODevice,
-        QObject,
-        QSettings,
-        Qt,
-        QTimer,
-        pyqtSignal,
-    )
-    from PyQt6.QtGui import QColor, QImage, QPainter  # type: ignore[no-redef]
-    from PyQt6.QtWidgets import (  # type: ignore[no-redef]
-        QApplication,
-        QCheckBox,
-        QComboBox,
-        QDoubleSpinBox,
-        QFormLayout,
-        QGroupBox,
-        QHBoxLayout,
-        QLabel,
-        QLineEdit,
-        QListWidget,
-        QListWidgetItem,
-        QMessageBox,
-        QPlainTextEdit,
-        QProgressBar,
-        QPushButton,
-        QScrollArea,
-        QSlider,
-        QSpinBox,
-        QStackedWidget,
-        QVBoxLayout,
-        QWidget,
-    )
+# Every Qt name the plugin uses, by the module both bindings define it in.
+_NAMES: dict[str, tuple[str, ...]] = {
+    "QtCore": (
+        "QBuffer",
+        "QByteArray",
+        "QIODevice",
+        "QObject",
+        "QSettings",
+        "Qt",
+        "QTimer",
+        "pyqtSignal",
+    ),
+    "QtGui": ("QColor", "QImage", "QPainter"),
+    "QtWidgets": (
+        "QApplication",
+        "QCheckBox",
+        "QComboBox",
+        "QDoubleSpinBox",
+        "QFormLayout",
+        "QGroupBox",
+        "QHBoxLayout",
+        "QLabel",
+        "QLineEdit",
+        "QListWidget",
+        "QListWidgetItem",
+        "QMessageBox",
+        "QPlainTextEdit",
+        "QProgressBar",
+        "QPushButton",
+        "QScrollArea",
+        "QSlider",
+        "QSpinBox",
+        "QStackedWidget",
+        "QVBoxLayout",
+        "QWidget",
+    ),
+}
 
-    QT_API = "PyQt6"
-    FORMAT_ARGB32 = QImage.Format.Format_ARGB32
-    FORMAT_RGB32 = QImage.Format.Format_RGB32
-    FORMAT_GRAY8 = QImage.Format.Format_Grayscale8
-    READ_WRITE = QIODevice.OpenModeFlag.ReadWrite
-    ALIGN_TOP = Qt.AlignmentFlag.AlignTop
-    HORIZONTAL = Qt.Orientation.Horizontal
-    USER_ROLE = Qt.ItemDataRole.UserRole
-    SMOOTH = Qt.TransformationMode.SmoothTransformation
-    IGNORE_ASPECT = Qt.AspectRatioMode.IgnoreAspectRatio
-    COMPOSITION_SOURCE_OVER = QPainter.CompositionMode.CompositionMode_SourceOver
 
-Signal = pyqtSignal
+def _import_binding() -> tuple[str, dict[str, ModuleType]]:
+    """The first of PyQt5, PyQt6 whose modules all import, with those modules."""
+    errors = []
+    for api in ("PyQt5", "PyQt6"):
+        try:
+            return api, {module: importlib.import_module(f"{api}.{module}") for module in _NAMES}
+        except ImportError as exc:
+            errors.append(f"{api}: {exc}")
+    raise ImportError("no Qt binding: " + "; ".join(errors))
 
-__all__ = [
-    "QT_API",
-    "Signal",
-    "QApplication",
-    "QBuffer",
-    "QByteArray",
-    "QCheckBox",
-    "QColor",
-    "QComboBox",
-    "QDoubleSpinBox",
-    "QFormLayout",
-    "QGroupBox",
-    "QHBoxLayout",
-    "QIODevice",
-    "QImage",
-    "QLabel",
-    "QLineEdit",
-    "QListWidget",
-    "QListWidgetItem",
-    "QMessageBox",
-    "QObject",
-    "QPainter",
-    "QPlainTextEdit",
-    "QProgressBar",
-    "QPushButton",
-    "QScrollArea",
-    "QSettings",
-    "QSlider",
-    "QSpinBox",
-    "QStackedWidget",
-    "QTimer",
-    "QVBoxLayout",
-    "QWidget",
-    "Qt",
-]
+
+QT_API, _modules = _import_binding()
+globals().update(
+    {name: getattr(_modules[module], name) for module, names in _NAMES.items() for name in names}
+)
+
+_Qt = _modules["QtCore"].Qt
+_QImage = _modules["QtGui"].QImage
+FORMAT_ARGB32 = _QImage.Format.Format_ARGB32
+FORMAT_RGB32 = _QImage.Format.Format_RGB32
+FORMAT_GRAY8 = _QImage.Format.Format_Grayscale8
+READ_WRITE = _modules["QtCore"].QIODevice.OpenModeFlag.ReadWrite
+ALIGN_TOP = _Qt.AlignmentFlag.AlignTop
+HORIZONTAL = _Qt.Orientation.Horizontal
+USER_ROLE = _Qt.ItemDataRole.UserRole
+SMOOTH = _Qt.TransformationMode.SmoothTransformation
+IGNORE_ASPECT = _Qt.AspectRatioMode.IgnoreAspectRatio
+COMPOSITION_SOURCE_OVER = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_SourceOver
+
+Signal = _modules["QtCore"].pyqtSignal
+
+__all__ = ["QT_API", "Signal"] + sorted(
+    name for names in _NAMES.values() for name in names if name != "pyqtSignal"
+)
