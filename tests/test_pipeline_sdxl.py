@@ -9,7 +9,7 @@ import pytest
 import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
-import server.pipelines.sd as sd_module
+import server.pipelines as pipelines_module
 from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
@@ -152,7 +152,7 @@ def test_refiner_split_with_multistep_scheduler(tiny_sdxl_refined, test_image, m
         **common()).images
     assert torch.equal(at_split[0], base_only)  # 1.
 
-    make = sd_module.make_scheduler
+    make = pipelines_module.make_scheduler
 
     def forgetting_at_split(name, config):
         sched = make(name, config)
@@ -173,7 +173,7 @@ def test_refiner_split_with_multistep_scheduler(tiny_sdxl_refined, test_image, m
         sched.step = step_then_forget
         return sched
 
-    monkeypatch.setattr(sd_module, "make_scheduler", forgetting_at_split)
+    monkeypatch.setattr(pipelines_module, "make_scheduler", forgetting_at_split)
     forgetting = tiny_sdxl_refined(image=test_image, change_map=change_map, scheduler=scheduler,
                                    refiner_split=split, output_type="latent",
                                    **{**common(), "num_inference_steps": k}).images

@@ -1,20 +1,28 @@
 """Differential-diffusion pipelines, one file per model family (the loop written out in each).
 
 Shared here: the per-step report (:class:`StepInfo`), the cancellation exception, the output,
-and the two small pieces of Algorithm 1 that every family uses in the same way.
+the pieces of Algorithm 1 that every family uses in the same way (argument checks, the map's
+steps per latent pixel, the run's scheduler and timesteps, the final composite) and the
+components of a pipeline built on one diffusers pipeline (:class:`HelperPipeline`).
 Change maps follow the painter's convention (1 = change fully, 0 = keep; ``mu_paper = 1 - map``).
 """
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.utils import numpy_to_pil
+from PIL import Image
 
 from server.previews import latents_to_rgb
+from server.schedulers import copy_scheduler, make_scheduler
+
+Generator = torch.Generator | list[torch.Generator] | None
 
 # floor(m*k + tiny): a float32 map of 0.7 is 0.69999999, and 10 steps of it must still be 7.
 STEP_TOLERANCE = 1e-4
@@ -77,3 +85,145 @@ def unchanged_blend_weight(change_map: np.ndarray, num_inference_steps: int) -> 
     t = np.clip(change_map.astype(np.float64) * num_inference_steps, 0.0, 1.0)
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
+
+
+# -- the run's arguments ---------------------------------------------------------------------------
+def check_call_args(image: Any, change_map: Any, output_type: str, num_inference_steps: int,
+                    num_images_per_prompt: int) -> tuple[int, int]:
+    """The checks every family makes first; returns ``(k, batch)`` as whole numbers."""
+    if image is None or change_map is None:
+        raise ValueError("Both an image and a change map are needed.")
+    if output_type not in ("pil", "np", "latent"):
+        raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
+    k = int(num_inference_steps)
+    if k < 1:
+        raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
+    batch = int(num_images_per_prompt)
+    if batch < 1:
+        raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+    return k, batch
+
+
+def check_image(image: Any) -> None:
+    """A non-empty PIL image, or a message saying what is wrong."""
+    if not isinstance(image, Image.Image):
+        raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
+    if image.width < 1 or image.height < 1:
+        raise ValueError("The image is empty (0 pixels).")
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
+    """Repeat the last row/column until both sides are multiples of ``multiple``."""
+    height, width = array.shape[:2]
+    pad_h, pad_w = -height % multiple, -width % multiple
+    if not pad_h and not pad_w:
+        return array
+    pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, mode="edge")
+
+
+def padded_pixels(image: Image.Image, multiple: int) -> tuple[np.ndarray, np.ndarray]:
+    """A checked image -> (its RGB pixels padded to ``multiple`` by repeating the border, uint8;
+    the unpadded input as H x W x 3 float in [0, 1]). The result is cropped back afterwards."""
+    check_image(image)
+    pixels = np.asarray(image.convert("RGB"))
+    return pad_to_multiple(pixels, multiple), pixels.astype(np.float32) / 255.0
+
+
+def prepare_steps(pixel_map: np.ndarray, pad_multiple: int, scale_factor: int, k: int,
+                  device: torch.device) -> torch.Tensor:
+    """The pixel map -> steps each latent pixel receives (1 x 1 x h x w int64 on ``device``):
+    padded like the image, averaged over each latent cell ("locality"), ``n = floor(m*k + tiny)``.
+    """
+    latent_map = latent_change_map(pad_to_multiple(pixel_map, pad_multiple), scale_factor)
+    return steps_per_pixel(latent_map, k).to(device)
+
+
+# -- the run's scheduler ---------------------------------------------------------------------------
+def run_timesteps(name: str | None, base_scheduler: Any, k: int, longest: int,
+                  device: torch.device) -> tuple[Any, int, torch.Tensor]:
+    """A fresh scheduler for one run (``name``, or a copy of the model's), set to ``k`` steps;
+    with the first step index that runs and the timesteps that will run (Algorithm 2: only the
+    last ``longest`` steps can change anything; none when ``longest`` is 0)."""
+    sched = make_scheduler(name, base_scheduler.config) if name else copy_scheduler(base_scheduler)
+    sched.set_timesteps(k, device=device)
+    start = k - longest
+    # (PNDM lists more than k timesteps, so "from k on" is not empty by itself.)
+    timesteps = sched.timesteps[start * sched.order :] if start < k else sched.timesteps[:0]
+    if hasattr(sched, "set_begin_index"):
+        sched.set_begin_index(start * sched.order)
+    return sched, start, timesteps
+
+
+def extra_step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
+    # Not every scheduler takes eta / a generator (ancestral ones draw fresh noise each step).
+    params = inspect.signature(scheduler.step).parameters
+    kwargs: dict[str, Any] = {}
+    if "eta" in params:
+        kwargs["eta"] = 0.0
+    if "generator" in params:
+        kwargs["generator"] = generator
+    return kwargs
+
+
+def uses_learned_variance(scheduler: Any) -> bool:
+    """Whether ``scheduler.step`` takes the model's variance channels too (DDPM, DPM-Solver with
+    a ``learned`` / ``learned_range`` variance type); other schedulers get the noise only. The
+    config alone does not say: ``from_config`` keeps keys the new scheduler class ignores."""
+    if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
+        return False
+    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
+
+
+# -- the output ------------------------------------------------------------------------------------
+def unchanged_output(image: Image.Image, original: np.ndarray, batch: int,
+                     output_type: str) -> DifferentialDiffusionOutput:
+    """An all-zero map: nothing may change, so no model runs at all."""
+    if output_type == "pil":
+        return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
+    return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+
+
+def composite_unchanged(generated: np.ndarray, original: np.ndarray, pixel_map: np.ndarray,
+                        k: int) -> np.ndarray:
+    """The kept pixels put back exactly: B x H x W x 3 generated over the H x W x 3 input."""
+    weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
+    return generated * weight + original[None] * (1.0 - weight)
+
+
+def output_images(generated: np.ndarray, output_type: str) -> Any:
+    """B x H x W x 3 floats in [0, 1] -> PIL images (``"pil"``) or a float32 array (``"np"``)."""
+    generated = generated.astype(np.float32)
+    return numpy_to_pil(generated) if output_type == "pil" else generated
+
+
+# -- components ------------------------------------------------------------------------------------
+class HelperPipeline:
+    """The components of a pipeline built on one diffusers pipeline (``self.helper``).
+
+    ``model_name`` names the helper's denoising model (``"unet"`` or ``"transformer"``): a run
+    uses its device, and moving to its own dtype is no cast."""
+
+    component_names: tuple[str, ...] = ()
+    model_name = "unet"
+    helper: Any
+
+    @property
+    def components(self) -> dict[str, Any]:
+        return {name: getattr(self.helper, name) for name in self.component_names}
+
+    @property
+    def scheduler(self) -> Any:
+        return self.helper.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        # Not diffusers' _execution_device: it walks every module of every component on
+        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
+        return getattr(self.helper, self.model_name).device
+
+    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
+        if dtype is not None and dtype == getattr(self.helper, self.model_name).dtype:
+            dtype = None  # diffusers warns on every dtype cast, even a no-op one
+        self.helper.to(device=device, dtype=dtype)
+        return self

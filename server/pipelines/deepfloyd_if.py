@@ -37,15 +37,20 @@ from server.maps import to_change_map
 from server.pipelines import (
     Cancelled,
     DifferentialDiffusionOutput,
+    Generator,
+    HelperPipeline,
     StepInfo,
+    check_call_args,
+    check_image,
+    composite_unchanged,
+    extra_step_kwargs,
+    output_images,
+    run_timesteps,
     steps_per_pixel,
-    unchanged_blend_weight,
+    unchanged_output,
+    uses_learned_variance,
 )
-from server.pipelines.kandinsky import model_index_class, uses_learned_variance
-from server.pipelines.sd import _extra_step_kwargs
-from server.schedulers import copy_scheduler, make_scheduler
-
-Generator = torch.Generator | list[torch.Generator] | None
+from server.pipelines.kandinsky import model_index_class
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "watermarker": None,
              "requires_safety_checker": False}
@@ -85,7 +90,7 @@ class Stage:
     noise_level: torch.Tensor | None = None  # stage II: its noise level (a class label)
 
 
-class DeepFloydIFDifferentialPipeline:
+class DeepFloydIFDifferentialPipeline(HelperPipeline):
     """DeepFloyd IF: the differential loop on stage I and on stage II; stage III as usual."""
 
     family = "if"
@@ -140,19 +145,9 @@ class DeepFloydIFDifferentialPipeline:
         return self.helper.unet
 
     @property
-    def scheduler(self) -> Any:
-        return self.helper.scheduler
-
-    @property
     def options(self) -> dict[str, bool]:
         """Which optional stages this model has (``stage_2`` / ``stage_3`` in a call)."""
         return {"stage_2": self.helper_2 is not None, "stage_3": self.upscaler is not None}
-
-    @property
-    def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return self.unet.device
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         for pipe in (self.helper, self.helper_2, self.upscaler):
@@ -221,7 +216,7 @@ class DeepFloydIFDifferentialPipeline:
             return x_init
         x = sched.add_noise(x_init, noise, timesteps[:1].repeat(x_init.shape[0]))
         do_cfg = stage.guidance_scale > 1.0
-        step_kwargs = _extra_step_kwargs(sched, generator)
+        step_kwargs = extra_step_kwargs(sched, generator)
         learned_variance = uses_learned_variance(sched)
         class_labels = None
         if stage.noise_level is not None:
@@ -318,21 +313,12 @@ class DeepFloydIFDifferentialPipeline:
         """
         if refiner_split is not None:
             raise ValueError("refiner_split is for SDXL with a refiner; this is DeepFloyd IF.")
-        if image is None or change_map is None:
-            raise ValueError("Both an image and a change map are needed.")
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
-        if image.width < 1 or image.height < 1:
-            raise ValueError("The image is empty (0 pixels).")
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
-        k = int(num_inference_steps)
+        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
+                                   num_images_per_prompt)
+        check_image(image)
         k2 = k if num_inference_steps_2 is None else int(num_inference_steps_2)
-        if k < 1 or k2 < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {min(k, k2)}.")
-        batch = int(num_images_per_prompt)
-        if batch < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+        if k2 < 1:
+            raise ValueError(f"num_inference_steps must be at least 1, got {k2}.")
         if isinstance(generator, list) and len(generator) != batch:
             raise ValueError(
                 f"Got {len(generator)} generators for {batch} images; pass one per image.")
@@ -342,9 +328,7 @@ class DeepFloydIFDifferentialPipeline:
         pixel_map = to_change_map(change_map, (width, height))
         if float(pixel_map.max()) * max(k, k2) < 1.0 - 1e-4 and output_type != "latent":
             # No stage would run a step: nothing may change, so no model runs at all.
-            images = [image.copy() for _ in range(batch)] if output_type == "pil" \
-                else np.stack([original] * batch)
-            return DifferentialDiffusionOutput(images, 0)
+            return unchanged_output(image, original, batch, output_type)
         use_2 = stage_2 and self.helper_2 is not None
         use_3 = use_2 and stage_3 and self.upscaler is not None
 
@@ -354,14 +338,9 @@ class DeepFloydIFDifferentialPipeline:
             x_init = self.stage_input(image, number).to(self.device, unet.dtype)
             size = (x_init.shape[-1], x_init.shape[-2])
             steps = steps_per_pixel(self.stage_map(pixel_map, size), k_stage).to(self.device)
-            sched = make_scheduler(scheduler, base_scheduler.config) if scheduler else \
-                copy_scheduler(base_scheduler)
-            sched.set_timesteps(k_stage, device=self.device)
-            start = k_stage - int(steps.max())  # Algorithm 2: skip what changes nothing
-            timesteps = sched.timesteps[start * sched.order :] if start < k_stage \
-                else sched.timesteps[:0]
-            if hasattr(sched, "set_begin_index"):
-                sched.set_begin_index(start * sched.order)
+            # Algorithm 2: skip what changes nothing (all of it where no pixel gets a step).
+            sched, start, timesteps = run_timesteps(scheduler, base_scheduler, k_stage,
+                                                    int(steps.max()), self.device)
             return Stage(number, unet, sched, x_init.repeat_interleave(batch, dim=0), steps,
                          k_stage, guidance, start, timesteps)
 
@@ -407,11 +386,9 @@ class DeepFloydIFDifferentialPipeline:
                                 align_corners=False).clamp(0.0, 1.0)
         generated = rgb.permute(0, 2, 3, 1).cpu().numpy()
         if keep_unchanged_exact:
-            weight = unchanged_blend_weight(pixel_map, min(k, k2))[None, :, :, None]
-            generated = generated * weight + original[None] * (1.0 - weight)
-        generated = generated.astype(np.float32)
-        images = self.helper.numpy_to_pil(generated) if output_type == "pil" else generated
-        return DifferentialDiffusionOutput(images, total, last.steps)
+            generated = composite_unchanged(generated, original, pixel_map, min(k, k2))
+        return DifferentialDiffusionOutput(output_images(generated, output_type), total,
+                                           last.steps)
 
 
 

@@ -14,7 +14,6 @@ exactly (same generator, drawn in the same order: prior first, then the decoder'
 
 from __future__ import annotations
 
-import inspect
 import json
 import threading
 from collections.abc import Callable
@@ -33,15 +32,19 @@ from server.maps import to_change_map
 from server.pipelines import (
     Cancelled,
     DifferentialDiffusionOutput,
+    Generator,
+    HelperPipeline,
     StepInfo,
-    latent_change_map,
-    steps_per_pixel,
-    unchanged_blend_weight,
+    check_call_args,
+    composite_unchanged,
+    extra_step_kwargs,
+    output_images,
+    padded_pixels,
+    prepare_steps,
+    run_timesteps,
+    unchanged_output,
+    uses_learned_variance,
 )
-from server.pipelines.sd import _extra_step_kwargs, _pad_to_multiple
-from server.schedulers import copy_scheduler, make_scheduler
-
-Generator = torch.Generator | list[torch.Generator] | None
 
 DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 PRIOR_COMPONENTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler",
@@ -67,7 +70,7 @@ class KandinskyStepInfo(StepInfo):
         return np.ascontiguousarray((rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
 
 
-class KandinskyV22DifferentialPipeline:
+class KandinskyV22DifferentialPipeline(HelperPipeline):
     """Kandinsky 2.2: text -> prior -> image embedding -> differential loop on the decoder."""
 
     family = "kandinsky22"
@@ -121,16 +124,6 @@ class KandinskyV22DifferentialPipeline:
     def movq(self) -> Any:
         return self.helper.movq
 
-    @property
-    def scheduler(self) -> Any:
-        return self.helper.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return self.unet.device
-
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         for pipe in (self.prior_pipe, self.helper):
             same = dtype is not None and all(
@@ -171,15 +164,10 @@ class KandinskyV22DifferentialPipeline:
         """Image -> (1 x 3 x H' x W' in [-1, 1], H x W x 3 float input in [0, 1]); H', W' are
         rounded up to ``pad_multiple`` (MoVQ's cell times the UNet's downsampling) by repeating
         border pixels, cropped back afterwards."""
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
-        if image.width < 1 or image.height < 1:
-            raise ValueError("The image is empty (0 pixels).")
-        pixels = np.asarray(image.convert("RGB"))
-        padded = _pad_to_multiple(pixels, self.pad_multiple)
+        padded, original = padded_pixels(image, self.pad_multiple)
         tensor = self.helper.image_processor.preprocess(
             Image.fromarray(padded), padded.shape[0], padded.shape[1])
-        return tensor, pixels.astype(np.float32) / 255.0
+        return tensor, original
 
     def prepare_latents(
         self, image: torch.Tensor, batch_size: int, generator: Generator, dtype: torch.dtype
@@ -254,16 +242,8 @@ class KandinskyV22DifferentialPipeline:
         """
         if refiner_split is not None:
             raise ValueError("refiner_split is for SDXL with a refiner; this is Kandinsky 2.2.")
-        if image is None or change_map is None:
-            raise ValueError("Both an image and a change map are needed.")
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
-        k = int(num_inference_steps)
-        if k < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
-        batch = int(num_images_per_prompt)
-        if batch < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
+                                   num_images_per_prompt)
         prior_steps = int(prior_num_inference_steps or self.prior_num_inference_steps)
         prior_guidance = self.prior_guidance_scale if prior_guidance_scale is None \
             else float(prior_guidance_scale)
@@ -272,24 +252,16 @@ class KandinskyV22DifferentialPipeline:
         image_tensor, original = self.prepare_image(image)
         height, width = original.shape[:2]
         pixel_map = to_change_map(change_map, (width, height))
-        latent_map = latent_change_map(_pad_to_multiple(pixel_map, self.pad_multiple),
-                                       self.vae_scale_factor)
-        steps = steps_per_pixel(latent_map, k).to(self.device)
+        steps = prepare_steps(pixel_map, self.pad_multiple, self.vae_scale_factor, k, self.device)
         longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
         if longest == 0:  # an all-zero map: nothing may change, so no model (not even the prior) runs
             if output_type == "latent":
                 z_init, _ = self.prepare_latents(image_tensor, batch, None, self.unet.dtype)
                 return DifferentialDiffusionOutput(z_init, 0, steps)
-            return _unchanged_output(image, original, batch, output_type)
+            return unchanged_output(image, original, batch, output_type)
 
         # 2. Scheduler (a fresh one per run) and the timesteps that will run.
-        sched = make_scheduler(scheduler, self.scheduler.config) if scheduler else copy_scheduler(
-            self.scheduler)
-        sched.set_timesteps(k, device=self.device)
-        start = k - longest
-        timesteps = sched.timesteps[start * sched.order :]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start * sched.order)
+        sched, start, timesteps = run_timesteps(scheduler, self.scheduler, k, longest, self.device)
 
         # 3. Prior -> image embeddings (drawn first, like diffusers' combined pipeline).
         if cancel is not None and cancel.is_set():
@@ -305,7 +277,7 @@ class KandinskyV22DifferentialPipeline:
         # 4. Latents and the one noise tensor.
         z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
         latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
-        step_kwargs = _extra_step_kwargs(sched, generator)
+        step_kwargs = extra_step_kwargs(sched, generator)
         learned_variance = uses_learned_variance(sched)
         channels = latents.shape[1]
         latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
@@ -344,28 +316,9 @@ class KandinskyV22DifferentialPipeline:
             return DifferentialDiffusionOutput(latents, len(timesteps), steps)
         generated = self.decode_latents(latents)[:, :height, :width]
         if keep_unchanged_exact:
-            weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
-            generated = generated * weight + original[None] * (1.0 - weight)
-        generated = generated.astype(np.float32)
-        images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
-            else generated
-        return DifferentialDiffusionOutput(images, len(timesteps), steps)
-
-
-def uses_learned_variance(scheduler: Any) -> bool:
-    """Whether ``scheduler.step`` takes the model's variance channels too (DDPM, DPM-Solver with
-    a ``learned`` / ``learned_range`` variance type); other schedulers get the noise only. The
-    config alone does not say: ``from_config`` keeps keys the new scheduler class ignores."""
-    if "variance_type" not in inspect.signature(type(scheduler).__init__).parameters:
-        return False
-    return getattr(scheduler.config, "variance_type", None) in ("learned", "learned_range")
-
-
-def _unchanged_output(image: Image.Image, original: np.ndarray, batch: int,
-                      output_type: str) -> DifferentialDiffusionOutput:
-    if output_type == "pil":
-        return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
-    return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+            generated = composite_unchanged(generated, original, pixel_map, k)
+        return DifferentialDiffusionOutput(output_images(generated, output_type), len(timesteps),
+                                           steps)
 
 
 # -- loading -------------------------------------------------------------------------------------

@@ -11,7 +11,6 @@ reproduces ``StableDiffusion(XL)Img2ImgPipeline`` at ``strength=s`` exactly.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,14 +29,18 @@ from server.maps import to_change_map
 from server.pipelines import (
     Cancelled,
     DifferentialDiffusionOutput,
+    Generator,
+    HelperPipeline,
     StepInfo,
-    latent_change_map,
-    steps_per_pixel,
-    unchanged_blend_weight,
+    check_call_args,
+    composite_unchanged,
+    extra_step_kwargs,
+    output_images,
+    padded_pixels,
+    prepare_steps,
+    run_timesteps,
+    unchanged_output,
 )
-from server.schedulers import copy_scheduler, make_scheduler
-
-Generator = torch.Generator | list[torch.Generator] | None
 
 
 @dataclass
@@ -57,7 +60,7 @@ class Denoiser:
     cond: Conditioning
 
 
-class StableDiffusionDifferentialPipeline:
+class StableDiffusionDifferentialPipeline(HelperPipeline):
     """SD 1.x / 2.x (epsilon or v-prediction) with a per-pixel change map."""
 
     family = "sd"
@@ -91,11 +94,7 @@ class StableDiffusionDifferentialPipeline:
             self.unet.config.sample_size * self.vae_scale_factor
         )
 
-    # -- components ------------------------------------------------------------------------------
-    @property
-    def components(self) -> dict[str, Any]:
-        return {name: getattr(self.helper, name) for name in self.component_names}
-
+    # -- components (scheduler, device, to: HelperPipeline) --------------------------------------
     @property
     def vae(self) -> Any:
         return self.helper.vae
@@ -103,22 +102,6 @@ class StableDiffusionDifferentialPipeline:
     @property
     def unet(self) -> Any:
         return self.helper.unet
-
-    @property
-    def scheduler(self) -> Any:
-        return self.helper.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return self.unet.device
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-        if dtype is not None and dtype == self.unet.dtype:
-            dtype = None  # diffusers warns on every dtype cast, even a no-op one
-        self.helper.to(device=device, dtype=dtype)
-        return self
 
     # -- steps of a run --------------------------------------------------------------------------
     def encode_prompt(
@@ -147,14 +130,9 @@ class StableDiffusionDifferentialPipeline:
         H', W' are H, W rounded up to the VAE's cell size by repeating the border pixels, so any
         size works and the result is cropped back afterwards.
         """
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
-        if image.width < 1 or image.height < 1:
-            raise ValueError("The image is empty (0 pixels).")
-        pixels = np.asarray(image.convert("RGB"))
-        padded = _pad_to_multiple(pixels, self.vae_scale_factor)
+        padded, original = padded_pixels(image, self.vae_scale_factor)
         tensor = self.helper.image_processor.preprocess(Image.fromarray(padded))
-        return tensor, pixels.astype(np.float32) / 255.0
+        return tensor, original
 
     def prepare_latents(
         self, image: torch.Tensor, batch_size: int, generator: Generator, dtype: torch.dtype
@@ -240,39 +218,24 @@ class StableDiffusionDifferentialPipeline:
         ``refiner_split`` (SDXL with a refiner): fraction of the schedule run on the base,
         like diffusers' ``denoising_end``; the rest runs on the refiner.
         """
-        if image is None or change_map is None:
-            raise ValueError("Both an image and a change map are needed.")
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
-        k = int(num_inference_steps)
-        if k < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
-        batch = int(num_images_per_prompt)
-        if batch < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
+                                   num_images_per_prompt)
 
         # 1. Image and map; the map is averaged over each latent cell ("locality").
         image_tensor, original = self.prepare_image(image)
         height, width = original.shape[:2]
         pixel_map = to_change_map(change_map, (width, height))
-        latent_map = latent_change_map(_pad_to_multiple(pixel_map, self.vae_scale_factor),
-                                       self.vae_scale_factor)
-        steps = steps_per_pixel(latent_map, k).to(self.device)  # n = floor(m*k + tiny)
+        steps = prepare_steps(pixel_map, self.vae_scale_factor, self.vae_scale_factor, k,
+                              self.device)  # n = floor(m*k + tiny) per latent pixel
         longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
         if longest == 0:  # nothing may change: no prompt, no UNet
             if output_type == "latent":  # the input, encoded
                 z_init, _ = self.prepare_latents(image_tensor, batch, generator, self.unet.dtype)
                 return DifferentialDiffusionOutput(z_init, 0, steps)
-            return self._unchanged_output(image, original, batch, output_type)
+            return unchanged_output(image, original, batch, output_type)
 
         # 2. Scheduler (a fresh one per run) and the timesteps that will run.
-        sched = make_scheduler(scheduler, self.scheduler.config) if scheduler else copy_scheduler(
-            self.scheduler)
-        sched.set_timesteps(k, device=self.device)
-        start = k - longest
-        timesteps = sched.timesteps[start * sched.order :]
-        if hasattr(sched, "set_begin_index"):
-            sched.set_begin_index(start * sched.order)
+        sched, start, timesteps = run_timesteps(scheduler, self.scheduler, k, longest, self.device)
 
         # 3. Prompt(s), latents and the one noise tensor.
         do_cfg = guidance_scale > 1.0
@@ -282,7 +245,7 @@ class StableDiffusionDifferentialPipeline:
         dtype = denoisers[0].cond.prompt_embeds.dtype
         z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
         latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
-        step_kwargs = _extra_step_kwargs(sched, generator)
+        step_kwargs = extra_step_kwargs(sched, generator)
         latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
 
         # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
@@ -317,19 +280,9 @@ class StableDiffusionDifferentialPipeline:
             return DifferentialDiffusionOutput(latents, len(timesteps), steps)
         generated = self.decode_latents(latents)[:, :height, :width]
         if keep_unchanged_exact:
-            weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
-            generated = generated * weight + original[None] * (1.0 - weight)
-        generated = generated.astype(np.float32)
-        images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
-            else generated
-        return DifferentialDiffusionOutput(images, len(timesteps), steps)
-
-    def _unchanged_output(self, image: Image.Image, original: np.ndarray, batch: int,
-                          output_type: str) -> DifferentialDiffusionOutput:
-        # An all-zero map: nothing may change, so no model runs at all.
-        if output_type == "pil":
-            return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
-        return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+            generated = composite_unchanged(generated, original, pixel_map, k)
+        return DifferentialDiffusionOutput(output_images(generated, output_type), len(timesteps),
+                                           steps)
 
 
 class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline):
@@ -449,16 +402,6 @@ class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline)
         return z / cfg.scaling_factor
 
 
-def _pad_to_multiple(array: np.ndarray, multiple: int) -> np.ndarray:
-    """Repeat the last row/column until both sides are multiples of ``multiple``."""
-    height, width = array.shape[:2]
-    pad_h, pad_w = -height % multiple, -width % multiple
-    if not pad_h and not pad_w:
-        return array
-    pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (array.ndim - 2)
-    return np.pad(array, pad, mode="edge")
-
-
 def _clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
     """The scheduler's estimate of the finished latents after a step (previews show it)."""
     estimate = getattr(out, "pred_original_sample", None)
@@ -473,14 +416,3 @@ def _clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
     if predicts_x0 and outputs and outputs[-1] is not None:
         return outputs[-1]
     return None
-
-
-def _extra_step_kwargs(scheduler: Any, generator: Generator) -> dict[str, Any]:
-    # Not every scheduler takes eta / a generator (ancestral ones draw fresh noise each step).
-    params = inspect.signature(scheduler.step).parameters
-    kwargs: dict[str, Any] = {}
-    if "eta" in params:
-        kwargs["eta"] = 0.0
-    if "generator" in params:
-        kwargs["generator"] = generator
-    return kwargs

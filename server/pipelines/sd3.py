@@ -40,14 +40,16 @@ from server.maps import to_change_map
 from server.pipelines import (
     Cancelled,
     DifferentialDiffusionOutput,
+    Generator,
+    HelperPipeline,
     StepInfo,
-    latent_change_map,
-    steps_per_pixel,
-    unchanged_blend_weight,
+    check_call_args,
+    composite_unchanged,
+    output_images,
+    padded_pixels,
+    prepare_steps,
+    unchanged_output,
 )
-from server.pipelines.sd import _pad_to_multiple
-
-Generator = torch.Generator | list[torch.Generator] | None
 
 # Flow-matching schedulers by name: the model's FlowMatchEulerDiscreteScheduler config (its shift
 # or dynamic shifting stays) with another spacing of the sigmas. All first order, all with
@@ -81,11 +83,11 @@ class FlowConditioning:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class FlowMatchingDifferentialPipeline:
+class FlowMatchingDifferentialPipeline(HelperPipeline):
     """The differential loop on a flow-matching transformer; subclasses fill in the family."""
 
     family = "flow"
-    component_names: tuple[str, ...] = ()
+    model_name = "transformer"
     scheduler_names = FLOW_SCHEDULER_NAMES
     helper: Any
 
@@ -98,11 +100,7 @@ class FlowMatchingDifferentialPipeline:
     def _default_resolution(self) -> int:
         return 1024
 
-    # -- components ------------------------------------------------------------------------------
-    @property
-    def components(self) -> dict[str, Any]:
-        return {name: getattr(self.helper, name) for name in self.component_names}
-
+    # -- components (scheduler, device, to: HelperPipeline) --------------------------------------
     @property
     def vae(self) -> Any:
         return self.helper.vae
@@ -110,22 +108,6 @@ class FlowMatchingDifferentialPipeline:
     @property
     def transformer(self) -> Any:
         return self.helper.transformer
-
-    @property
-    def scheduler(self) -> Any:
-        return self.helper.scheduler
-
-    @property
-    def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return self.transformer.device
-
-    def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
-        if dtype is not None and dtype == self.transformer.dtype:
-            dtype = None  # diffusers warns on every dtype cast, even a no-op one
-        self.helper.to(device=device, dtype=dtype)
-        return self
 
     # -- what a family fills in ------------------------------------------------------------------
     def encode_prompt(self, prompt: str, negative_prompt: str | None, num_images: int,
@@ -160,15 +142,10 @@ class FlowMatchingDifferentialPipeline:
 
         H', W' are H, W rounded up to a whole number of patches by repeating the border pixels;
         the result is cropped back afterwards."""
-        if not isinstance(image, Image.Image):
-            raise ValueError(f"image must be a PIL image, got {type(image).__name__}.")
-        if image.width < 1 or image.height < 1:
-            raise ValueError("The image is empty (0 pixels).")
-        pixels = np.asarray(image.convert("RGB"))
-        padded = _pad_to_multiple(pixels, self.pixel_multiple)
+        padded, original = padded_pixels(image, self.pixel_multiple)
         tensor = self.helper.image_processor.preprocess(
             Image.fromarray(padded), height=padded.shape[0], width=padded.shape[1])
-        return tensor.to(dtype=torch.float32), pixels.astype(np.float32) / 255.0
+        return tensor.to(dtype=torch.float32), original
 
     def prepare_latents(
         self, image: torch.Tensor, batch_size: int, generator: Generator, dtype: torch.dtype
@@ -235,32 +212,23 @@ class FlowMatchingDifferentialPipeline:
         ``output_type="latent"`` gives B x C x h x w latents (unpacked, for Flux too).
         ``true_cfg_scale`` (Flux only): real classifier-free guidance with the negative prompt.
         """
-        if image is None or change_map is None:
-            raise ValueError("Both an image and a change map are needed.")
-        if output_type not in ("pil", "np", "latent"):
-            raise ValueError(f"output_type must be 'pil', 'np' or 'latent', got {output_type!r}.")
         if refiner_split is not None:
             raise ValueError(f"refiner_split is for SDXL with a refiner; this is a {self.family} "
                              "model.")
-        k = int(num_inference_steps)
-        if k < 1:
-            raise ValueError(f"num_inference_steps must be at least 1, got {num_inference_steps}.")
-        batch = int(num_images_per_prompt)
-        if batch < 1:
-            raise ValueError(f"num_images_per_prompt must be at least 1, got {batch}.")
+        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
+                                   num_images_per_prompt)
         sched = make_flow_scheduler(scheduler, self.scheduler)
 
         # 1. Image and map; the map is averaged over each latent cell ("locality").
         image_tensor, original = self.prepare_image(image)
         height, width = original.shape[:2]
         pixel_map = to_change_map(change_map, (width, height))
-        latent_map = latent_change_map(_pad_to_multiple(pixel_map, self.pixel_multiple),
-                                       self.vae_scale_factor)
-        latent_hw = (int(latent_map.shape[-2]), int(latent_map.shape[-1]))
-        steps = steps_per_pixel(latent_map, k).to(self.device)  # n = floor(m*k + tiny)
+        steps = prepare_steps(pixel_map, self.pixel_multiple, self.vae_scale_factor, k,
+                              self.device)  # n = floor(m*k + tiny) per latent pixel
+        latent_hw = (int(steps.shape[-2]), int(steps.shape[-1]))
         longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
         if longest == 0 and output_type != "latent":
-            return self._unchanged_output(image, original, batch, output_type)
+            return unchanged_output(image, original, batch, output_type)
 
         # 2. The schedule and the timesteps that will run.
         self.set_timesteps(sched, k, latent_hw)
@@ -308,19 +276,9 @@ class FlowMatchingDifferentialPipeline:
             return DifferentialDiffusionOutput(latents, len(timesteps), steps)
         generated = self.decode_latents(latents)[:, :height, :width]
         if keep_unchanged_exact:
-            weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
-            generated = generated * weight + original[None] * (1.0 - weight)
-        generated = generated.astype(np.float32)
-        images = self.helper.image_processor.numpy_to_pil(generated) if output_type == "pil" \
-            else generated
-        return DifferentialDiffusionOutput(images, len(timesteps), steps)
-
-    def _unchanged_output(self, image: Image.Image, original: np.ndarray, batch: int,
-                          output_type: str) -> DifferentialDiffusionOutput:
-        # An all-zero map: nothing may change, so no model runs at all.
-        if output_type == "pil":
-            return DifferentialDiffusionOutput([image.convert("RGB") for _ in range(batch)], 0)
-        return DifferentialDiffusionOutput(np.stack([original] * batch), 0)
+            generated = composite_unchanged(generated, original, pixel_map, k)
+        return DifferentialDiffusionOutput(output_images(generated, output_type), len(timesteps),
+                                           steps)
 
 
 class StableDiffusion3DifferentialPipeline(FlowMatchingDifferentialPipeline):
