@@ -10,34 +10,15 @@ the change map is 0 the result is the original picture exactly.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-E2E_DIR = Path(__file__).resolve().parent / "e2e"
+from krita_support import E2E_DIR, KRITA_MARKS, build_plugin, harness, live_server
 
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load("krita_harness", ROOT / "tests" / "krita" / "harness.py")
-live_server = _load("e2e_live_server", E2E_DIR / "live_server.py")
-sys.path.insert(0, str(ROOT / "packaging"))
-import build_plugin  # noqa: E402
-
-pytestmark = [
-    pytest.mark.krita,
-    pytest.mark.skipif(not harness.krita_available(), reason="kritarunner (Krita 5) is not installed"),
-]
+pytestmark = KRITA_MARKS
 
 W, H = 128, 96
 

@@ -8,37 +8,22 @@ also save the README's picture.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
-ROOT = Path(__file__).resolve().parent.parent
-E2E_DIR = ROOT / "tests" / "e2e"
+from krita_support import E2E_DIR, build_plugin, harness, live_server
+
 PROBE = E2E_DIR / "gui_probe"
 SCREEN = (1600, 1000)
 REPORT_TIMEOUT_S = 150  # a fresh profile builds Krita's resource database first (~15-40 s)
 PROMPT = "storm clouds over the mountains"
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load("krita_harness", ROOT / "tests" / "krita" / "harness.py")
-live_server = _load("e2e_live_server", E2E_DIR / "live_server.py")
-sys.path.insert(0, str(ROOT / "packaging"))
-import build_plugin  # noqa: E402
 
 MISSING = [tool for tool in ("krita", "xvfb-run", "import") if shutil.which(tool) is None]
 pytestmark = [

@@ -6,7 +6,6 @@ Expectations are computed here, outside Krita, from the pixels the test itself p
 
 from __future__ import annotations
 
-import importlib.util
 import io
 from pathlib import Path
 
@@ -14,17 +13,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from krita_support import KRITA_MARKS, harness
 from shared import protocol
 from shared.fan import fan_strengths
 
-_spec = importlib.util.spec_from_file_location("krita_harness", Path(__file__).parent / "krita" / "harness.py")
-harness = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(harness)
-
-pytestmark = [
-    pytest.mark.krita,
-    pytest.mark.skipif(not harness.krita_available(), reason="kritarunner (Krita 5) is not installed"),
-]
+pytestmark = KRITA_MARKS
 
 W, H = 64, 48
 

@@ -10,23 +10,12 @@ expectations are computed outside Krita.
 
 from __future__ import annotations
 
-import os
 import time
 
-from kscript import entry, layer_pixels, new_document
+from kscript import add_paint_layer, entry, layer_pixels, picture_document, read_input, write_output
 
 CONNECT_TIMEOUT_S = 60
 JOB_TIMEOUT_S = 180
-
-
-def _read(args: dict, name: str) -> bytes:
-    with open(os.path.join(args["in_dir"], name), "rb") as f:
-        return f.read()
-
-
-def _write(args: dict, name: str, data: bytes) -> None:
-    with open(os.path.join(args["out_dir"], name), "wb") as f:
-        f.write(bytes(data))
 
 
 def pump_until(predicate, timeout_s: float) -> bool:
@@ -102,7 +91,7 @@ class PluginRun:
             if node_id in old_ids:
                 continue
             file = f"new{len(new_layers)}.bgra"
-            _write(args, file, node.pixelData(0, 0, doc.width(), doc.height()))
+            write_output(args, file, node.pixelData(0, 0, doc.width(), doc.height()))
             new_layers.append({"id": node_id, "name": node.name(), "type": node.type(), "visible": node.visible(),
                                "bounds": _bounds(node), "file": file,
                                "color": [node.colorModel(), node.colorDepth()]})
@@ -129,14 +118,9 @@ def _modules() -> dict:
 
 
 def _picture_document(args: dict, ink: bool = True):
-    w, h = args["width"], args["height"]
-    doc = new_document(w, h, name="e2e")
-    root = doc.rootNode()
-    root.childNodes()[0].setPixelData(_read(args, "picture.bgra"), 0, 0, w, h)
+    doc = picture_document(args, name="e2e")
     if ink:
-        layer = doc.createNode("Ink", "paintlayer")
-        root.addChildNode(layer, None)
-        layer.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+        add_paint_layer(doc, "Ink", read_input(args, "ink.bgra"))
     return doc
 
 
@@ -149,15 +133,12 @@ def _settings(args: dict, **mode) -> dict:
 @entry
 def change_map_job(args: dict) -> dict:
     """Picture + Ink + a painted 'Change Map' layer -> previews -> result layer(s)."""
-    w, h = args["width"], args["height"]
     doc = _picture_document(args)
-    map_layer = doc.createNode("Change Map", "paintlayer")
-    doc.rootNode().addChildNode(map_layer, None)
-    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    map_layer = add_paint_layer(doc, "Change Map", read_input(args, "map_layer.bgra"))
     map_layer.setOpacity(128)  # as the plugin's own 'Create Change Map layer' leaves it
     run = PluginRun(doc, args["url"], _settings(args, mode="change_map"))
     job = run.controller.prepare_job()
-    _write(args, "sent_map.gray", job.map_gray8)
+    write_output(args, "sent_map.gray", job.map_gray8)
     out = run.generate(args, job)
     out["modules"] = _modules()
     doc.close()
@@ -177,7 +158,7 @@ def soft_inpaint_job(args: dict) -> dict:
     run = PluginRun(doc, args["url"], _settings(args, mode="soft_inpaint", softness_px=args["softness"], grow_px=0))
     # The job as it goes on the wire, so the test can check "map 0 = kept" against the map sent.
     job = run.controller.prepare_job()
-    _write(args, "soft_map.gray", job.map_gray8)
+    write_output(args, "soft_map.gray", job.map_gray8)
     out = run.generate(args, job)
     s = doc.selection()
     out["selection_after"] = [s.x(), s.y(), s.width(), s.height()] if s is not None else None

@@ -58,3 +58,32 @@ def layer_pixels(document) -> dict:
 
     walk(document.rootNode(), "")
     return out
+
+
+def read_input(args: dict, name: str) -> bytes:
+    """A file the test wrote into `args["in_dir"]`."""
+    with open(os.path.join(args["in_dir"], name), "rb") as f:
+        return f.read()
+
+
+def write_output(args: dict, name: str, data: bytes) -> None:
+    """A file for the test to read back from `args["out_dir"]`."""
+    with open(os.path.join(args["out_dir"], name), "wb") as f:
+        f.write(bytes(data))
+
+
+def picture_document(args: dict, name: str = "test"):
+    """A `args["width"]` x `args["height"]` document whose Background holds the test's picture.bgra."""
+    w, h = args["width"], args["height"]
+    doc = new_document(w, h, name=name)
+    doc.rootNode().childNodes()[0].setPixelData(read_input(args, "picture.bgra"), 0, 0, w, h)
+    return doc
+
+
+def add_paint_layer(document, name: str, pixels: bytes | None = None):
+    """A new paint layer on top of the stack, filled with raw BGRA `pixels` of the document's size."""
+    node = document.createNode(name, "paintlayer")
+    document.rootNode().addChildNode(node, None)
+    if pixels is not None:
+        node.setPixelData(pixels, 0, 0, document.width(), document.height())
+    return node

@@ -6,35 +6,13 @@ JSON, so the expectations are computed outside Krita, independently of the plugi
 
 from __future__ import annotations
 
-import os
-
-from kscript import entry, layer_pixels, new_document
-
-
-def _read(args: dict, name: str) -> bytes:
-    with open(os.path.join(args["in_dir"], name), "rb") as f:
-        return f.read()
-
-
-def _write(args: dict, name: str, data: bytes) -> None:
-    with open(os.path.join(args["out_dir"], name), "wb") as f:
-        f.write(bytes(data))
+from kscript import add_paint_layer, entry, layer_pixels, new_document, picture_document, read_input, write_output
 
 
 def _settings(**values):
     from krita_plugin.settings import Settings
 
     return Settings(**values).validated()
-
-
-def _picture_document(args: dict):
-    """A document whose Background holds the test's picture, plus an extra painted layer."""
-    w, h = args["width"], args["height"]
-    doc = new_document(w, h)
-    root = doc.rootNode()
-    background = root.childNodes()[0]
-    background.setPixelData(_read(args, "picture.bgra"), 0, 0, w, h)
-    return doc
 
 
 def _frames(request, inputs):
@@ -53,11 +31,8 @@ def job_from_map_layer(args: dict) -> dict:
     from krita_plugin.jobs import build_submit
     from krita_plugin.krita_io import DocumentCanvas
 
-    w, h = args["width"], args["height"]
-    doc = _picture_document(args)
-    map_layer = doc.createNode("Change Map", "paintlayer")
-    doc.rootNode().addChildNode(map_layer, None)
-    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    doc = picture_document(args)
+    add_paint_layer(doc, "Change Map", read_input(args, "map_layer.bgra"))
     before = layer_pixels(doc)
 
     canvas = DocumentCanvas(doc)
@@ -73,8 +48,8 @@ def job_from_map_layer(args: dict) -> dict:
     inputs = canvas.read_inputs(settings)
     request = build_submit(settings, inputs, seed=77, ref=5)
     message, image_frame, map_frame = _frames(request, inputs)
-    _write(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
-    _write(args, "sent_map.gray", map_frame.payload)
+    write_output(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
+    write_output(args, "sent_map.gray", map_frame.payload)
     after = {k: v for k, v in layer_pixels(doc).items() if "Selection" not in k}
     return {
         "message": message,
@@ -94,7 +69,7 @@ def soft_inpaint_map(args: dict) -> dict:
     from krita_plugin.krita_io import DocumentCanvas
 
     w, h = args["width"], args["height"]
-    doc = _picture_document(args)
+    doc = picture_document(args)
     x, y, sw, sh = args["selection"]
     selection = Selection()
     selection.select(x, y, sw, sh, 255)
@@ -104,7 +79,7 @@ def soft_inpaint_map(args: dict) -> dict:
     inputs = DocumentCanvas(doc).read_inputs(settings)
     request = build_submit(settings, inputs, seed=1)
     message, _image, map_frame = _frames(request, inputs)
-    _write(args, "soft_map.gray", map_frame.payload)
+    write_output(args, "soft_map.gray", map_frame.payload)
     s = doc.selection()
     return {"message": message, "selection_after": [s.x(), s.y(), s.width(), s.height()],
             "map_size": [map_frame.width, map_frame.height], "w": w, "h": h}
@@ -163,14 +138,10 @@ def preview_then_result(args: dict) -> dict:
     from shared.protocol import Region
 
     w, h = args["width"], args["height"]
-    doc = _picture_document(args)
+    doc = picture_document(args)
     root = doc.rootNode()
-    ink = doc.createNode("Ink", "paintlayer")
-    root.addChildNode(ink, None)
-    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
-    map_layer = doc.createNode("Change Map", "paintlayer")
-    root.addChildNode(map_layer, None)
-    map_layer.setPixelData(_read(args, "map_layer.bgra"), 0, 0, w, h)
+    add_paint_layer(doc, "Ink", read_input(args, "ink.bgra"))
+    add_paint_layer(doc, "Change Map", read_input(args, "map_layer.bgra"))
     before = layer_pixels(doc)
 
     canvas = DocumentCanvas(doc)
@@ -187,21 +158,21 @@ def preview_then_result(args: dict) -> dict:
     client.event.emit(protocol.Accepted(ref=request.ref, job_id=9, position=0, seed=40))
     snapshots = []
     for i, name in enumerate(["preview1.png", "preview2.png"]):
-        png = _read(args, name)
+        png = read_input(args, name)
         client.event.emit(protocol.Preview(job_id=9, step=i + 1, region=region, png=png, width=0, height=0))
         layers = layer_pixels(doc)
         previews = {k: v for k, v in layers.items() if PREVIEW_LAYER_NAME in k}
         node = canvas.find_node(canvas.preview_id)
-        _write(args, f"preview_layer{i + 1}.bgra", node.pixelData(0, 0, w, h))
+        write_output(args, f"preview_layer{i + 1}.bgra", node.pixelData(0, 0, w, h))
         snapshots.append({"layers": len(layers), "previews": list(previews.values())})
-    client.event.emit(protocol.Result(job_id=9, index=0, seed=40, region=region, png=_read(args, "result.png"),
+    client.event.emit(protocol.Result(job_id=9, index=0, seed=40, region=region, png=read_input(args, "result.png"),
                                       width=rw, height=rh, timings={}))
     client.event.emit(protocol.Done(job_id=9, images=1, steps_run=5, timings={"total_s": 1.0}))
     after = layer_pixels(doc)
     new = {k: v for k, v in after.items() if v["id"] not in {b["id"] for b in before.values()}}
     new_nodes = [n for n in root.childNodes() if n.uniqueId().toString() in {v["id"] for v in new.values()}]
     if new_nodes:
-        _write(args, "result_layer.bgra", new_nodes[0].pixelData(0, 0, w, h))
+        write_output(args, "result_layer.bgra", new_nodes[0].pixelData(0, 0, w, h))
     order = [n.name() for n in root.childNodes()]
     history = [[e.name, e.seed] for e in controller.history.entries]
 
@@ -227,7 +198,7 @@ def preview_then_result(args: dict) -> dict:
 def create_map_layer(args: dict) -> dict:
     from krita_plugin.krita_io import DocumentCanvas
 
-    doc = _picture_document(args)
+    doc = picture_document(args)
     before = layer_pixels(doc)
     layer_id = DocumentCanvas(doc).create_map_layer("Change Map")
     after = layer_pixels(doc)
@@ -326,10 +297,8 @@ def fan_result_applied(args: dict) -> dict:
     """Strength fan through the docker's controller: the request, the result layer's name (each
     column's strength), then Apply: exactly one new layer, every other layer untouched."""
     w, h = args["width"], args["height"]
-    doc = _picture_document(args)
-    ink = doc.createNode("Ink", "paintlayer")
-    doc.rootNode().addChildNode(ink, None)
-    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
+    doc = picture_document(args)
+    add_paint_layer(doc, "Ink", read_input(args, "ink.bgra"))
     before = layer_pixels(doc)
     controller, client, notices = _fake_controller(doc)
     if args.get("selection"):
@@ -342,7 +311,7 @@ def fan_result_applied(args: dict) -> dict:
                                prompt="dunes", random_seed=False, seed=21, region=args.get("region", "canvas"))
     assert controller.generate(), notices
     request, image_png, map_gray8 = client.submitted[0]
-    _deliver(client, request, _read(args, "result.png"), 31, 21, w, h)
+    _deliver(client, request, read_input(args, "result.png"), 31, 21, w, h)
     outcome = controller.outcomes[request.ref]
     after_result = layer_pixels(doc)
     key = controller.history.entries[0].key
@@ -364,31 +333,27 @@ def sources(args: dict) -> dict:
     from krita_plugin.krita_io import script_controller
 
     w, h = args["width"], args["height"]
-    doc = _picture_document(args)
+    doc = picture_document(args)
     root = doc.rootNode()
-    ink = doc.createNode("Ink", "paintlayer")
-    root.addChildNode(ink, None)
-    ink.setPixelData(_read(args, "ink.bgra"), 0, 0, w, h)
-    top = doc.createNode("Notes", "paintlayer")
-    root.addChildNode(top, None)
+    ink = add_paint_layer(doc, "Ink", read_input(args, "ink.bgra"))
+    top = add_paint_layer(doc, "Notes", bytes((0, 0, 255, 255)) * (w * h))
     top.setVisible(False)
-    top.setPixelData(bytes((0, 0, 255, 255)) * (w * h), 0, 0, w, h)
     before = layer_pixels(doc)
 
     c = script_controller("ws://127.0.0.1:1", document=doc, active_layer=ink)
     c.update_settings(mode="uniform", strength=0.5, source="active_layer", random_seed=False, seed=3)
     job = c.prepare_job()
-    _write(args, "active.bgra", png_to_bgra(job.image_png))
+    write_output(args, "active.bgra", png_to_bgra(job.image_png))
     above = job.inputs.source_node_id == ink.uniqueId().toString()
     c.update_settings(source="projection")
     job2 = c.prepare_job()
-    _write(args, "projection.bgra", png_to_bgra(job2.image_png))
+    write_output(args, "projection.bgra", png_to_bgra(job2.image_png))
 
     controller, client, notices = _fake_controller(doc, active_layer=ink)
     controller.update_settings(mode="uniform", strength=0.5, source="active_layer", random_seed=False, seed=3,
                                prompt="ink")
     assert controller.generate(), notices
-    _deliver(client, client.submitted[0][0], _read(args, "result.png"), 5, 3, w, h)
+    _deliver(client, client.submitted[0][0], read_input(args, "result.png"), 5, 3, w, h)
     return {"source_is_ink": above, "message": job.request.to_message(),
             "names": [n.name() for n in root.childNodes()], "before": before,
             "after": layer_pixels(doc), "source2": job2.inputs.source_node_id}
@@ -400,7 +365,7 @@ def panel_create_map(args: dict) -> dict:
     from krita_plugin.docker import DiffDiffPanel
 
     w, h = args["width"], args["height"]
-    doc = _picture_document(args)
+    doc = picture_document(args)
     before = layer_pixels(doc)
     controller, client, notices = _fake_controller(doc)
     panel = DiffDiffPanel(controller.host, controller=controller)
