@@ -109,25 +109,24 @@ class SocketThreads:
             monkeypatch.setattr(socket.socket, name, wrapper)
 
 
+def threads_calling(monkeypatch, name: str, *modules) -> list[str]:
+    """Wrap the function `name` (the first module's) in every module: the names of the threads that call it."""
+    threads: list[str] = []
+    real = getattr(modules[0], name)
+
+    def wrapper(*args):
+        threads.append(threading.current_thread().name)
+        return real(*args)
+
+    for module in modules:
+        monkeypatch.setattr(module, name, wrapper)
+    return threads
+
+
 def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeypatch):
     sockets = SocketThreads(monkeypatch)
-    encoders: list[str] = []
-    real_encode = controller_module.bgra_to_png
-
-    def encode(*args):
-        encoders.append(threading.current_thread().name)
-        return real_encode(*args)
-
-    monkeypatch.setattr(controller_module, "bgra_to_png", encode)
-    decoders: list[str] = []
-    real_decode = client_module.png_to_bgra
-
-    def decode(*args):
-        decoders.append(threading.current_thread().name)
-        return real_decode(*args)
-
-    monkeypatch.setattr(client_module, "png_to_bgra", decode)
-    monkeypatch.setattr(controller_module, "png_to_bgra", decode)
+    encoders = threads_calling(monkeypatch, "bgra_to_png", controller_module)
+    decoders = threads_calling(monkeypatch, "png_to_bgra", client_module, controller_module)
     server = ServerThread(tiny_sd).start()
     c, canvas, events = controller_for(server.url)
     try:
