@@ -18,10 +18,8 @@ from server.pipelines.flux import FluxDifferentialPipeline, pack_latents, unpack
 from server.pipelines.sd3 import make_flow_scheduler
 from shared import protocol as p
 from tests.conftest import make_test_image
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 from tests.test_server import Client, async_test, of
-
-PROMPT = "a red boat on a lake"
-NEGATIVE = "blurry"
 
 
 @pytest.fixture(scope="module")
@@ -36,32 +34,13 @@ def image() -> Image.Image:
     return make_test_image(64, 64, seed=2)
 
 
-class TransformerCalls:
-    def __init__(self, monkeypatch, transformer):
-        self.count = 0
-        forward = transformer.forward
-
-        def counting(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        monkeypatch.setattr(transformer, "forward", counting)
-
-
-def run(pipe, image, change_map, seed=0, **kwargs):
-    kwargs.setdefault("num_inference_steps", 4)
-    kwargs.setdefault("output_type", "np")
-    kwargs.setdefault("guidance_scale", 3.5)
-    return pipe(prompt=PROMPT, image=image, change_map=change_map,
-                generator=torch.Generator().manual_seed(seed), **kwargs)
+run = make_run(num_inference_steps=4, guidance_scale=3.5)
 
 
 def reference(pipe, scheduler: str | None = None) -> FluxImg2ImgPipeline:
     components = dict(pipe.components)
     components["scheduler"] = make_flow_scheduler(scheduler, pipe.scheduler)
-    ref = FluxImg2ImgPipeline(**components)
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    return quiet(FluxImg2ImgPipeline(**components))
 
 
 def test_loads_and_packs_2x2_cells_into_tokens(tiny_flux):
@@ -93,7 +72,7 @@ def test_uniform_map_equals_diffusers_img2img(tiny_flux, image, strength, schedu
 
 def test_true_cfg_with_a_negative_prompt_and_a_batch_equals_img2img(tiny_flux, image,
                                                                     monkeypatch):
-    calls = TransformerCalls(monkeypatch, tiny_flux.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_flux.transformer)
     ours = tiny_flux(prompt=PROMPT, negative_prompt=NEGATIVE, true_cfg_scale=2.0, image=image,
                      change_map=Image.new("L", (64, 64), 128), num_inference_steps=4,
                      guidance_scale=3.5, num_images_per_prompt=2, output_type="np",
@@ -119,7 +98,7 @@ def test_distilled_guidance_reaches_the_transformer(tiny_flux, image):
 # -- Algorithm 2: skipping -------------------------------------------------------------------------
 @pytest.mark.parametrize("top, steps", [(1.0, 8), (0.5, 4), (0.2, 1), (0.1, 0)])
 def test_only_floor_max_map_times_k_steps_run(tiny_flux, image, monkeypatch, top, steps):
-    calls = TransformerCalls(monkeypatch, tiny_flux.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_flux.transformer)
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -16:] = np.float32(top)
     out = run(tiny_flux, image, change_map, num_inference_steps=8)
@@ -205,7 +184,7 @@ def test_preview_hook_gets_unpacked_latents_and_a_cheap_preview(tiny_flux):
 
 
 def test_cancel_stops_before_the_next_step(tiny_flux, image, monkeypatch):
-    calls = TransformerCalls(monkeypatch, tiny_flux.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_flux.transformer)
     cancel = threading.Event()
 
     def hook(info: StepInfo) -> None:

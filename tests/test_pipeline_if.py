@@ -13,9 +13,7 @@ from diffusers import IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.deepfloyd_if import NO_SAFETY
 from tests.conftest import make_test_image
-
-PROMPT = "a red boat on a lake"
-NEGATIVE = "blurry"
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +32,10 @@ def reference(pipe):
         tokenizer=c["tokenizer"], text_encoder=c["text_encoder"], unet=c["unet_2"],
         scheduler=c["scheduler_2"], image_noising_scheduler=c["image_noising_scheduler"],
         **NO_SAFETY)
-    for p in (first, second):
-        p.set_progress_bar_config(disable=True)
-    return first, second
+    return quiet(first), quiet(second)
 
 
-class UNetCalls:
-    def __init__(self, monkeypatch, unet):
-        self.count = 0
-        forward = unet.forward
-
-        def counting(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        monkeypatch.setattr(unet, "forward", counting)
-
-
-def run(pipe, image, change_map, seed=0, **kwargs):
-    kwargs.setdefault("num_inference_steps", 10)
-    kwargs.setdefault("output_type", "np")
-    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
-                guidance_scale=7.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+run = make_run(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=7.0)
 
 
 def test_loads_through_load_pipeline(tiny_if):
@@ -99,8 +79,8 @@ def test_uniform_map_equals_diffusers_cascade_stage_1_and_2(tiny_if):
 # -- Algorithm 2 (skipping) per stage, strength 0, all-zero maps ---------------------------------
 @pytest.mark.parametrize("top", [1.0, 0.5, 0.25])
 def test_each_stage_runs_only_floor_max_map_times_k_steps(tiny_if, monkeypatch, top):
-    stage_1 = UNetCalls(monkeypatch, tiny_if.components["unet"])
-    stage_2 = UNetCalls(monkeypatch, tiny_if.components["unet_2"])
+    stage_1 = ForwardCalls(monkeypatch, tiny_if.components["unet"])
+    stage_2 = ForwardCalls(monkeypatch, tiny_if.components["unet_2"])
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -8:] = np.float32(top)  # survives the box filter down to stage I's 16 px
     out = run(tiny_if, make_test_image(), change_map, num_inference_steps=4,
@@ -126,7 +106,7 @@ def test_strength_zero_pixels_equal_the_input(tiny_if):
 
 
 def test_all_zero_map_runs_nothing(tiny_if, monkeypatch):
-    calls = UNetCalls(monkeypatch, tiny_if.components["unet"])
+    calls = ForwardCalls(monkeypatch, tiny_if.components["unet"])
     image = make_test_image()
     out = tiny_if(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
                   num_images_per_prompt=2)
@@ -162,7 +142,7 @@ def test_preview_hook_spans_both_stages_and_cancel_stops(tiny_if, monkeypatch):
     assert all(p.shape == (16, 16, 3) and p.dtype == np.uint8 for p in previews)
     assert not np.array_equal(previews[0], previews[-1])
 
-    calls = UNetCalls(monkeypatch, tiny_if.components["unet_2"])
+    calls = ForwardCalls(monkeypatch, tiny_if.components["unet_2"])
     cancel = threading.Event()
 
     def stop_in_stage_2(info: StepInfo) -> None:

@@ -13,9 +13,8 @@ from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline
 from server.pipelines import Cancelled, StepInfo
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 
-PROMPT = "a red boat on a lake"
-NEGATIVE = "blurry"
 PRIOR_STEPS = 3
 
 
@@ -35,30 +34,11 @@ def reference(pipe, scheduler: str | None = None):
         image_processor=c["image_processor"])
     sched = make_scheduler(scheduler, c["scheduler"].config) if scheduler else c["scheduler"]
     decoder = KandinskyV22Img2ImgPipeline(unet=c["unet"], scheduler=sched, movq=c["movq"])
-    for p in (prior, decoder):
-        p.set_progress_bar_config(disable=True)
-    return prior, decoder
+    return quiet(prior), quiet(decoder)
 
 
-class UNetCalls:
-    def __init__(self, monkeypatch, unet):
-        self.count = 0
-        forward = unet.forward
-
-        def counting(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        monkeypatch.setattr(unet, "forward", counting)
-
-
-def run(pipe, image, change_map, seed=0, **kwargs):
-    kwargs.setdefault("num_inference_steps", 10)
-    kwargs.setdefault("output_type", "np")
-    kwargs.setdefault("negative_prompt", NEGATIVE)
-    return pipe(prompt=PROMPT, image=image, change_map=change_map, guidance_scale=4.0,
-                generator=torch.Generator().manual_seed(seed),
-                prior_num_inference_steps=PRIOR_STEPS, **kwargs)
+run = make_run(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=4.0,
+               prior_num_inference_steps=PRIOR_STEPS)
 
 
 def test_loads_through_load_pipeline(tiny_k22):
@@ -116,7 +96,7 @@ def test_batch_equals_img2img_and_variants_reproduce_alone(tiny_k22):
 # -- Algorithm 2 (skipping), strength 0, all-zero maps -------------------------------------------
 @pytest.mark.parametrize("top, steps", [(1.0, 8), (0.5, 4), (0.3, 2)])
 def test_only_floor_max_map_times_k_steps_run(tiny_k22, monkeypatch, top, steps):
-    calls = UNetCalls(monkeypatch, tiny_k22.unet)
+    calls = ForwardCalls(monkeypatch, tiny_k22.unet)
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -8:] = np.float32(top)
     out = run(tiny_k22, make_test_image(), change_map, num_inference_steps=8,
@@ -142,8 +122,8 @@ def test_strength_zero_pixels_and_latents_equal_the_input(tiny_k22):
 
 
 def test_all_zero_map_runs_nothing(tiny_k22, monkeypatch):
-    unet = UNetCalls(monkeypatch, tiny_k22.unet)
-    prior = UNetCalls(monkeypatch, tiny_k22.components["prior"])
+    unet = ForwardCalls(monkeypatch, tiny_k22.unet)
+    prior = ForwardCalls(monkeypatch, tiny_k22.components["prior"])
     image = make_test_image()
     out = tiny_k22(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
                    num_images_per_prompt=2)
@@ -171,7 +151,7 @@ def test_preview_hook_and_cancel(tiny_k22, monkeypatch):
     assert all(p.shape == (8, 8, 3) and p.dtype == np.uint8 for p in previews)
     assert not np.array_equal(previews[0], previews[-1])
 
-    calls = UNetCalls(monkeypatch, tiny_k22.unet)
+    calls = ForwardCalls(monkeypatch, tiny_k22.unet)
     cancel = threading.Event()
 
     def stop_at_two(info: StepInfo) -> None:

@@ -16,39 +16,17 @@ from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image
-
-PROMPT = "a red boat on a lake"
-NEGATIVE = "blurry"
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 
 
 def reference_img2img(pipe, scheduler: str) -> StableDiffusionImg2ImgPipeline:
-    ref = StableDiffusionImg2ImgPipeline(
+    return quiet(StableDiffusionImg2ImgPipeline(
         **{**pipe.components, "scheduler": make_scheduler(scheduler, pipe.scheduler.config)},
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    ))
 
 
-class UNetCalls:
-    """Counts UNet forward calls (one per denoising step for first-order schedulers)."""
-
-    def __init__(self, monkeypatch, unet):
-        self.count = 0
-        forward = unet.forward
-
-        def counting(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        monkeypatch.setattr(unet, "forward", counting)
-
-
-def run(pipe, image, change_map, seed=0, **kwargs):
-    kwargs.setdefault("num_inference_steps", 10)
-    kwargs.setdefault("output_type", "np")
-    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
-                guidance_scale=7.5, generator=torch.Generator().manual_seed(seed), **kwargs)
+run = make_run(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=7.5)
 
 
 # -- uniform map == diffusers img2img --------------------------------------------------------------
@@ -116,7 +94,7 @@ def test_half_precision_equals_img2img_with_the_vae_in_fp16(test_image):
 # -- Algorithm 2: skipping -------------------------------------------------------------------------
 @pytest.mark.parametrize("top, steps", [(1.0, 12), (0.75, 9), (0.5, 6), (0.3, 3), (0.05, 0)])
 def test_only_floor_max_map_times_k_steps_run(tiny_sd, test_image, monkeypatch, top, steps):
-    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     # A gradient whose maximum is `top` (float32): the count follows the maximum only.
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -8:] = np.float32(top)
@@ -126,7 +104,7 @@ def test_only_floor_max_map_times_k_steps_run(tiny_sd, test_image, monkeypatch, 
 
 
 def test_all_zero_map_returns_input_without_unet(tiny_sd, test_image, monkeypatch):
-    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     out = tiny_sd(prompt=PROMPT, image=test_image, change_map=np.zeros((64, 64), np.float32),
                   num_inference_steps=10, num_images_per_prompt=2)
     assert calls.count == 0 and out.steps_run == 0
@@ -136,7 +114,7 @@ def test_all_zero_map_returns_input_without_unet(tiny_sd, test_image, monkeypatc
 
 
 def test_all_zero_map_as_latents_is_the_encoded_input(tiny_sd, test_image, monkeypatch):
-    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     out = tiny_sd(prompt=PROMPT, image=test_image, change_map=np.zeros((64, 64), np.float32),
                   num_inference_steps=10, num_images_per_prompt=2, output_type="latent",
                   generator=[torch.Generator().manual_seed(s) for s in (1, 2)])
@@ -195,7 +173,7 @@ def test_each_region_gets_exactly_its_last_steps_with_nested_masks(tiny_sd, monk
         return reinject(scheduler, latents, z_init, noise, t, keep)
 
     monkeypatch.setattr(tiny_sd, "reinject", recording)
-    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     out = tiny_sd(prompt=PROMPT, image=make_test_image(80, 16), change_map=change_map,
                   num_inference_steps=k, generator=torch.Generator().manual_seed(0),
                   scheduler="DDIM", output_type="latent")
@@ -343,7 +321,7 @@ def test_previews_show_the_clean_estimate(tiny_sd, test_image, scheduler):
 
 
 def test_cancel_stops_before_the_next_step(tiny_sd, test_image, monkeypatch):
-    calls = UNetCalls(monkeypatch, tiny_sd.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     cancel = threading.Event()
 
     def hook(info: StepInfo) -> None:

@@ -26,10 +26,8 @@ from server.pipelines.sd3 import (
 )
 from shared import protocol as p
 from tests.conftest import make_test_image
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 from tests.test_server import Client, async_test, of
-
-PROMPT = "a red boat on a lake"
-NEGATIVE = "blurry"
 
 
 @pytest.fixture(scope="module")
@@ -44,33 +42,13 @@ def image() -> Image.Image:
     return make_test_image(64, 64, seed=1)
 
 
-class TransformerCalls:
-    """Counts transformer forward calls (one per step: Euler is first order, CFG is batched)."""
-
-    def __init__(self, monkeypatch, transformer):
-        self.count = 0
-        forward = transformer.forward
-
-        def counting(*args, **kwargs):
-            self.count += 1
-            return forward(*args, **kwargs)
-
-        monkeypatch.setattr(transformer, "forward", counting)
-
-
-def run(pipe, image, change_map, seed=0, **kwargs):
-    kwargs.setdefault("num_inference_steps", 4)
-    kwargs.setdefault("output_type", "np")
-    return pipe(prompt=PROMPT, negative_prompt=NEGATIVE, image=image, change_map=change_map,
-                guidance_scale=4.0, generator=torch.Generator().manual_seed(seed), **kwargs)
+run = make_run(negative_prompt=NEGATIVE, num_inference_steps=4, guidance_scale=4.0)
 
 
 def reference(pipe, scheduler: str | None = None) -> StableDiffusion3Img2ImgPipeline:
     components = dict(pipe.components)
     components["scheduler"] = make_flow_scheduler(scheduler, pipe.scheduler)
-    ref = StableDiffusion3Img2ImgPipeline(**components)
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    return quiet(StableDiffusion3Img2ImgPipeline(**components))
 
 
 def test_loads_as_a_flow_matching_family(tiny_sd3):
@@ -115,7 +93,7 @@ def test_uniform_pil_map_and_batch_equal_img2img(tiny_sd3, image):
 # -- Algorithm 2: skipping -------------------------------------------------------------------------
 @pytest.mark.parametrize("top, steps", [(1.0, 8), (0.75, 6), (0.3, 2), (0.1, 0)])
 def test_only_floor_max_map_times_k_steps_run(tiny_sd3, image, monkeypatch, top, steps):
-    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_sd3.transformer)
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -16:] = np.float32(top)
     out = run(tiny_sd3, image, change_map, num_inference_steps=8)
@@ -199,7 +177,7 @@ def test_odd_sizes_come_back_at_input_size(tiny_sd3):
 
 
 def test_all_zero_map_returns_the_input_without_the_model(tiny_sd3, image, monkeypatch):
-    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_sd3.transformer)
     out = tiny_sd3(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32))
     assert calls.count == 0 and out.steps_run == 0
     assert np.array_equal(np.asarray(out.images[0]), np.asarray(image))
@@ -230,7 +208,7 @@ def test_preview_hook_reports_every_step_with_a_cheap_preview(tiny_sd3):
 
 
 def test_cancel_stops_before_the_next_step(tiny_sd3, image, monkeypatch):
-    calls = TransformerCalls(monkeypatch, tiny_sd3.transformer)
+    calls = ForwardCalls(monkeypatch, tiny_sd3.transformer)
     cancel = threading.Event()
 
     def hook(info: StepInfo) -> None:

@@ -14,7 +14,7 @@ from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
-from tests.test_pipeline_sd import NEGATIVE, PROMPT, UNetCalls
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, quiet
 
 SCHEDULERS = ("DDIM", "Euler", "Euler a", "DPM++ 2M Karras", "UniPC")
 FIRST_ORDER = ("DDIM", "Euler", "Euler a")  # one step uses only the current model output
@@ -22,25 +22,21 @@ MULTISTEP = ("DPM++ 2M Karras", "UniPC", "PNDM")  # steps also use earlier model
 
 
 def reference_base(pipe, scheduler: str) -> StableDiffusionXLImg2ImgPipeline:
-    ref = StableDiffusionXLImg2ImgPipeline(
+    return quiet(StableDiffusionXLImg2ImgPipeline(
         **{**pipe.components, "scheduler": make_scheduler(scheduler, pipe.scheduler.config)},
         requires_aesthetics_score=False, force_zeros_for_empty_prompt=True, add_watermarker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    ))
 
 
 def reference_refiner(pipe, scheduler: str) -> StableDiffusionXLImg2ImgPipeline:
     """The refiner the way diffusers runs it: its own pipeline, its own fresh scheduler."""
     refiner = pipe.refiner
-    ref = StableDiffusionXLImg2ImgPipeline(
+    return quiet(StableDiffusionXLImg2ImgPipeline(
         vae=pipe.vae, text_encoder=None, tokenizer=None, text_encoder_2=refiner.text_encoder_2,
         tokenizer_2=refiner.tokenizer_2, unet=refiner.unet,
         scheduler=make_scheduler(scheduler, pipe.scheduler.config),
         requires_aesthetics_score=True, force_zeros_for_empty_prompt=False, add_watermarker=False,
-    )
-    ref.set_progress_bar_config(disable=True)
-    return ref
+    ))
 
 
 def common(seed: int = 3) -> dict:
@@ -183,8 +179,8 @@ def test_refiner_split_with_multistep_scheduler(tiny_sdxl_refined, test_image, m
 
 
 def test_refiner_runs_the_steps_below_the_split(tiny_sdxl_refined, test_image, monkeypatch):
-    base_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.unet)
-    refiner_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
+    base_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.unet)
+    refiner_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
     change_map = np.full((64, 64), 0.7, dtype=np.float32)
     # 7 of 10 steps run (indices 3..9); with leading spacing, indices 0..7 are at or above 0.8's
     # cutoff (timestep 200): base runs 3..7, the refiner 8..9.
@@ -210,8 +206,8 @@ def test_regions_get_their_last_steps_across_the_base_refiner_switch(tiny_sdxl_r
         return reinject(scheduler, latents, z_init, noise, t, keep)
 
     monkeypatch.setattr(tiny_sdxl_refined, "reinject", recording)
-    base_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.unet)
-    refiner_calls = UNetCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
+    base_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.unet)
+    refiner_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
     tiny_sdxl_refined(image=make_test_image(32, 16), change_map=change_map, scheduler="Euler",
                       refiner_split=0.8, output_type="latent",
                       callback=lambda info: unets.append((base_calls.count, refiner_calls.count)),
@@ -236,7 +232,7 @@ def test_refiner_split_is_checked(tiny_sdxl, tiny_sdxl_refined, test_image):
 # -- Algorithms 1 + 2 on SDXL -------------------------------------------------------------------------
 @pytest.mark.parametrize("top, steps", [(1.0, 12), (0.5, 6), (0.3, 3), (0.05, 0)])
 def test_sdxl_runs_only_floor_max_map_times_k_steps(tiny_sdxl, test_image, monkeypatch, top, steps):
-    calls = UNetCalls(monkeypatch, tiny_sdxl.unet)
+    calls = ForwardCalls(monkeypatch, tiny_sdxl.unet)
     change_map = np.tile(np.linspace(0, top, 64, dtype=np.float32), (64, 1))
     change_map[:, -8:] = np.float32(top)
     out = tiny_sdxl(image=test_image, change_map=change_map, scheduler="DPM++ 2M Karras",

@@ -1,0 +1,89 @@
+"""What the pipeline tests (tests/test_pipeline_*.py) share: the prompt, a model-call counter,
+a seeded runner, diffusers reference pipelines, and a job over the real server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from server.app import ServerConfig, run_server
+from shared import protocol as p
+from tests.conftest import make_test_image
+from tests.test_server import Client, decode, of
+
+PROMPT = "a red boat on a lake"
+NEGATIVE = "blurry"
+
+
+class ForwardCalls:
+    """Counts a model's forward calls (a UNet's or a transformer's: one per step for first-order
+    schedulers, classifier-free guidance batched)."""
+
+    def __init__(self, monkeypatch, model):
+        self.count = 0
+        forward = model.forward
+
+        def counting(*args, **kwargs):
+            self.count += 1
+            return forward(*args, **kwargs)
+
+        monkeypatch.setattr(model, "forward", counting)
+
+
+def make_run(**defaults: Any):
+    """``run(pipe, image, change_map, seed=0, **kwargs)``: the pipeline on ``PROMPT`` with a
+    seeded generator, ``output_type="np"`` and the family's ``defaults`` unless overridden."""
+
+    def run(pipe, image, change_map, seed=0, **kwargs):
+        kwargs = {"output_type": "np", **defaults, **kwargs}
+        return pipe(prompt=PROMPT, image=image, change_map=change_map,
+                    generator=torch.Generator().manual_seed(seed), **kwargs)
+
+    return run
+
+
+def quiet(pipe):
+    """A diffusers reference pipeline without its progress bar."""
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+# -- a job over the real server --------------------------------------------------------------------
+def half_changed(seed: int, width: int = 80, height: int = 48) -> tuple[Image.Image, np.ndarray]:
+    """A test image and a change map that keeps the left half and changes the right half."""
+    change = np.zeros((height, width), np.uint8)
+    change[:, width // 2 :] = 255
+    return make_test_image(width, height, seed=seed), change
+
+
+async def server_job(pipe, model: str, image: Image.Image, change: np.ndarray,
+                     **submit: Any) -> tuple[list, set[str]]:
+    """One job through the in-process server on loopback: its events, and the families the
+    server advertised to the client."""
+    config = ServerConfig(model=model, port=0)
+    async with run_server(config, lambda name: pipe) as server:
+        client = await Client.connect(server)
+        families = set(client.session.capabilities.families)
+        await client.submit(image, change, **submit)
+        accepted = await client.accepted()
+        events = await client.until_end(accepted.job_id)
+        await client.close()
+    return events, families
+
+
+def kept_part_exact(events: list, image: Image.Image) -> tuple[np.ndarray, np.ndarray, int]:
+    """The job ended with one result cropped to the edited region (the right half, plus a margin)
+    whose kept columns equal the input's: returns (result, input there, kept columns)."""
+    assert isinstance(events[-1], p.Done), events[-1]
+    (result,) = of(events, p.Result)
+    box = result.region
+    got = decode(result.png)
+    assert got.shape == (box.height, box.width, 3) == (result.height, result.width, 3)
+    source = np.asarray(image)[box.y : box.y + box.height, box.x : box.x + box.width]
+    kept = image.width // 2 - box.x
+    assert kept > 0 and box.x + box.width == image.width
+    np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
+    return got, source, kept
