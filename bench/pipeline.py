@@ -46,6 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/pipeline.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.common import load_average, progress, torch_threads  # noqa: E402
+
 SKIP_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT = "an oil painting of a harbour at dusk"
@@ -207,10 +209,6 @@ def _synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
 def measure_times(
     cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmed_up: bool = False
 ) -> dict[str, list[float]]:
@@ -300,13 +298,10 @@ def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
 
 def _memory_child(settings_json: str) -> None:
     settings = Settings(**json.loads(settings_json))
-    if settings.threads:
-        import torch
-
-        torch.set_num_threads(settings.threads)
-    pipe, reference = load(settings)
-    cases = make_cases(pipe, reference, settings)
-    print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
+    with torch_threads(settings.threads):
+        pipe, reference = load(settings)
+        cases = make_cases(pipe, reference, settings)
+        print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -328,9 +323,9 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
     report.steps_run = {name: out.steps_run for name, out in outputs.items() if name.startswith("ours")}
     del outputs
-    report.load_average = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    report.load_average = load_average()
     report.samples = measure_times(cases, settings.repeats, settings.device, warmed_up=True)
-    report.load_average = max(report.load_average, os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0)
+    report.load_average = max(report.load_average, load_average())
     report.medians = {name: statistics.median(values) for name, values in report.samples.items()}
     if memory:
         progress("measuring peak memory")
@@ -444,13 +439,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if steps < 1 or repeats < 1 or (args.size is not None and args.size < 8):
         parser.error("--steps and --repeats must be at least 1, --size at least 8")
     threads = args.threads or (1 if args.quick else None)
-    if threads:
-        import torch
-
-        # On a shared CPU, OpenMP's thread barriers stall whenever one of its threads is descheduled
-        # (runs 10-100x slower, seen here); one thread per process measures the work, not the waiting.
-        torch.set_num_threads(threads)
-
     settings = Settings(
         model=args.model, device=args.device, steps=steps, repeats=repeats, strength=args.strength,
         guidance_scale=args.guidance_scale, scheduler=args.scheduler, threads=threads,
@@ -461,10 +449,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings.size = 64
     elif not settings.model.startswith("tiny-"):
         settings.size = 0  # native resolution, set once the model is loaded
-    pipes = load(settings)
-    if settings.size == 0:
-        settings.size = pipes[0].native_resolution
-    report = run_benchmark(settings, memory=not args.no_memory, pipes=pipes)
+    with torch_threads(threads):  # one thread on a shared CPU: see bench.common.torch_threads
+        pipes = load(settings)
+        if settings.size == 0:
+            settings.size = pipes[0].native_resolution
+        report = run_benchmark(settings, memory=not args.no_memory, pipes=pipes)
     print(format_report(report))
     print(summary_line(report))
     return 0

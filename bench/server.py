@@ -49,6 +49,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/server.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
+from bench.common import load_average, progress, torch_threads  # noqa: E402
+
 PROMPT = "an oil painting of a harbour at dusk"
 NEGATIVE = "blurry"
 
@@ -119,10 +121,6 @@ class Report:
             "worker_run_s": statistics.median(self.worker_run_s),
             "result_max_diff": float(self.result_max_diff),
         }
-
-
-def progress(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def make_inputs(size: int) -> tuple[bytes, bytes, Any]:
@@ -309,7 +307,7 @@ async def run_benchmark_async(settings: Settings) -> Report:
         ours = np.asarray(output.images[0].convert("RGB"), dtype=np.int16)
         report.result_max_diff = int(np.abs(theirs - ours).max()) if theirs.shape == ours.shape else 255
         progress("warm-up done")
-        report.load_average = _load_average()
+        report.load_average = load_average()
 
         for round_index in range(settings.repeats):
             order = ("server", "direct") if round_index % 2 == 0 else ("direct", "server")
@@ -328,12 +326,8 @@ async def run_benchmark_async(settings: Settings) -> Report:
                     report.direct_s.append(seconds)
             progress(f"round {round_index + 1}/{settings.repeats} timed")
         await client.close()
-    report.load_average = max(report.load_average, _load_average())
+    report.load_average = max(report.load_average, load_average())
     return report
-
-
-def _load_average() -> float:
-    return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
 def run_benchmark(settings: Settings) -> Report:
@@ -419,12 +413,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         seed=args.seed, threads=args.threads or (1 if args.quick else None),
         client_process=not args.in_process_client,
     )
-    if settings.threads:
-        import torch
-
-        # A shared CPU stalls OpenMP's thread barriers (see bench/pipeline.py); one thread measures the work.
-        torch.set_num_threads(settings.threads)
-    report = run_benchmark(settings)
+    with torch_threads(settings.threads):  # one thread on a shared CPU: see bench.common.torch_threads
+        report = run_benchmark(settings)
     print(format_report(report))
     print(summary_line(report))
     return 0

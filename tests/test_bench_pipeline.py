@@ -10,28 +10,18 @@ import pytest
 import torch
 
 from bench import pipeline as bench
+from bench.common import read_summary_line
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def restore_threads():
+def test_smallest_run_prints_the_table_and_a_parseable_last_line(capsys) -> None:
     threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def last_line_pairs(output: str) -> dict[str, float]:
-    last = output.strip().splitlines()[-1]
-    pairs = dict(pair.split("=", 1) for pair in last.split())
-    return {name: float(value) for name, value in pairs.items()}
-
-
-def test_smallest_run_prints_the_table_and_a_parseable_last_line(capsys, restore_threads) -> None:
     code = bench.main(["--size", "40", "--steps", "10", "--repeats", "1", "--threads", "1"])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
     out = capsys.readouterr().out
-    values = last_line_pairs(out)
+    values = read_summary_line(out)
     expected = {"overhead", "fan5", "mem_overhead_mb"} | {f"skip_{v:g}" for v in bench.SKIP_LEVELS}
     assert expected <= set(values)
     assert all(math.isfinite(v) for v in values.values())

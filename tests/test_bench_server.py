@@ -9,24 +9,19 @@ import pytest
 import torch
 
 from bench import server as bench
+from bench.common import read_summary_line
 
 pytestmark = pytest.mark.timeout(300)
 
 
-@pytest.fixture
-def restore_threads():
+def test_smallest_run_prints_the_table_and_a_parseable_last_line(capsys) -> None:
     threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)
-
-
-def test_smallest_run_prints_the_table_and_a_parseable_last_line(capsys, restore_threads) -> None:
     code = bench.main(["--size", "64", "--steps", "4", "--repeats", "1", "--preview-every", "1",
                        "--threads", "1"])
     assert code == 0
+    assert torch.get_num_threads() == threads  # --threads holds for the run only
     out = capsys.readouterr().out
-    last = out.strip().splitlines()[-1]
-    values = {name: float(value) for name, value in (pair.split("=", 1) for pair in last.split())}
+    values = read_summary_line(out)
     assert {"server_overhead", "first_preview_s", "server_s", "direct_s", "result_max_diff"} <= set(values)
     assert all(math.isfinite(v) and v >= 0 for v in values.values())
     # The server's result is the direct call's picture, pixel for pixel.
