@@ -16,25 +16,25 @@ import pytest
 from PIL import Image
 
 
-@pytest.fixture(scope="session")
-def tiny_sd():
-    from server.models import load_pipeline
+def tiny_model(model: str, scope: str, **kwargs):
+    """A fixture that loads the built-in tiny ``model`` once per ``scope``."""
 
-    return load_pipeline("tiny-sd")
+    def load():
+        from server.models import load_pipeline
 
+        return load_pipeline(model, **kwargs)
 
-@pytest.fixture(scope="session")
-def tiny_sdxl():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-sdxl")
+    return pytest.fixture(load, scope=scope)
 
 
-@pytest.fixture(scope="session")
-def tiny_sdxl_refined():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-sdxl", refiner="tiny-sdxl-refiner")
+tiny_sd = tiny_model("tiny-sd", "session")
+tiny_sdxl = tiny_model("tiny-sdxl", "session")
+tiny_sdxl_refined = tiny_model("tiny-sdxl", "session", refiner="tiny-sdxl-refiner")
+# The other families: loaded by each test module that uses them, and let go after it.
+tiny_sd3 = tiny_model("tiny-sd3", "module")
+tiny_flux = tiny_model("tiny-flux", "module")
+tiny_if = tiny_model("tiny-if", "module")
+tiny_k22 = tiny_model("tiny-kandinsky22", "module")
 
 
 def make_test_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.Image:

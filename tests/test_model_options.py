@@ -30,20 +30,6 @@ STAGE_2 = p.OptionSpec("stage_2", "bool", True, label="Stage II")
 STEPS_2 = p.OptionSpec("num_inference_steps_2", "int", None, 1, 200, label="Stage II steps")
 
 
-@pytest.fixture(scope="module")
-def tiny_if():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-if")
-
-
-@pytest.fixture(scope="module")
-def tiny_sd3():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-sd3")
-
-
 # -- protocol (unit) -------------------------------------------------------------------------------
 
 

@@ -23,13 +23,6 @@ from tests.test_server import Client, async_test, of
 
 
 @pytest.fixture(scope="module")
-def tiny_flux():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-flux")
-
-
-@pytest.fixture(scope="module")
 def image() -> Image.Image:
     return make_test_image(64, 64, seed=2)
 

@@ -16,13 +16,6 @@ from tests.conftest import make_test_image
 from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
 
 
-@pytest.fixture(scope="module")
-def tiny_if():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-if")
-
-
 def reference(pipe):
     """diffusers' stage I and stage II img2img pipelines on the very same components."""
     c = pipe.components

@@ -18,13 +18,6 @@ from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, qui
 PRIOR_STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_k22():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-kandinsky22")
-
-
 def reference(pipe, scheduler: str | None = None):
     """diffusers' prior and img2img decoder on the very same components."""
     c = pipe.components

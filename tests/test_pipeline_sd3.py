@@ -31,13 +31,6 @@ from tests.test_server import Client, async_test, of
 
 
 @pytest.fixture(scope="module")
-def tiny_sd3():
-    from server.models import load_pipeline
-
-    return load_pipeline("tiny-sd3")
-
-
-@pytest.fixture(scope="module")
 def image() -> Image.Image:
     return make_test_image(64, 64, seed=1)
 
