@@ -13,7 +13,16 @@ from diffusers import IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.deepfloyd_if import NO_SAFETY
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
+from tests.pipeline_helpers import (
+    NEGATIVE,
+    PROMPT,
+    ForwardCalls,
+    half_changed,
+    kept_part_exact,
+    make_run,
+    quiet,
+    server_job,
+)
 
 
 def reference(pipe):
@@ -163,35 +172,15 @@ def test_bad_arguments_raise_value_errors(tiny_if):
 def test_a_job_over_the_real_server_returns_the_right_size(tiny_if):
     import asyncio
 
-    from server.app import ServerConfig, run_server
     from shared import protocol as p
-    from tests.test_server import Client, decode, of
+    from tests.test_server import decode, of
 
-    image = make_test_image(80, 48, seed=2)
-    change = np.zeros((48, 80), np.uint8)
-    change[:, 40:] = 255
-
-    async def job() -> list:
-        config = ServerConfig(model="tiny-if", port=0)
-        async with run_server(config, lambda name: tiny_if) as server:
-            client = await Client.connect(server)
-            assert {"if", "kandinsky22"} <= set(client.session.capabilities.families)
-            await client.submit(image, change, steps=4, seed=5, preview_every=1)
-            accepted = await client.accepted()
-            events = await client.until_end(accepted.job_id)
-            await client.close()
-            return events
-
-    events = asyncio.run(job())
-    assert isinstance(events[-1], p.Done), events[-1]
-    (result,) = of(events, p.Result)
-    got, region = decode(result.png), result.region  # the server crops to the edited region
-    assert got.shape == (region.height, region.width, 3) == (result.height, result.width, 3)
-    source = np.asarray(image)[region.y : region.y + region.height,
-                               region.x : region.x + region.width]
-    kept = 40 - region.x
-    assert kept > 0 and region.x + region.width == 80
-    np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
+    image, change = half_changed(seed=2)
+    events, families = asyncio.run(server_job(tiny_if, "tiny-if", image, change, steps=4,
+                                              seed=5, preview_every=1))
+    assert {"if", "kandinsky22"} <= families
+    # The server crops to the edited region; the kept part is exact.
+    got, source, kept = kept_part_exact(events, image)
     assert not np.array_equal(got[:, kept + 4 :], source[:, kept + 4 :])
     assert of(events, p.Preview) and all(decode(e.png).shape[2] == 3
                                          for e in of(events, p.Preview))

@@ -13,7 +13,16 @@ from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline
 from server.pipelines import Cancelled, StepInfo
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
+from tests.pipeline_helpers import (
+    NEGATIVE,
+    PROMPT,
+    ForwardCalls,
+    half_changed,
+    kept_part_exact,
+    make_run,
+    quiet,
+    server_job,
+)
 
 PRIOR_STEPS = 3
 
@@ -172,35 +181,15 @@ def test_bad_arguments_raise_value_errors(tiny_k22):
 def test_a_job_over_the_real_server_returns_the_right_size(tiny_k22):
     import asyncio
 
-    from server.app import ServerConfig, run_server
     from shared import protocol as p
-    from tests.test_server import Client, decode, of
+    from tests.test_server import of
 
-    image = make_test_image(80, 48, seed=2)
-    change = np.zeros((48, 80), np.uint8)
-    change[:, 40:] = 255
-
-    async def job() -> list:
-        config = ServerConfig(model="tiny-kandinsky22", port=0)
-        async with run_server(config, lambda name: tiny_k22) as server:
-            client = await Client.connect(server)
-            assert "kandinsky22" in client.session.capabilities.families
-            await client.submit(image, change, steps=4, seed=5, preview_every=1)
-            accepted = await client.accepted()
-            events = await client.until_end(accepted.job_id)
-            await client.close()
-            return events
-
-    events = asyncio.run(job())
-    assert isinstance(events[-1], p.Done), events[-1]
-    (result,) = of(events, p.Result)
-    got, region = decode(result.png), result.region  # the server crops to the edited region
-    assert got.shape == (region.height, region.width, 3) == (result.height, result.width, 3)
-    source = np.asarray(image)[region.y : region.y + region.height,
-                               region.x : region.x + region.width]
-    kept = 40 - region.x
-    assert kept > 0 and region.x + region.width == 80
-    np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
+    image, change = half_changed(seed=2)
+    events, families = asyncio.run(server_job(tiny_k22, "tiny-kandinsky22", image, change, steps=4,
+                                              seed=5, preview_every=1))
+    assert "kandinsky22" in families
+    # The server crops to the edited region; the kept part is exact.
+    got, source, kept = kept_part_exact(events, image)
     assert not np.array_equal(got[:, kept + 4 :], source[:, kept + 4 :])
     assert of(events, p.Preview)
 

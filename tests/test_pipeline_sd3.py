@@ -6,7 +6,6 @@ The loop itself (``server.pipelines.sd3``) is shared with Flux; Flux's packing i
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import threading
@@ -17,7 +16,6 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPipeline
 from PIL import Image
 
-from server.app import ServerConfig, run_server
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.sd3 import (
     FLOW_SCHEDULER_NAMES,
@@ -26,8 +24,17 @@ from server.pipelines.sd3 import (
 )
 from shared import protocol as p
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
-from tests.test_server import Client, async_test, of
+from tests.pipeline_helpers import (
+    NEGATIVE,
+    PROMPT,
+    ForwardCalls,
+    half_changed,
+    kept_part_exact,
+    make_run,
+    quiet,
+    server_job,
+)
+from tests.test_server import async_test, of
 
 
 @pytest.fixture(scope="module")
@@ -229,29 +236,14 @@ def test_flow_schedulers_run_and_sd_only_ones_are_refused(tiny_sd3, image):
 # -- through the real server -----------------------------------------------------------------------
 @async_test
 async def test_a_job_through_the_server_returns_the_pipelines_result_at_full_size(tiny_sd3):
-    image = make_test_image(80, 48, seed=4)  # not a multiple of 16: padded and cropped back
-    change = np.zeros((48, 80), np.uint8)
-    change[:, 40:] = 255
-    config = ServerConfig(model="tiny-sd3", port=0)
-    async with run_server(config, lambda name: tiny_sd3) as server:
-        assert "sd3" in server.capabilities.families
-        client = await Client.connect(server)
-        await client.submit(image, change, steps=3, seed=11, preview_every=1)
-        accepted = await client.accepted()
-        events = await client.until_end(accepted.job_id)
-        await client.close()
-    assert isinstance(events[-1], p.Done), events[-1]
-    assert events[-1].steps_run == 3
+    image, change = half_changed(seed=4)  # 80 x 48, not a multiple of 16: padded and cropped
+    events, families = await server_job(tiny_sd3, "tiny-sd3", image, change, steps=3, seed=11,
+                                        preview_every=1)
+    assert "sd3" in families
+    # The server ran only the edited region (plus a margin); the kept part is exact.
+    got, source, kept = kept_part_exact(events, image)
+    assert events[-1].steps_run == 3 and got.shape[0] == 48
     assert of(events, p.Preview)  # cheap latent previews went out
-    (result,) = of(events, p.Result)
-    box = result.region  # the server ran only the edited region (plus a margin)
-    assert (result.width, result.height) == (box.width, box.height)
-    assert box.x < 40 and box.x + box.width == 80 and box.height == 48
-    got = np.asarray(Image.open(io.BytesIO(result.png)).convert("RGB"))
-    source = np.asarray(image)[box.y: box.y + box.height, box.x: box.x + box.width]
-    kept = 40 - box.x
-    assert got.shape == source.shape
-    assert np.array_equal(got[:, :kept], source[:, :kept])  # the kept part exact
     assert np.abs(got[:, kept + 8:].astype(int) - source[:, kept + 8:]).mean() > 10
 
 
