@@ -3,6 +3,8 @@ a seeded runner, diffusers reference pipelines, and a job over the real server."
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 from PIL import Image
 
 from server.app import ServerConfig, run_server
+from server.pipelines import StepInfo
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.test_server import Client, decode, of
@@ -87,3 +90,28 @@ def kept_part_exact(events: list, image: Image.Image) -> tuple[np.ndarray, np.nd
     assert kept > 0 and box.x + box.width == image.width
     np.testing.assert_array_equal(got[:, :kept], source[:, :kept])
     return got, source, kept
+
+
+# -- step hooks ------------------------------------------------------------------------------------
+class StepRecorder:
+    """A step hook that keeps every :class:`StepInfo` (``seen``) and its preview (``previews``)."""
+
+    def __init__(self) -> None:
+        self.seen: list[StepInfo] = []
+        self.previews: list[np.ndarray] = []
+
+    def __call__(self, info: StepInfo) -> None:
+        self.seen.append(info)
+        self.previews.append(info.preview())
+
+
+def cancel_when(condition: Callable[[StepInfo], bool]) -> tuple[threading.Event, Callable]:
+    """A cancel event and a step hook that sets it after the first step where ``condition``
+    holds."""
+    cancel = threading.Event()
+
+    def hook(info: StepInfo) -> None:
+        if condition(info):
+            cancel.set()
+
+    return cancel, hook

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -11,20 +10,14 @@ import torch
 from diffusers import FluxImg2ImgPipeline
 from PIL import Image
 
-from server.pipelines import Cancelled, StepInfo
+from server.pipelines import Cancelled
 from server.pipelines.flux import FluxDifferentialPipeline, pack_latents, unpack_latents
 from server.pipelines.sd3 import make_flow_scheduler
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE,
-    PROMPT,
-    ForwardCalls,
-    half_changed,
-    kept_part_exact,
-    make_run,
-    quiet,
-    server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
+    half_changed, kept_part_exact, make_run, quiet, server_job,
 )
 from tests.test_server import async_test, of
 
@@ -168,12 +161,8 @@ def test_batch_variants_reproduce_alone_and_odd_sizes_work(tiny_flux):
 
 # -- hooks -----------------------------------------------------------------------------------------
 def test_preview_hook_gets_unpacked_latents_and_a_cheap_preview(tiny_flux):
-    seen: list[StepInfo] = []
-    previews = []
-
-    def hook(info: StepInfo) -> None:
-        seen.append(info)
-        previews.append(info.preview())
+    hook = StepRecorder()
+    seen, previews = hook.seen, hook.previews
 
     tiny_flux(prompt=PROMPT, image=make_test_image(60, 44), change_map=np.ones((44, 60)),
               num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback=hook)
@@ -185,11 +174,7 @@ def test_preview_hook_gets_unpacked_latents_and_a_cheap_preview(tiny_flux):
 
 def test_cancel_stops_before_the_next_step(tiny_flux, image, monkeypatch):
     calls = ForwardCalls(monkeypatch, tiny_flux.transformer)
-    cancel = threading.Event()
-
-    def hook(info: StepInfo) -> None:
-        if info.step == 1:
-            cancel.set()
+    cancel, hook = cancel_when(lambda info: info.step == 1)
 
     with pytest.raises(Cancelled):
         tiny_flux(prompt=PROMPT, image=image, change_map=np.ones((64, 64), np.float32),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -14,14 +13,8 @@ from server.pipelines import Cancelled, StepInfo
 from server.pipelines.deepfloyd_if import NO_SAFETY
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE,
-    PROMPT,
-    ForwardCalls,
-    half_changed,
-    kept_part_exact,
-    make_run,
-    quiet,
-    server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
+    half_changed, kept_part_exact, make_run, quiet, server_job,
 )
 
 
@@ -129,12 +122,8 @@ def test_batch_variants_differ_and_reproduce_alone(tiny_if):
 
 
 def test_preview_hook_spans_both_stages_and_cancel_stops(tiny_if, monkeypatch):
-    seen: list[StepInfo] = []
-    previews = []
-
-    def hook(info: StepInfo) -> None:
-        seen.append(info)
-        previews.append(info.preview())
+    hook = StepRecorder()
+    seen, previews = hook.seen, hook.previews
 
     run(tiny_if, make_test_image(), np.full((64, 64), 0.5, np.float32), callback=hook,
         num_inference_steps=6)
@@ -145,11 +134,7 @@ def test_preview_hook_spans_both_stages_and_cancel_stops(tiny_if, monkeypatch):
     assert not np.array_equal(previews[0], previews[-1])
 
     calls = ForwardCalls(monkeypatch, tiny_if.components["unet_2"])
-    cancel = threading.Event()
-
-    def stop_in_stage_2(info: StepInfo) -> None:
-        if info.step == 5:
-            cancel.set()
+    cancel, stop_in_stage_2 = cancel_when(lambda info: info.step == 5)
 
     with pytest.raises(Cancelled):
         run(tiny_if, make_test_image(), np.ones((64, 64), np.float32), num_inference_steps=3,
@@ -210,11 +195,7 @@ def test_stage_3_upscales_stage_2s_result_as_usual(tiny_if):
     assert final.images.shape == (1, 64, 64, 3)  # back at the input's size
     assert [(i.step, i.stage) for i in seen] == [(1, 1), (2, 2), (3, 3), (4, 3)]
     assert all(i.total == 4 and i.preview().shape == (16, 16, 3) for i in seen)
-    cancel = threading.Event()
-
-    def stop_in_stage_3(info: StepInfo) -> None:
-        if info.stage == 3:
-            cancel.set()
+    cancel, stop_in_stage_3 = cancel_when(lambda info: info.stage == 3)
 
     with pytest.raises(Cancelled):
         pipe(**kwargs, callback=stop_in_stage_3, cancel=cancel)

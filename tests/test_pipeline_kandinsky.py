@@ -3,25 +3,18 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
 import torch
 from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline
 
-from server.pipelines import Cancelled, StepInfo
+from server.pipelines import Cancelled
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE,
-    PROMPT,
-    ForwardCalls,
-    half_changed,
-    kept_part_exact,
-    make_run,
-    quiet,
-    server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
+    half_changed, kept_part_exact, make_run, quiet, server_job,
 )
 
 PRIOR_STEPS = 3
@@ -140,12 +133,8 @@ def test_all_zero_map_runs_nothing(tiny_k22, monkeypatch):
 
 # -- hooks -----------------------------------------------------------------------------------------
 def test_preview_hook_and_cancel(tiny_k22, monkeypatch):
-    seen: list[StepInfo] = []
-    previews = []
-
-    def hook(info: StepInfo) -> None:
-        seen.append(info)
-        previews.append(info.preview())
+    hook = StepRecorder()
+    seen, previews = hook.seen, hook.previews
 
     image = make_test_image(60, 60)
     run(tiny_k22, image, np.full((60, 60), 0.5, np.float32), callback=hook)
@@ -154,11 +143,7 @@ def test_preview_hook_and_cancel(tiny_k22, monkeypatch):
     assert not np.array_equal(previews[0], previews[-1])
 
     calls = ForwardCalls(monkeypatch, tiny_k22.unet)
-    cancel = threading.Event()
-
-    def stop_at_two(info: StepInfo) -> None:
-        if info.step == 2:
-            cancel.set()
+    cancel, stop_at_two = cancel_when(lambda info: info.step == 2)
 
     with pytest.raises(Cancelled):
         run(tiny_k22, make_test_image(), np.ones((64, 64), np.float32), num_inference_steps=6,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, make_run, quiet
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, make_run, quiet
 
 
 def reference_img2img(pipe, scheduler: str) -> StableDiffusionImg2ImgPipeline:
@@ -287,12 +286,8 @@ def test_bad_arguments_raise_value_errors(tiny_sd, test_image):
 
 # -- hooks -----------------------------------------------------------------------------------------
 def test_preview_hook_reports_every_step(tiny_sd, test_image):
-    seen: list[StepInfo] = []
-    previews = []
-
-    def hook(info: StepInfo) -> None:
-        seen.append(info)
-        previews.append(info.preview())
+    hook = StepRecorder()
+    seen, previews = hook.seen, hook.previews
 
     change_map = np.full((60, 60), 0.5, np.float32)
     tiny_sd(prompt=PROMPT, image=test_image.resize((60, 60)), change_map=change_map,
@@ -322,11 +317,7 @@ def test_previews_show_the_clean_estimate(tiny_sd, test_image, scheduler):
 
 def test_cancel_stops_before_the_next_step(tiny_sd, test_image, monkeypatch):
     calls = ForwardCalls(monkeypatch, tiny_sd.unet)
-    cancel = threading.Event()
-
-    def hook(info: StepInfo) -> None:
-        if info.step == 2:
-            cancel.set()
+    cancel, hook = cancel_when(lambda info: info.step == 2)
 
     with pytest.raises(Cancelled):
         tiny_sd(prompt=PROMPT, image=test_image, change_map=np.ones((64, 64), np.float32),

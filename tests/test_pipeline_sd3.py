@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import math
-import threading
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPipeline
 from PIL import Image
 
-from server.pipelines import Cancelled, StepInfo
+from server.pipelines import Cancelled
 from server.pipelines.sd3 import (
     FLOW_SCHEDULER_NAMES,
     StableDiffusion3DifferentialPipeline,
@@ -25,14 +24,8 @@ from server.pipelines.sd3 import (
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE,
-    PROMPT,
-    ForwardCalls,
-    half_changed,
-    kept_part_exact,
-    make_run,
-    quiet,
-    server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
+    half_changed, kept_part_exact, make_run, quiet, server_job,
 )
 from tests.test_server import async_test, of
 
@@ -192,12 +185,8 @@ def test_all_zero_map_returns_the_input_without_the_model(tiny_sd3, image, monke
 
 # -- hooks, schedulers, errors ---------------------------------------------------------------------
 def test_preview_hook_reports_every_step_with_a_cheap_preview(tiny_sd3):
-    seen: list[StepInfo] = []
-    previews = []
-
-    def hook(info: StepInfo) -> None:
-        seen.append(info)
-        previews.append(info.preview())
+    hook = StepRecorder()
+    seen, previews = hook.seen, hook.previews
 
     tiny_sd3(prompt=PROMPT, image=make_test_image(60, 44), change_map=np.ones((44, 60)),
              num_inference_steps=3, generator=torch.Generator().manual_seed(0), callback=hook)
@@ -209,11 +198,7 @@ def test_preview_hook_reports_every_step_with_a_cheap_preview(tiny_sd3):
 
 def test_cancel_stops_before_the_next_step(tiny_sd3, image, monkeypatch):
     calls = ForwardCalls(monkeypatch, tiny_sd3.transformer)
-    cancel = threading.Event()
-
-    def hook(info: StepInfo) -> None:
-        if info.step == 2:
-            cancel.set()
+    cancel, hook = cancel_when(lambda info: info.step == 2)
 
     with pytest.raises(Cancelled):
         tiny_sd3(prompt=PROMPT, image=image, change_map=np.ones((64, 64), np.float32),
