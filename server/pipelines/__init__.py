@@ -104,6 +104,12 @@ def check_call_args(image: Any, change_map: Any, output_type: str, num_inference
     return k, batch
 
 
+def check_generators(generator: Generator, batch: int) -> None:
+    """One generator for the whole batch, or one per image."""
+    if isinstance(generator, list) and len(generator) != batch:
+        raise ValueError(f"Got {len(generator)} generators for {batch} images; pass one per image.")
+
+
 def check_image(image: Any) -> None:
     """A non-empty PIL image, or a message saying what is wrong."""
     if not isinstance(image, Image.Image):
@@ -199,7 +205,8 @@ def output_images(generated: np.ndarray, output_type: str) -> Any:
 
 # -- components ------------------------------------------------------------------------------------
 class HelperPipeline:
-    """The components of a pipeline built on one diffusers pipeline (``self.helper``).
+    """The components of a pipeline built on one diffusers pipeline (``self.helper``), and the
+    re-injection step of Algorithm 1 (``add_noise``; flow-matching families override it).
 
     ``model_name`` names the helper's denoising model (``"unet"`` or ``"transformer"``): a run
     uses its device, and moving to its own dtype is no cast."""
@@ -227,3 +234,11 @@ class HelperPipeline:
             dtype = None  # diffusers warns on every dtype cast, even a no-op one
         self.helper.to(device=device, dtype=dtype)
         return self
+
+    def reinject(
+        self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor, noise: torch.Tensor,
+        t: torch.Tensor, keep: torch.Tensor,
+    ) -> torch.Tensor:
+        """Regions whose own run has not started yet go back to the original, noised to ``t``."""
+        noised = scheduler.add_noise(z_init, noise, t.repeat(z_init.shape[0]))
+        return torch.where(keep, noised, latents)

@@ -41,6 +41,7 @@ from server.pipelines import (
     HelperPipeline,
     StepInfo,
     check_call_args,
+    check_generators,
     check_image,
     composite_unchanged,
     extra_step_kwargs,
@@ -319,9 +320,7 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
         k2 = k if num_inference_steps_2 is None else int(num_inference_steps_2)
         if k2 < 1:
             raise ValueError(f"num_inference_steps must be at least 1, got {k2}.")
-        if isinstance(generator, list) and len(generator) != batch:
-            raise ValueError(
-                f"Got {len(generator)} generators for {batch} images; pass one per image.")
+        check_generators(generator, batch)
         image = image.convert("RGB")
         original = np.asarray(image).astype(np.float32) / 255.0
         height, width = original.shape[:2]

@@ -36,6 +36,7 @@ from server.pipelines import (
     HelperPipeline,
     StepInfo,
     check_call_args,
+    check_generators,
     composite_unchanged,
     extra_step_kwargs,
     output_images,
@@ -153,9 +154,7 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
             return embeds, negative
 
         if isinstance(generator, list):
-            if len(generator) != num_images:
-                raise ValueError(
-                    f"Got {len(generator)} generators for {num_images} images; pass one per image.")
+            check_generators(generator, num_images)
             pairs = [run(1, g) for g in generator]
             return torch.cat([e for e, _ in pairs]), torch.cat([n for _, n in pairs])
         return run(num_images, generator)
@@ -183,14 +182,6 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
         """Latents -> B x H' x W' x 3 float32 in [0, 1] (padded size)."""
         decoded = self.movq.decode(latents.to(self.movq.dtype), force_not_quantize=True)["sample"]
         return self.helper.image_processor.postprocess(decoded, output_type="np")
-
-    def reinject(
-        self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor, noise: torch.Tensor,
-        t: torch.Tensor, keep: torch.Tensor,
-    ) -> torch.Tensor:
-        """Regions whose own run has not started yet go back to the original, noised to ``t``."""
-        noised = scheduler.add_noise(z_init, noise, t.repeat(z_init.shape[0]))
-        return torch.where(keep, noised, latents)
 
     def rgb_fit(self) -> torch.Tensor:
         """A least-squares linear map from MoVQ latents (+ bias) to RGB, fitted once per model

@@ -33,6 +33,7 @@ from server.pipelines import (
     HelperPipeline,
     StepInfo,
     check_call_args,
+    check_generators,
     composite_unchanged,
     extra_step_kwargs,
     output_images,
@@ -139,6 +140,7 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``z_init`` (the encoded image, B copies) and ``noise``, the one Gaussian draw reused
         for every noised original. Same generator order as diffusers' img2img."""
+        check_generators(generator, batch_size)
         vae = self.vae
         image = image.to(device=self.device, dtype=dtype)
         upcast = self._vae_needs_fp32()
@@ -146,10 +148,6 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
             image = image.float()
             vae.to(dtype=torch.float32)
         if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"Got {len(generator)} generators for {batch_size} images; pass one per image."
-                )
             z_init = torch.cat([retrieve_latents(vae.encode(image), generator=g) for g in generator])
         else:
             z_init = retrieve_latents(vae.encode(image), generator=generator)
@@ -183,14 +181,6 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
         if upcast:
             vae.to(dtype=torch.float16)
         return self.helper.image_processor.postprocess(decoded, output_type="np")
-
-    def reinject(
-        self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor, noise: torch.Tensor,
-        t: torch.Tensor, keep: torch.Tensor,
-    ) -> torch.Tensor:
-        """Regions whose own run has not started yet go back to the original, noised to ``t``."""
-        noised = scheduler.add_noise(z_init, noise, t.repeat(z_init.shape[0]))
-        return torch.where(keep, noised, latents)
 
     # -- the run ---------------------------------------------------------------------------------
     @torch.no_grad()

@@ -44,6 +44,7 @@ from server.pipelines import (
     HelperPipeline,
     StepInfo,
     check_call_args,
+    check_generators,
     composite_unchanged,
     output_images,
     padded_pixels,
@@ -153,12 +154,9 @@ class FlowMatchingDifferentialPipeline(HelperPipeline):
         """``z_init`` (the encoded, normalised image, B copies) and ``noise``, the one Gaussian
         draw reused for every noised original (B x C x h x w). With a list of generators, image
         i is encoded with generator i, so variant i alone (its own seed) gives the same result."""
+        check_generators(generator, batch_size)
         image = image.to(device=self.device, dtype=dtype)
         if isinstance(generator, list):
-            if len(generator) != batch_size:
-                raise ValueError(
-                    f"Got {len(generator)} generators for {batch_size} images; pass one per image."
-                )
             z_init = torch.cat([retrieve_latents(self.vae.encode(image), generator=g)
                                 for g in generator])
         else:
