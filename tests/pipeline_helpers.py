@@ -115,3 +115,25 @@ def cancel_when(condition: Callable[[StepInfo], bool]) -> tuple[threading.Event,
             cancel.set()
 
     return cancel, hook
+
+
+# -- Algorithm 1's nested masks --------------------------------------------------------------------
+def striped_map(strengths: list[float], stripe_px: int, height: int) -> np.ndarray:
+    """A change map of vertical stripes, ``stripe_px`` wide, one per strength, left to right."""
+    change_map = np.zeros((height, stripe_px * len(strengths)), np.float32)
+    for j, s in enumerate(strengths):
+        change_map[:, stripe_px * j : stripe_px * (j + 1)] = s
+    return change_map
+
+
+def record_keeps(monkeypatch, pipe, view: Callable[[torch.Tensor], Any]) -> list:
+    """Records ``view(keep)`` for the keep mask of every re-injection the pipeline makes."""
+    keeps: list = []
+    reinject = pipe.reinject
+
+    def recording(scheduler, latents, z_init, noise, t, keep):
+        keeps.append(view(keep))
+        return reinject(scheduler, latents, z_init, noise, t, keep)
+
+    monkeypatch.setattr(pipe, "reinject", recording)
+    return keeps

@@ -16,8 +16,8 @@ from server.pipelines.sd3 import make_flow_scheduler
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    half_changed, kept_part_exact, make_run, quiet, server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
+    kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
 )
 from tests.test_server import async_test, of
 
@@ -104,18 +104,13 @@ def test_the_packed_map_keeps_each_latent_cell_on_its_own_schedule(tiny_flux, mo
     # 8-px columns: one latent cell each, so the two halves of every token differ.
     k = 4
     strengths = [0.0, 0.25, 0.5, 0.75, 1.0, 0.0, 0.5, 1.0]
-    change_map = np.zeros((16, 64), np.float32)
-    for j, s in enumerate(strengths):
-        change_map[:, 8 * j: 8 * (j + 1)] = s
-    keeps: list[torch.Tensor] = []
-    reinject = tiny_flux.reinject
+    change_map = striped_map(strengths, 8, height=16)
 
-    def recording(scheduler, latents, z_init, noise, t, keep):
+    def unpacked(keep: torch.Tensor) -> torch.Tensor:
         assert keep.shape == (1, 4, 64)  # packed: 1 x 4 tokens x 64 channels
-        keeps.append(unpack_latents(keep.float(), (2, 8))[0].bool())
-        return reinject(scheduler, latents, z_init, noise, t, keep)
+        return unpack_latents(keep.float(), (2, 8))[0].bool()
 
-    monkeypatch.setattr(tiny_flux, "reinject", recording)
+    keeps = record_keeps(monkeypatch, tiny_flux, unpacked)
     out = tiny_flux(prompt=PROMPT, image=make_test_image(64, 16), change_map=change_map,
                     num_inference_steps=k, generator=torch.Generator().manual_seed(0),
                     output_type="latent")

@@ -15,7 +15,10 @@ from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, make_run, quiet
+from tests.pipeline_helpers import (
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
+    make_run, quiet, record_keeps, striped_map,
+)
 
 
 def reference_img2img(pipe, scheduler: str) -> StableDiffusionImg2ImgPipeline:
@@ -161,17 +164,8 @@ def test_kept_region_blends_smoothly_below_one_step(tiny_sd, test_image):
 def test_each_region_gets_exactly_its_last_steps_with_nested_masks(tiny_sd, monkeypatch):
     k = 10
     strengths = [0.0, 0.2, 0.5, 0.7, 1.0]
-    change_map = np.zeros((16, 80), np.float32)
-    for j, s in enumerate(strengths):
-        change_map[:, 16 * j : 16 * (j + 1)] = s  # 16-px columns = 2 latent cells each
-    keeps: list[torch.Tensor] = []
-    reinject = tiny_sd.reinject
-
-    def recording(scheduler, latents, z_init, noise, t, keep):
-        keeps.append(keep[0, 0].clone())
-        return reinject(scheduler, latents, z_init, noise, t, keep)
-
-    monkeypatch.setattr(tiny_sd, "reinject", recording)
+    change_map = striped_map(strengths, 16, height=16)  # 16-px columns = 2 latent cells each
+    keeps = record_keeps(monkeypatch, tiny_sd, lambda keep: keep[0, 0].clone())
     calls = ForwardCalls(monkeypatch, tiny_sd.unet)
     out = tiny_sd(prompt=PROMPT, image=make_test_image(80, 16), change_map=change_map,
                   num_inference_steps=k, generator=torch.Generator().manual_seed(0),

@@ -24,8 +24,8 @@ from server.pipelines.sd3 import (
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
-    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    half_changed, kept_part_exact, make_run, quiet, server_job,
+    NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
+    kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
 )
 from tests.test_server import async_test, of
 
@@ -120,17 +120,8 @@ def test_strength_zero_latents_end_on_the_original(tiny_sd3, image):
 def test_each_region_gets_exactly_its_last_steps(tiny_sd3, monkeypatch):
     k = 4
     strengths = [0.0, 0.25, 0.5, 1.0]
-    change_map = np.zeros((16, 64), np.float32)
-    for j, s in enumerate(strengths):
-        change_map[:, 16 * j: 16 * (j + 1)] = s  # 16-px columns = 2 latent cells each
-    keeps: list[torch.Tensor] = []
-    reinject = tiny_sd3.reinject
-
-    def recording(scheduler, latents, z_init, noise, t, keep):
-        keeps.append(keep[0, 0].clone())
-        return reinject(scheduler, latents, z_init, noise, t, keep)
-
-    monkeypatch.setattr(tiny_sd3, "reinject", recording)
+    change_map = striped_map(strengths, 16, height=16)  # 16-px columns = 2 latent cells each
+    keeps = record_keeps(monkeypatch, tiny_sd3, lambda keep: keep[0, 0].clone())
     tiny_sd3(prompt=PROMPT, image=make_test_image(64, 16), change_map=change_map,
              num_inference_steps=k, guidance_scale=1.0,
              generator=torch.Generator().manual_seed(0), output_type="latent")

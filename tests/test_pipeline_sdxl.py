@@ -14,7 +14,7 @@ from server.models import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, quiet
+from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, quiet, record_keeps
 
 SCHEDULERS = ("DDIM", "Euler", "Euler a", "DPM++ 2M Karras", "UniPC")
 FIRST_ORDER = ("DDIM", "Euler", "Euler a")  # one step uses only the current model output
@@ -198,14 +198,9 @@ def test_regions_get_their_last_steps_across_the_base_refiner_switch(tiny_sdxl_r
     # The left region is re-injected up to step 7 and so gets steps 7, 8, 9.
     change_map = np.ones((16, 32), np.float32)
     change_map[:, :16] = 0.3
-    keeps, unets = [], []
-    reinject = tiny_sdxl_refined.reinject
-
-    def recording(scheduler, latents, z_init, noise, t, keep):
-        keeps.append(keep[0, 0, 0].tolist())  # one latent row: 2 cells left, 2 right
-        return reinject(scheduler, latents, z_init, noise, t, keep)
-
-    monkeypatch.setattr(tiny_sdxl_refined, "reinject", recording)
+    unets = []
+    # One latent row: 2 cells left, 2 right.
+    keeps = record_keeps(monkeypatch, tiny_sdxl_refined, lambda keep: keep[0, 0, 0].tolist())
     base_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.unet)
     refiner_calls = ForwardCalls(monkeypatch, tiny_sdxl_refined.refiner.unet)
     tiny_sdxl_refined(image=make_test_image(32, 16), change_map=change_map, scheduler="Euler",
