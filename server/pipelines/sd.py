@@ -373,23 +373,27 @@ class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline)
         # encodes and decodes in fp32.
         return bool(self.vae.config.get("force_upcast", False)) and self.vae.dtype == torch.float16
 
-    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+    def _latent_stats(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The VAE's per-channel latent mean and std (1 x C x 1 x 1, like ``z``), if it has them."""
         cfg = self.vae.config
         mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            return (z - mean) * cfg.scaling_factor / std
-        return cfg.scaling_factor * z
+        if mean is None or std is None:
+            return None
+        return tuple(torch.tensor(v).view(1, -1, 1, 1).to(z.device, z.dtype) for v in (mean, std))
+
+    def _scale_latents(self, z: torch.Tensor) -> torch.Tensor:
+        scaling, stats = self.vae.config.scaling_factor, self._latent_stats(z)
+        if stats is not None:
+            mean, std = stats
+            return (z - mean) * scaling / std
+        return scaling * z
 
     def _unscale_latents(self, z: torch.Tensor) -> torch.Tensor:
-        cfg = self.vae.config
-        mean, std = cfg.get("latents_mean"), cfg.get("latents_std")
-        if mean is not None and std is not None:
-            mean = torch.tensor(mean).view(1, -1, 1, 1).to(z.device, z.dtype)
-            std = torch.tensor(std).view(1, -1, 1, 1).to(z.device, z.dtype)
-            return z * std / cfg.scaling_factor + mean
-        return z / cfg.scaling_factor
+        scaling, stats = self.vae.config.scaling_factor, self._latent_stats(z)
+        if stats is not None:
+            mean, std = stats
+            return z * std / scaling + mean
+        return z / scaling
 
 
 def _clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
