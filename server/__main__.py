@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from server.app import DEFAULT_MODEL, ConfigError, DiffusionServer, ServerConfig, check_bind
+from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from shared import protocol as p
 
 log = logging.getLogger("server")
@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve_until_signal(server: DiffusionServer) -> None:
+async def serve_until_signal(server: Any) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         refiner=args.refiner, console_progress=None)
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
+        from server.app import DiffusionServer  # torch, diffusers: after the bind check
+
         asyncio.run(serve_until_signal(DiffusionServer(config)))
     except OSError as exc:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)

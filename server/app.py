@@ -17,13 +17,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import ipaddress
 import itertools
 import logging
 import secrets
 import socket
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image
@@ -31,62 +29,17 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from server import regions
+from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
 
-DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SERVER_NAME = "diffdiff-server 0.1.0"
 # Previews queued for a slow client beyond this are skipped; results and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
 SHUTDOWN_FLUSH_S = 2.0  # how long a shutdown waits for each client to take its last messages
-
-
-class ConfigError(ValueError):
-    """A server setting that cannot work; the message tells the operator what to change."""
-
-
-@dataclass
-class ServerConfig:
-    model: str = DEFAULT_MODEL
-    host: str = "127.0.0.1"
-    port: int = 7860  # 0: any free port (tests)
-    token: str | None = None
-    device: str = "cpu"
-    dtype: Any = None  # torch dtype; None: float32
-    preview_every: int = 5  # steps between previews, when the client does not say; 0: none
-    max_pixels: int = p.DEFAULT_MAX_PIXELS
-    max_message_bytes: int = p.DEFAULT_MAX_MESSAGE_BYTES
-    max_region_pixels: int | None = None  # None: 1.5x native resolution per side, squared
-    extra_models: tuple[str, ...] = ()  # other models clients may ask for
-    refiner: str | None = None  # an SDXL refiner for ``model`` (its split is a job option)
-    max_jobs_per_client: int = 8
-    handshake_timeout_s: float = 10.0
-    console_progress: bool | None = False  # None: when stderr is a terminal
-
-    @property
-    def models(self) -> list[str]:
-        return list(dict.fromkeys([self.model, *self.extra_models]))
-
-
-def is_loopback(host: str) -> bool:
-    if host in ("localhost", "localhost.localdomain"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def check_bind(host: str, token: str | None) -> None:
-    """Refuse to expose the GPU to the network without a token."""
-    if not is_loopback(host) and not token:
-        raise ConfigError(
-            f"Refusing to listen on {host!r} without a token: anyone on the network could use "
-            f"this GPU. Pass --token SECRET (and enter it in the Krita plugin), or bind to "
-            f"127.0.0.1.")
 
 
 def _close_reason(text: str) -> str:
