@@ -215,9 +215,16 @@ def test_soft_inpaint_selection_becomes_a_blurred_map(batch):
     center = x + sw // 2
     assert row[center] == 255 and soft[y + sh // 2, x + sw // 2 - 10] == 255  # 1 inside
     assert (row[: x - 3 * softness] == 0).all() and (row[x + sw + 3 * softness:] == 0).all()  # 0 far outside
-    assert (soft[: y - 3 * softness] == 0).all() if y - 3 * softness > 0 else True
     left, right = row[: center + 1], row[center:]
     assert (np.diff(left) >= 0).all() and (np.diff(right) <= 0).all()  # monotone fall-off across each edge
+    # Vertically too (the selection is 16 px from the top and bottom: 0 on the canvas's first and last rows),
+    # with the same feather across the top and bottom edges as across the left one.
+    col = soft[:, center]
+    assert col[0] == 0 and col[-1] == 0 and col[y + sh // 2] == 255
+    top, bottom = col[: y + sh // 2 + 1], col[y + sh // 2:]
+    assert (np.diff(top) >= 0).all() and (np.diff(bottom) <= 0).all()
+    np.testing.assert_array_equal(col[y - softness:y + softness], row[x - softness:x + softness])
+    np.testing.assert_array_equal(col[y + sh - softness:y + sh + softness], row[x + sw - softness:x + sw + softness])
     soft_edge = row[x - 2 * softness: x + 2 * softness]
     assert ((soft_edge > 0) & (soft_edge < 255)).sum() >= softness  # blurred, not a hard mask
     assert 40 <= row[x] <= 215  # the edge itself is half-way, roughly
