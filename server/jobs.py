@@ -105,7 +105,11 @@ class ModelHost:
             self.name = model
         except BaseException:
             log.warning("could not load %s; reloading %s", model, previous)
-            self.pipe = self.loader(previous)
+            try:
+                self.pipe = self.loader(previous)
+            except Exception:  # the job still reports why *its* model failed; retried next job
+                log.exception("could not reload %s either; the next job loads a model again",
+                              previous)
             raise
         return self.pipe
 
