@@ -1,7 +1,7 @@
 """Strength-fan geometry (paper §4.2): N vertical columns, each with its own uniform strength.
 
-Pure standard library: the Krita plugin draws the strength bar over the result with these spans
-and the server paints the change map with the same ones, so both always agree.
+Pure standard library: the Krita plugin names the result layer with these strengths and the
+server paints the change map with the same strengths and column spans, so both always agree.
 Strengths use the painter's convention (1 = change fully, 0 = keep; ``mu_paper = 1 - strength``).
 """
 
