@@ -8,11 +8,13 @@ events crossing back as queued Qt signals, pumped here with controller.pump_even
 from __future__ import annotations
 
 import asyncio
+import io
 import socket
 import threading
 
 import numpy as np
 import pytest
+from PIL import Image
 from plugin_fakes import FakeCanvas, FakeHost, qapp
 
 from krita_plugin import client as client_module
@@ -149,6 +151,10 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
     assert layer.name == "a lake · seed 5 · strength 0.70" and layer.id == outcome.layer_ids[0]
     assert canvas.preview_id is None and layer.bgra[..., 3].min() == 255
+    # The layer's pixels are the server's PNG, decoded here with Pillow, in Krita's BGRA order.
+    served = np.asarray(Image.open(io.BytesIO(result.png)).convert("RGBA"))[..., [2, 1, 0, 3]]
+    assert result.region == protocol.Region(0, 0, W, H)
+    np.testing.assert_array_equal(layer.bgra, served)
     assert c.history.entries[0].layer_id == layer.id and not c.busy
     # The network ran on the client's (and the server's) threads, never on the UI thread.
     assert "diffdiff-client" in sockets.threads

@@ -261,21 +261,24 @@ def test_previews_update_one_layer_in_place_and_results_replace_it():
     assert c.generate()
     accept(client, job_id=9)
     region = Region(4, 2, 24, 16)
-    for step, value in ((2, 50), (4, 90)):
-        small = np.full((8, 12, 4), value, np.uint8)  # previews come downscaled
-        small[..., 3] = 255
+    for step, rgb in ((2, (50, 60, 70)), (4, (200, 90, 20))):
+        small = np.full((8, 12, 4), (*rgb, 255), np.uint8)  # previews come downscaled, RGBA
         client.feed(protocol.Preview(9, step, region, rgba_png(small), 12, 8))
     previews = [la for la in canvas.layers if la.id == canvas.preview_id]
     assert len(previews) == 1 and canvas.preview_writes == 2
     inside = previews[0].bgra[2:18, 4:28].astype(int)
-    assert (abs(inside[..., :3] - 90) <= 1).all() and (inside[..., 3] == 255).all()  # scaled up, smoothly
+    # Scaled up smoothly, in Krita's BGRA order.
+    assert (abs(inside[..., :3] - (20, 90, 200)) <= 1).all() and (inside[..., 3] == 255).all()
     assert previews[0].bgra[0].sum() == 0 and previews[0].bgra[:, :4].sum() == 0  # transparent outside
     outcome = c.outcomes[protocol.loads(client.frames[0][0])["ref"]]
-    client.feed(result(9, 0, 11, region, np.full((16, 24, 4), 1, np.uint8)),
-                result(9, 1, 12, region, np.full((16, 24, 4), 2, np.uint8)),
+    pixels = [picture(5)[:16, :24][..., [2, 1, 0, 3]], picture(6)[:16, :24][..., [2, 1, 0, 3]]]  # RGBA
+    client.feed(result(9, 0, 11, region, pixels[0]), result(9, 1, 12, region, pixels[1]),
                 protocol.Done(9, 2, 9, {"total_s": 3.0}))
     names = [la.name for la in canvas.layers]
     assert names == ["Background", "a red barn · seed 11 · strength 0.60", "a red barn · seed 12 · strength 0.60"]
+    for layer, rgba in zip(canvas.layers[1:], pixels, strict=True):  # each variant's own pixels, as BGRA
+        np.testing.assert_array_equal(layer.bgra[2:18, 4:28], rgba[..., [2, 1, 0, 3]])
+        assert not layer.bgra[:2].any() and not layer.bgra[:, :4].any()  # transparent outside its region
     assert [la.visible for la in canvas.layers] == [True, True, False]  # the first variant shows
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 2
 
