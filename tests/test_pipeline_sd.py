@@ -58,8 +58,10 @@ def test_uniform_map_equals_img2img_with_pil_map_and_batch(tiny_sd, test_image):
         prompt=PROMPT, image=test_image, strength=0.6, num_inference_steps=10, guidance_scale=5.0,
         generator=[torch.Generator().manual_seed(s) for s in (5, 6)], num_images_per_prompt=2,
     ).images
-    for a, b in zip(ours.images, theirs, strict=False):
+    assert len(ours.images) == len(theirs) == 2
+    for a, b in zip(ours.images, theirs, strict=True):
         assert np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(ours.images[0]), np.asarray(ours.images[1]))  # one generator each
 
 
 def test_v_prediction_uniform_map_equals_img2img(tiny_sd, test_image):
