@@ -122,8 +122,11 @@ def test_loads_rejects(text, code):
 
 
 def test_dumps_refuses_nan():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant"):
         p.dumps({"type": "progress", "eta_s": float("nan")})
+    with pytest.raises(ValueError, match="needs a 'type'"):
+        p.dumps({"eta_s": 1.0})
+    assert json.loads(p.dumps({"type": "progress", "eta_s": 1.5})) == {"type": "progress", "eta_s": 1.5}
 
 
 # --- handshake --------------------------------------------------------------------------------
@@ -208,8 +211,13 @@ def test_parse_submit_rejects_with_named_field(change, code, words):
 
 
 def test_submit_limits_come_from_the_server():
-    raises(p.E_BAD_MESSAGE, p.parse_submit, submit_msg(steps=20), caps(max_steps=15))
-    raises(p.E_BAD_MESSAGE, p.parse_submit, submit_msg(variants=3), caps(max_variants=2))
+    err = raises(p.E_BAD_MESSAGE, p.parse_submit, submit_msg(steps=20), caps(max_steps=15))
+    assert "'steps'" in err.message and "[1, 15]" in err.message
+    err = raises(p.E_BAD_MESSAGE, p.parse_submit, submit_msg(variants=3), caps(max_variants=2))
+    assert "'variants'" in err.message and "[1, 2]" in err.message
+    # The limits themselves are allowed.
+    assert p.parse_submit(submit_msg(steps=15), caps(max_steps=15)).steps == 15
+    assert p.parse_submit(submit_msg(variants=2), caps(max_variants=2)).variants == 2
     # Without capabilities only the protocol's own limits apply.
     assert p.parse_submit(submit_msg(scheduler="anything"), None).scheduler == "anything"
 
@@ -269,8 +277,11 @@ def test_submit_frames_checks_its_inputs():
         p.submit_frames(request, png(32, 32), bytes(64 * 48))
     with pytest.raises(ValueError, match="needs a gray8 map"):
         p.submit_frames(request, png(64, 48))
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="carries 10 bytes"):
         p.submit_frames(request, png(64, 48), bytes(10))
+    uniform = p.SubmitRequest(ref=2, width=64, height=48, mode="uniform", strength=0.5)
+    with pytest.raises(ValueError, match="takes no map frame"):
+        p.submit_frames(uniform, png(64, 48), bytes(64 * 48))
 
 
 # --- client session ---------------------------------------------------------------------------
