@@ -283,6 +283,24 @@ def test_previews_update_one_layer_in_place_and_results_replace_it():
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 2
 
 
+
+def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it():
+    c, client, canvas, _ = make(mode="uniform", variants=2)
+    assert c.generate()
+    accept(client, job_id=12)
+    region = Region(0, 0, W, H)
+    solid = np.full((H, W, 4), 77, np.uint8)
+    client.feed(protocol.Preview(12, 1, region, rgba_png(solid), W, H))
+    assert canvas.preview_id is not None
+    client.feed(result(12, 0, 11, region, np.full((H, W, 4), 5, np.uint8)))
+    # The first variant is in: the preview has gone already, before the job is done.
+    assert canvas.preview_id is None and c.busy
+    client.feed(protocol.Preview(12, 2, region, rgba_png(solid), W, H))  # overtaken by the result
+    assert canvas.preview_id is None and canvas.preview_writes == 1
+    client.feed(result(12, 1, 12, region, np.full((H, W, 4), 6, np.uint8)), protocol.Done(12, 2, 9, {}))
+    assert [la.owner for la in canvas.layers] == ["painter", "plugin", "plugin"] and not c.busy
+    assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].previews == 1
+
 # -- history ---------------------------------------------------------------------------------------
 
 
@@ -329,6 +347,19 @@ def test_history_show_recreates_a_deleted_result_from_its_image():
     assert again.id == first.layer_id and again.visible and (again.bgra == 30).all()
     assert not canvas.find(second.layer_id).visible
 
+
+
+def test_history_keeps_the_newest_results_and_forgets_the_oldest_not_their_layers():
+    c, client, canvas, _ = make(mode="uniform")
+    c.history.max_entries = 3
+    region = Region(0, 0, W, H)
+    for job_id in range(20, 25):
+        assert c.generate()
+        accept(client, job_id=job_id, seed=job_id)
+        client.feed(result(job_id, 0, job_id, region, np.full((H, W, 4), job_id, np.uint8)),
+                    protocol.Done(job_id, 1, 9, {}))
+    assert [e.seed for e in c.history.entries] == [22, 23, 24]
+    assert len([la for la in canvas.layers if la.owner == "plugin"]) == 5  # the old layers stay
 
 def test_history_button_without_a_pick_says_so():
     c, *_ = make(mode="uniform")
