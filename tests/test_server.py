@@ -258,6 +258,10 @@ async def test_full_job_streams_progress_previews_and_the_pipelines_exact_result
     total = progress[0].total
     assert [e.step for e in progress] == list(range(1, total + 1)) and total >= 2
     assert all(e.eta_s is not None and e.elapsed_s >= 0 for e in progress)
+    # The ETA is the mean time per step so far times the steps left (both sent rounded to 1 ms).
+    for e in progress:
+        assert e.eta_s == pytest.approx(e.elapsed_s / e.step * (e.total - e.step), abs=1e-3 * e.total), e
+    assert progress[-1].eta_s == 0 and progress[-2].eta_s > 0
     previews = of(events, p.Preview)
     assert [e.step for e in previews] == list(range(1, total))  # none for the last step
     assert all((e.width, e.height) == (8, 8) and decode(e.png).shape == (8, 8, 3)
@@ -267,6 +271,10 @@ async def test_full_job_streams_progress_previews_and_the_pipelines_exact_result
     assert result.region == p.Region(0, 0, 64, 64)
     assert {"queued_s", "run_s"} <= set(result.timings)
     assert events[-1].images == 1 and events[-1].steps_run == total
+    done = events[-1].timings
+    assert {"queued_s", "run_s", "total_s"} <= set(done)
+    assert done["run_s"] == pytest.approx(result.timings["run_s"], abs=1e-3)
+    assert done["total_s"] >= done["run_s"] >= progress[-1].elapsed_s - 1e-3
 
     expected = direct(tiny_sd, image, change, [1234], num_inference_steps=4, scheduler="Euler")
     got = decode(result.png)
