@@ -562,6 +562,13 @@ async def test_too_many_jobs_from_one_client_is_refused(pipe):
         # Its frames, which arrived after the refusal, are refused too.
         assert (await client.error()).code == p.E_BAD_FRAME
         pipe.release()
+        # Submits still waiting for their frames count too (another client, nothing queued yet).
+        other = await Client.connect(server)
+        for ref in (1, 2):
+            await other.send_json(submit_message(ref=ref))
+        await other.send_json(submit_message(ref=3))
+        error = await other.error()
+        assert (error.code, error.ref) == (p.E_QUEUE_FULL, 3) and "2 jobs" in error.message
 
 
 @async_test
