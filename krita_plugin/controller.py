@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -154,6 +155,8 @@ class Controller(QObject):
         self.history = History()
         self.last_seed: int | None = None
         self.outcomes: dict[int, JobOutcome] = {}  # by ref, every job this controller sent
+        self._inbox: deque[protocol.Event] = deque()  # events waiting while one is handled
+        self._handling = False
 
     # -- settings and connection -------------------------------------------------------------------
     def update_settings(self, **values) -> None:
@@ -335,10 +338,23 @@ class Controller(QObject):
 
     # -- server events ---------------------------------------------------------------------------------
     def _on_event(self, ev: protocol.Event) -> None:
-        handler = getattr(self, "_on_" + type(ev).__name__, None)
-        if handler is not None:
-            handler(ev)
-        self.changed.emit()
+        # One event at a time, in order. In Krita's GUI, adding or removing a layer waits for the
+        # image (waitForDone), which runs the Qt event loop: the next event (the job's `done`, a
+        # preview) would otherwise be handled in the middle of this one, and e.g. a preview layer
+        # being created would be created twice, or a job end before its result layer exists.
+        self._inbox.append(ev)
+        if self._handling:
+            return
+        self._handling = True
+        try:
+            while self._inbox:
+                ev = self._inbox.popleft()
+                handler = getattr(self, "_on_" + type(ev).__name__, None)
+                if handler is not None:
+                    handler(ev)
+                self.changed.emit()
+        finally:
+            self._handling = False
 
     def _on_Welcome(self, ev: protocol.Welcome) -> None:
         self.capabilities = ev.capabilities

@@ -23,6 +23,7 @@ from krita_support import E2E_DIR, build_plugin, harness, live_server
 PROBE = E2E_DIR / "gui_probe"
 SCREEN = (1600, 1000)
 REPORT_TIMEOUT_S = 150  # a fresh profile builds Krita's resource database first (~15-40 s)
+GENERATE_TIMEOUT_S = 120  # the job the probe starts with the docker's Generate button
 PROMPT = "storm clouds over the mountains"
 
 MISSING = [tool for tool in ("krita", "xvfb-run", "import") if shutil.which(tool) is None]
@@ -79,6 +80,14 @@ for _ in $(seq 1 "$REPORT_TIMEOUT_S"); do
 done
 sleep 1
 import -window root "$GUI_DIR/screen.png" || true
+# Then the probe presses Generate and reports the job (GENERATE_TIMEOUT_S at most).
+touch "$DIFFDIFF_GUI_GO"
+for _ in $(seq 1 "$GENERATE_TIMEOUT_S"); do
+  [ -f "$DIFFDIFF_GUI_REPORT.generate.json" ] && break
+  kill -0 "$krita_pid" 2>/dev/null || break
+  sleep 1
+done
+import -window root "$GUI_DIR/screen_after.png" || true
 kill "$krita_pid" 2>/dev/null
 wait "$krita_pid" 2>/dev/null
 exit 0
@@ -95,16 +104,23 @@ def run_gui(gui_dir: Path, home: Path) -> tuple[dict | None, str]:
     env.pop("PYTHONPATH", None)
     env.update(GUI_DIR=str(gui_dir), DIFFDIFF_GUI_REPORT=str(gui_dir / "report.json"),
                DIFFDIFF_GUI_PICTURE=str(gui_dir / "picture.png"), DIFFDIFF_GUI_MAP=str(gui_dir / "change_map.png"),
-               REPORT_TIMEOUT_S=str(REPORT_TIMEOUT_S))
+               REPORT_TIMEOUT_S=str(REPORT_TIMEOUT_S), GENERATE_TIMEOUT_S=str(GENERATE_TIMEOUT_S),
+               DIFFDIFF_GUI_GO=str(gui_dir / "go"))
     screen = f"-screen 0 {SCREEN[0]}x{SCREEN[1]}x24"
     for _attempt in range(2):  # `xvfb-run -a` can race another run for the same display number
         subprocess.run(["xvfb-run", "-a", "-s", screen, "bash", "-c", SESSION], env=env, cwd=gui_dir,
-                       timeout=REPORT_TIMEOUT_S + 60, check=False, capture_output=True)
+                       timeout=REPORT_TIMEOUT_S + GENERATE_TIMEOUT_S + 60, check=False, capture_output=True)
         log = (gui_dir / "krita.log").read_text(errors="replace") if (gui_dir / "krita.log").exists() else ""
         if "could not connect to display" not in log:
             break
     report_file = gui_dir / "report.json"
     return (json.loads(report_file.read_text()) if report_file.exists() else None), log
+
+
+def generate_report(gui_dir: Path) -> dict | None:
+    """What the probe saw after pressing the docker's Generate button (None: it never reported)."""
+    path = gui_dir / "report.json.generate.json"
+    return json.loads(path.read_text()) if path.exists() else None
 
 
 def crop_for_docs(screen: Image.Image, window: list[int]) -> Image.Image:
@@ -147,6 +163,23 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     assert docker_pixels.std() > 10
     # Text in the docker: many distinct grey levels, not a flat panel.
     assert len(np.unique(docker_pixels.mean(axis=-1).round())) > 40
+
+    # Generate, pressed in the docker as a painter would, on the active document of the real GUI:
+    # the job ends "done", exactly one layer is added (the preview layer is gone again), and every
+    # layer the painter had keeps its pixels, visibility and opacity.
+    generated = generate_report(gui_dir)
+    assert generated is not None, f"no report after pressing Generate; Krita's output ends with:\n{log[-3000:]}"
+    assert generated["errors"] == [], generated["errors"]
+    assert generated["outcome"]["state"] == "done", generated
+    before = {layer["id"]: layer for layer in generated["before"]}
+    after = {layer["id"]: layer for layer in generated["after"]}
+    for layer_id, layer in before.items():
+        assert after.get(layer_id) == layer, f"the painter's layer {layer['name']!r} changed"
+    added = [layer for layer_id, layer in after.items() if layer_id not in before]
+    assert [layer["name"] for layer in added] == generated["outcome"]["layer_names"], added
+    assert len(added) == 1 and "seed" in added[0]["name"], added
+    assert added[0]["bounds"][2] > 0 and added[0]["bounds"][3] > 0
+    assert generated["history"] == 1
 
     shot = crop_for_docs(screen, report["window"])
     shot.save(gui_dir / "docker.png", optimize=True)

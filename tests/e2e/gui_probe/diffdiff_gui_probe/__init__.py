@@ -1,15 +1,21 @@
 """A test-only Krita plugin for tests/test_gui.py: once the main window is up, it (optionally)
 opens a demo document and then reports, as JSON, how the Differential Diffusion docker is shown.
 
-It only reads the docker (no clicks, no settings): whatever it reports is what a painter would
-see on Krita's first start with the plugin enabled. Installed only into throw-away test profiles.
+It first only reads the docker: that report is what a painter sees on Krita's first start with
+the plugin enabled. Then, when the test creates the file DIFFDIFF_GUI_GO (after its screenshot),
+it presses the docker's own Generate button, as a painter would, waits for the job and writes a
+second report (DIFFDIFF_GUI_REPORT + ".generate.json"): the layers before and after, with a hash
+of each layer's pixels, and how the job ended. Installed only into throw-away test profiles.
 
 Environment: DIFFDIFF_GUI_REPORT (the JSON file to write), DIFFDIFF_GUI_PICTURE and
-DIFFDIFF_GUI_MAP (optional 8-bit RGBA PNGs: the demo document's picture and its Change Map layer).
+DIFFDIFF_GUI_MAP (optional 8-bit RGBA PNGs: the demo document's picture and its Change Map layer),
+DIFFDIFF_GUI_GO (optional: the file that starts the Generate stage).
 """
 
+import hashlib
 import json
 import os
+import time
 import traceback
 
 from krita import Extension, Krita
@@ -48,6 +54,35 @@ def _open_demo(window):
     doc.refreshProjection()
     window.addView(doc)
     return doc
+
+
+GO_WAIT_MS = 60000  # how long the probe waits for the test's go-ahead
+JOB_WAIT_S = 90  # and then for the job it started
+
+
+def _write_json(path, data):
+    with open(path + ".tmp", "w") as f:
+        json.dump(data, f)
+    os.replace(path + ".tmp", path)
+
+
+def _layers(doc):
+    """Every layer of the document, top-level first: name, id, size and a hash of its pixels."""
+    doc.waitForDone()  # layer additions and removals are applied by the image's own queue
+    out = []
+
+    def walk(node, depth):
+        for child in node.childNodes():
+            bounds = child.bounds()
+            data = bytes(child.pixelData(bounds.x(), bounds.y(), bounds.width(), bounds.height()))
+            out.append({"name": child.name(), "id": child.uniqueId().toString(), "depth": depth,
+                        "type": child.type(), "visible": child.visible(), "opacity": child.opacity(),
+                        "bounds": [bounds.x(), bounds.y(), bounds.width(), bounds.height()],
+                        "sha256": hashlib.sha256(data).hexdigest()})
+            walk(child, depth + 1)
+
+    walk(doc.rootNode(), 0)
+    return out
 
 
 def _window():
@@ -126,9 +161,51 @@ class GuiProbe(Extension):
             return
         path = os.environ.get("DIFFDIFF_GUI_REPORT")
         if path:
-            with open(path + ".tmp", "w") as f:
-                json.dump(report, f)
-            os.replace(path + ".tmp", path)
+            _write_json(path, report)
+            if os.environ.get("DIFFDIFF_GUI_GO"):
+                QTimer.singleShot(500, lambda: self._wait_for_go(path + ".generate.json", GO_WAIT_MS))
+
+    def _wait_for_go(self, path, wait_left_ms):
+        if os.path.exists(os.environ["DIFFDIFF_GUI_GO"]):
+            self._generate(path)
+        elif wait_left_ms > 0:
+            QTimer.singleShot(500, lambda: self._wait_for_go(path, wait_left_ms - 500))
+
+    def _generate(self, path):
+        """Press Generate in the docker and follow the job through the controller's outcomes."""
+        report = {"errors": []}
+        try:
+            (dock,) = _dockers(_window())
+            panel = dock.panel
+            doc = Krita.instance().activeDocument()
+            report["before"] = _layers(doc)
+            known = set(panel.controller.outcomes)
+            report["notices"] = []
+            panel.controller.notice.connect(lambda kind, text: report["notices"].append([kind, text]))
+            panel.generate.click()
+            report["status_after_click"] = panel.status.text()
+            report["message_after_click"] = panel.message.text()
+            self._follow(path, report, panel, doc, known, time.monotonic() + JOB_WAIT_S)
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+    def _follow(self, path, report, panel, doc, known, deadline):
+        try:
+            new = [o for ref, o in panel.controller.outcomes.items() if ref not in known]
+            if (not new or not new[0].finished) and time.monotonic() < deadline:
+                QTimer.singleShot(200, lambda: self._follow(path, report, panel, doc, known, deadline))
+                return
+            if new:
+                outcome = new[0]
+                report["outcome"] = {"state": outcome.state, "message": outcome.message,
+                                     "previews": outcome.previews, "layer_names": outcome.layer_names}
+            report["after"] = _layers(doc)
+            report["message"] = panel.message.text()
+            report["history"] = panel.history.count()
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+        _write_json(path, report)
 
 
 Krita.instance().addExtension(GuiProbe(Krita.instance()))
