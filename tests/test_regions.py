@@ -49,6 +49,16 @@ def test_small_edit_on_4k_canvas_plans_a_native_size_crop_around_it():
     assert plan.crop.x + plan.crop.width - (edit.x + edit.width) >= NATIVE // 8
 
 
+
+def test_a_larger_edit_gets_context_in_proportion_to_its_size():
+    # A quarter of the edit's longer side (100 px here) around it, more than the 1/8-native minimum.
+    edit = Region(1600, 800, 400, 300)
+    c = plan_region(box_map((3840, 2160), edit), NATIVE).crop
+    assert covers(c, edit)
+    assert min(edit.x - c.x, edit.y - c.y) >= 100 - 8  # latent-cell alignment may take up to 7 px
+    assert min(c.x + c.width - (edit.x + edit.width), c.y + c.height - (edit.y + edit.height)) >= 100 - 8
+    assert c.width <= 400 + 2 * 100 + 8 and c.height <= max(300 + 2 * 100, NATIVE) + 8  # and not much more
+
 def test_edit_at_the_canvas_corner_shifts_the_crop_inside_the_canvas():
     canvas = (2000, 1500)
     edit = Region(1990, 1490, 10, 10)
