@@ -100,6 +100,16 @@ def test_soft_inpaint_grow_and_shrink(grow):
     assert np.all(soft[x0:x1, x0:x1] == 1.0) and soft[48, x1 + 2] < 1.0
 
 
+
+def test_soft_inpaint_at_the_canvas_edge_fades_as_if_the_picture_went_on():
+    # A strip down the whole left side: beyond the top and bottom borders the mask repeats, so
+    # every row fades the same way (a zero border would dim the rows near the edges).
+    mask = np.zeros((64, 96), np.float32)
+    mask[:, :10] = 1.0
+    result = soft_inpaint_map(mask, 8.0)
+    np.testing.assert_array_equal(result, np.broadcast_to(result[32], result.shape))
+    assert 0.0 < result[0, 14] < 1.0 and result[0, 9] == 1.0
+
 def test_soft_inpaint_empty_and_full_masks():
     assert not soft_inpaint_map(np.zeros((32, 32), np.float32), 10.0).any()
     assert np.all(soft_inpaint_map(np.ones((32, 32), np.float32), 10.0) == 1.0)
@@ -212,6 +222,7 @@ def test_float_map_of_the_right_size_passes_through():
     (Image.fromarray(np.array([[0, 255, 65535]], np.uint16)), [0.0, 255 / 65535, 1.0]),  # I;16
     (Image.fromarray(np.array([[0, 200]], np.uint16)), [0.0, 200 / 65535]),  # dark, still 16-bit
     (Image.fromarray(np.array([[0, 51, 255]], np.int32)), [0.0, 0.2, 1.0]),  # I with 8-bit data
+    (Image.fromarray(np.array([[0, 255, 65535]], np.int32)), [0.0, 255 / 65535, 1.0]),  # I with 16-bit data
 ])
 def test_map_kinds_become_unit_floats(given, expected):
     width = len(expected)
