@@ -155,7 +155,7 @@ class Controller(QObject):
         self.history = History()
         self.last_seed: int | None = None
         self.outcomes: dict[int, JobOutcome] = {}  # by ref, every job this controller sent
-        self._inbox: deque[protocol.Event] = deque()  # events waiting while one is handled
+        self._inbox: deque = deque()  # client events and state changes waiting while one is handled
         self._handling = False
 
     # -- settings and connection -------------------------------------------------------------------
@@ -182,6 +182,9 @@ class Controller(QObject):
         return bool(self.pending or self.jobs)
 
     def _on_state(self, state: str, text: str) -> None:
+        self._one_at_a_time(lambda: self._apply_state(state, text))
+
+    def _apply_state(self, state: str, text: str) -> None:
         previous = self.connection_state
         self.connection_state, self.connection_text = state, text
         if state != "connected":
@@ -338,21 +341,26 @@ class Controller(QObject):
 
     # -- server events ---------------------------------------------------------------------------------
     def _on_event(self, ev: protocol.Event) -> None:
-        # One event at a time, in order. In Krita's GUI, adding or removing a layer waits for the
-        # image (waitForDone), which runs the Qt event loop: the next event (the job's `done`, a
-        # preview) would otherwise be handled in the middle of this one, and e.g. a preview layer
-        # being created would be created twice, or a job end before its result layer exists.
-        self._inbox.append(ev)
+        self._one_at_a_time(lambda: self._dispatch(ev))
+
+    def _dispatch(self, ev: protocol.Event) -> None:
+        handler = getattr(self, "_on_" + type(ev).__name__, None)
+        if handler is not None:
+            handler(ev)
+        self.changed.emit()
+
+    def _one_at_a_time(self, action) -> None:
+        """Run what the client reports one thing at a time, in order. In Krita's GUI, adding or
+        removing a layer waits for the image (waitForDone), which runs the Qt event loop: the next
+        event (the job's `done`, a preview, a lost connection) would otherwise be handled in the
+        middle of this one, e.g. a preview layer created twice or a job ended before its result."""
+        self._inbox.append(action)
         if self._handling:
             return
         self._handling = True
         try:
             while self._inbox:
-                ev = self._inbox.popleft()
-                handler = getattr(self, "_on_" + type(ev).__name__, None)
-                if handler is not None:
-                    handler(ev)
-                self.changed.emit()
+                self._inbox.popleft()()
         finally:
             self._handling = False
 

@@ -58,3 +58,25 @@ def test_events_during_a_layer_operation_wait_their_turn():
     assert plugin_layers == [outcome.layer_names[0]]  # the result, and no preview left behind
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 1
     assert canvas.preview_id is None and len(c.history.entries) == 1
+
+
+def test_a_connection_lost_during_a_layer_operation_ends_the_job_after_it():
+    canvas = ReentrantCanvas(np.zeros((H, W, 4), np.uint8))
+    c, client, _, notices = make(canvas, mode="uniform")
+    assert c.generate(), notices
+    accept(client, job_id=6, seed=11)
+    outcome = next(iter(c.outcomes.values()))
+    layers_when_finished = []
+    c.finished.connect(lambda o: layers_when_finished.append(list(o.layer_ids)))
+    region = Region(0, 0, W, H)
+    # The connection drops while the result layer is being made.
+    canvas.deliver = lambda _: client.state_changed.emit("disconnected", "Cannot reach the server")
+    canvas.queued = ["lost"]
+    client.feed(result(6, 0, 11, region, np.full((H, W, 4), 200, np.uint8)))
+
+    # The result that was being written is kept and recorded; the job then ends as lost.
+    assert [la.name for la in canvas.layers if la.owner == "plugin"] == outcome.layer_names
+    assert len(outcome.layer_ids) == 1 and len(c.history.entries) == 1
+    assert outcome.state == "lost" and c.connection_state == "disconnected"
+    # Whoever waits for the job's end (scripts, run_job) sees the result it already has.
+    assert layers_when_finished == [outcome.layer_ids]
