@@ -66,6 +66,8 @@ def strength_to_byte(strength: float) -> int:
 
 
 def fan_label(columns: int, low: float, high: float) -> str:
+    if low > high:  # fan_strengths' ValueError would escape generate(): say it to the painter instead
+        raise JobInputError("The fan's low strength is above its high strength: swap them.")
     return "fan " + " | ".join(f"{s:.2f}" for s in fan_strengths(columns, low, high))
 
 

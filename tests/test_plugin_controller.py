@@ -184,6 +184,52 @@ def test_inputs_that_cannot_make_a_job_show_a_message_and_send_nothing(setup, wo
     assert "d9534f" in panel.message.styleSheet()  # shown as an error
 
 
+
+def _refused(canvas: FakeCanvas, **settings) -> str:
+    """generate() on `canvas` sends nothing: the painter's message."""
+    c, client, _, notices = make(canvas, **settings)
+    assert not c.generate() and client.frames == [] and not c.busy
+    return notices[-1][1]
+
+
+def test_canvases_the_server_would_refuse_get_the_plugins_own_message():
+    assert "swap them" in _refused(FakeCanvas(picture()), mode="fan", fan_low=0.9, fan_high=0.1)
+    narrow = FakeCanvas(picture())
+    narrow.select(4, 4, 10, 20)
+    assert "narrower than the number of fan columns" in _refused(narrow, mode="fan", fan_columns=12,
+                                                                 region="selection")
+    tiny = FakeCanvas(picture())
+    tiny.select(4, 4, 6, 20)
+    assert "selection is smaller than 8x8" in _refused(tiny, mode="uniform", region="selection")
+    small = np.full((6, 40, 4), 255, np.uint8)
+    assert "picture is smaller than 8x8" in _refused(FakeCanvas(small), mode="uniform")
+    # A map painted only outside the selection changes nothing inside it.
+    outside = FakeCanvas(picture())
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[..., 3] = 255
+    layer[:, 40:, :3] = 255
+    outside.add_painter_layer("Change Map", layer)
+    outside.select(0, 0, 30, 30)
+    text = _refused(outside, mode="change_map", region="selection")
+    assert "black inside the selection" in text and "paint white" in text
+
+
+def test_result_layer_names_are_one_short_line():
+    c, client, canvas, _ = make(mode="soft_inpaint", softness_px=12,
+                                prompt="  a   red\nbarn " + "in deep snow " * 6)
+    canvas.select(4, 4, 20, 20)
+    assert c.generate()
+    accept(client, job_id=30)
+    client.feed(result(30, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
+    (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
+    title = ("a red barn " + "in deep snow " * 6)[:47] + "…"
+    assert layer.name == f"{title} · seed 11 · soft 12px"
+    c2, client2, canvas2, _ = make(mode="uniform", prompt=" \n ")
+    assert c2.generate()
+    accept(client2, job_id=31)
+    client2.feed(result(31, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
+    assert [la.name for la in canvas2.layers][-1] == "(no prompt) · seed 11 · strength 0.60"
+
 def test_black_map_says_what_to_paint():
     canvas = FakeCanvas(picture())
     canvas.create_map_layer("Change Map")
