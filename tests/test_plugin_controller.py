@@ -444,6 +444,11 @@ def test_stale_or_edited_settings_are_clamped_not_fatal():
     store.values.update(steps="9999", mode="nonsense", guidance="abc", random_seed="false", fan_low="-2")
     s = load_settings(store)
     assert (s.steps, s.mode, s.guidance, s.random_seed, s.fan_low) == (500, "change_map", 7.0, False, 0.0)
+    store.values.update(variants="99", fan_high="3", source="elsewhere", region="moon", random_seed=" True ",
+                        seed="-5", softness_px="9999", grow_px="-999", preview_every="-1", strength="2")
+    s = load_settings(store)
+    assert (s.variants, s.fan_high, s.source, s.region, s.random_seed) == (16, 1.0, "projection", "canvas", True)
+    assert (s.seed, s.softness_px, s.grow_px, s.preview_every, s.strength) == (0, 512, -256, 0, 1.0)
 
 
 def test_panel_edits_persist_into_the_next_session():
