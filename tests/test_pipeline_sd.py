@@ -163,6 +163,24 @@ def test_kept_region_blends_smoothly_below_one_step(tiny_sd, test_image):
     assert np.all(np.diff(weights) >= -1e-3) and weights[0] < 0.2  # monotone fade, no seam
 
 
+def test_blend_below_one_step_is_a_smoothstep():
+    from server.pipelines import unchanged_blend_weight
+
+    k = 10
+    m = np.array([[0.0, 0.025, 0.05, 0.075, 0.1, 0.5]], np.float32)  # 0, 1/4, 1/2, 3/4, 1 and 5 steps' worth
+    np.testing.assert_allclose(unchanged_blend_weight(m, k), [[0.0, 0.15625, 0.5, 0.84375, 1.0, 1.0]],
+                               atol=1e-6)
+
+
+def test_padding_repeats_the_border_so_edge_cells_keep_their_steps(tiny_sd):
+    # 61 x 45 pads to 64 x 48 by repeating the last column/row: an all-change map stays all-change
+    # in the half-filled edge cells (a zero pad would give them 5/8 of the steps).
+    out = tiny_sd(prompt=PROMPT, image=make_test_image(61, 45), change_map=np.ones((45, 61), np.float32),
+                  num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="latent")
+    assert out.steps_per_latent_pixel.shape[-2:] == (6, 8)
+    assert (out.steps_per_latent_pixel == 4).all()
+
+
 def test_each_region_gets_exactly_its_last_steps_with_nested_masks(tiny_sd, monkeypatch):
     k = 10
     strengths = [0.0, 0.2, 0.5, 0.7, 1.0]
