@@ -164,22 +164,29 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     # Text in the docker: many distinct grey levels, not a flat panel.
     assert len(np.unique(docker_pixels.mean(axis=-1).round())) > 40
 
-    # Generate, pressed in the docker as a painter would, on the active document of the real GUI:
-    # the job ends "done", exactly one layer is added (the preview layer is gone again), and every
-    # layer the painter had keeps its pixels, visibility and opacity.
+    # Generate, pressed in the docker as a painter would, on the active document of the real GUI,
+    # once per mode (change map layer, soft-inpainted selection, 4-column fan): each job ends
+    # "done" and adds exactly one layer (the preview layer is gone again), every layer the painter
+    # had keeps its pixels, visibility and opacity, and the selection stays as the painter made it.
     generated = generate_report(gui_dir)
     assert generated is not None, f"no report after pressing Generate; Krita's output ends with:\n{log[-3000:]}"
     assert generated["errors"] == [], generated["errors"]
-    assert generated["outcome"]["state"] == "done", generated
-    before = {layer["id"]: layer for layer in generated["before"]}
-    after = {layer["id"]: layer for layer in generated["after"]}
-    for layer_id, layer in before.items():
-        assert after.get(layer_id) == layer, f"the painter's layer {layer['name']!r} changed"
-    added = [layer for layer_id, layer in after.items() if layer_id not in before]
-    assert [layer["name"] for layer in added] == generated["outcome"]["layer_names"], added
-    assert len(added) == 1 and "seed" in added[0]["name"], added
-    assert added[0]["bounds"][2] > 0 and added[0]["bounds"][3] > 0
-    assert generated["history"] == 1
+    assert [job["mode"] for job in generated["jobs"]] == ["change_map", "soft_inpaint", "fan"]
+    for count, job in enumerate(generated["jobs"], start=1):
+        assert job["outcome"]["state"] == "done", job
+        before = {layer["id"]: layer for layer in job["before"]}
+        after = {layer["id"]: layer for layer in job["after"]}
+        for layer_id, layer in before.items():
+            assert after.get(layer_id) == layer, f"{job['mode']}: the layer {layer['name']!r} changed"
+        added = [layer for layer_id, layer in after.items() if layer_id not in before]
+        assert [layer["name"] for layer in added] == job["outcome"]["layer_names"], (job["mode"], added)
+        assert len(added) == 1 and "seed" in added[0]["name"], (job["mode"], added)
+        assert added[0]["bounds"][2] > 0 and added[0]["bounds"][3] > 0
+        assert job["selection_after"] == job["selection_before"]
+        assert job["history"] == count
+    soft, fan = generated["jobs"][1], generated["jobs"][2]
+    assert soft["selection_before"] == [560, 120, 240, 160]
+    assert "fan" in fan["outcome"]["layer_names"][0]
 
     shot = crop_for_docs(screen, report["window"])
     shot.save(gui_dir / "docker.png", optimize=True)

@@ -3,9 +3,10 @@ opens a demo document and then reports, as JSON, how the Differential Diffusion 
 
 It first only reads the docker: that report is what a painter sees on Krita's first start with
 the plugin enabled. Then, when the test creates the file DIFFDIFF_GUI_GO (after its screenshot),
-it presses the docker's own Generate button, as a painter would, waits for the job and writes a
-second report (DIFFDIFF_GUI_REPORT + ".generate.json"): the layers before and after, with a hash
-of each layer's pixels, and how the job ended. Installed only into throw-away test profiles.
+it sets up one job per mode in the docker (JOBS) and presses the docker's own Generate button, as
+a painter would, waits for each job and writes a second report (DIFFDIFF_GUI_REPORT +
+".generate.json"): per job, the layers before and after (with a hash of each layer's pixels), the
+selection before and after, and how the job ended. Installed only into throw-away test profiles.
 
 Environment: DIFFDIFF_GUI_REPORT (the JSON file to write), DIFFDIFF_GUI_PICTURE and
 DIFFDIFF_GUI_MAP (optional 8-bit RGBA PNGs: the demo document's picture and its Change Map layer),
@@ -18,7 +19,7 @@ import os
 import time
 import traceback
 
-from krita import Extension, Krita
+from krita import Extension, Krita, Selection
 from PyQt5.QtCore import Qt, QTimer
 from PyQt5.QtGui import QImage
 from PyQt5.QtWidgets import QApplication, QDockWidget
@@ -56,6 +57,13 @@ def _open_demo(window):
     return doc
 
 
+# The jobs the probe starts with the docker's Generate button, one per mode, as a painter would
+# set them up: the demo document's Change Map layer; a selection softened by 12 px; a 4-column fan.
+JOBS = [
+    ("change_map", {}),
+    ("soft_inpaint", {"selection": (560, 120, 240, 160), "widgets": {"softness": 12}}),
+    ("fan", {"widgets": {"fan_columns": 4}}),
+]
 GO_WAIT_MS = 60000  # how long the probe waits for the test's go-ahead
 JOB_WAIT_S = 90  # and then for the job it started
 
@@ -64,6 +72,13 @@ def _write_json(path, data):
     with open(path + ".tmp", "w") as f:
         json.dump(data, f)
     os.replace(path + ".tmp", path)
+
+
+def _selection_box(doc):
+    selection = doc.selection()
+    if selection is None:
+        return None
+    return [selection.x(), selection.y(), selection.width(), selection.height()]
 
 
 def _layers(doc):
@@ -172,40 +187,65 @@ class GuiProbe(Extension):
             QTimer.singleShot(500, lambda: self._wait_for_go(path, wait_left_ms - 500))
 
     def _generate(self, path):
-        """Press Generate in the docker and follow the job through the controller's outcomes."""
-        report = {"errors": []}
+        """Press Generate in the docker once per mode (JOBS) and follow each job through the
+        controller's outcomes; the report lists one entry per job."""
+        report = {"errors": [], "jobs": []}
         try:
             (dock,) = _dockers(_window())
             panel = dock.panel
-            doc = Krita.instance().activeDocument()
-            report["before"] = _layers(doc)
-            known = set(panel.controller.outcomes)
-            report["notices"] = []
-            panel.controller.notice.connect(lambda kind, text: report["notices"].append([kind, text]))
-            panel.generate.click()
-            report["status_after_click"] = panel.status.text()
-            report["message_after_click"] = panel.message.text()
-            self._follow(path, report, panel, doc, known, time.monotonic() + JOB_WAIT_S)
+            panel.controller.notice.connect(
+                lambda kind, text: report["jobs"][-1]["notices"].append([kind, text]) if report["jobs"] else None)
+            self._next_job(path, report, panel, Krita.instance().activeDocument(), list(JOBS))
         except Exception:
             report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
-    def _follow(self, path, report, panel, doc, known, deadline):
+    def _next_job(self, path, report, panel, doc, jobs):
+        if not jobs:
+            _write_json(path, report)
+            return
+        mode, setup = jobs.pop(0)
+        job = {"mode": mode, "notices": []}
+        report["jobs"].append(job)
+        try:
+            from differential_diffusion.settings import MODES  # the installed plugin's own list
+
+            panel.mode.setCurrentIndex(MODES.index(mode))
+            for widget, value in setup.get("widgets", {}).items():
+                getattr(panel, widget).setValue(value)
+            selection = setup.get("selection")
+            if selection:
+                chosen = Selection()
+                chosen.select(*selection, 255)
+                doc.setSelection(chosen)
+            job["selection_before"] = _selection_box(doc)
+            job["before"] = _layers(doc)
+            known = set(panel.controller.outcomes)
+            panel.generate.click()
+            job["message_after_click"] = panel.message.text()
+            self._follow(path, report, job, panel, doc, jobs, known, time.monotonic() + JOB_WAIT_S)
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+    def _follow(self, path, report, job, panel, doc, jobs, known, deadline):
         try:
             new = [o for ref, o in panel.controller.outcomes.items() if ref not in known]
             if (not new or not new[0].finished) and time.monotonic() < deadline:
-                QTimer.singleShot(200, lambda: self._follow(path, report, panel, doc, known, deadline))
+                QTimer.singleShot(200, lambda: self._follow(path, report, job, panel, doc, jobs, known, deadline))
                 return
             if new:
                 outcome = new[0]
-                report["outcome"] = {"state": outcome.state, "message": outcome.message,
-                                     "previews": outcome.previews, "layer_names": outcome.layer_names}
-            report["after"] = _layers(doc)
-            report["message"] = panel.message.text()
-            report["history"] = panel.history.count()
+                job["outcome"] = {"state": outcome.state, "message": outcome.message,
+                                  "previews": outcome.previews, "layer_names": outcome.layer_names}
+            job["after"] = _layers(doc)
+            job["selection_after"] = _selection_box(doc)
+            job["history"] = panel.history.count()
         except Exception:
             report["errors"].append(traceback.format_exc())
-        _write_json(path, report)
+            _write_json(path, report)
+            return
+        self._next_job(path, report, panel, doc, jobs)
 
 
 Krita.instance().addExtension(GuiProbe(Krita.instance()))
