@@ -127,9 +127,27 @@ def test_table_has_the_paper_layout() -> None:
         assert f"{kind} CAM" in table and f"{kind} DAM" in table
     assert "Differential diffusion (ours)" in table and "Binary-mask inpaint" in table
     assert FALLBACK_DISTANCE in table
+    # Each row holds its own method's numbers, kind by kind, in the header's order.
+    lines = table.splitlines()
+    (header,) = [line for line in lines if line.startswith("method")]
+    assert header.split()[1:] == [w for kind in MAP_KINDS for w in (kind, "CAM", kind, "DAM")]
+    rows = {
+        line[:34].strip(): line[34:].split() for line in lines
+        if line.startswith(("Differential diffusion", "Binary-mask", "  best threshold"))}
+    for name, scores in (("Differential diffusion (ours)", result.ours),
+                         ("Binary-mask inpaint (best thr.)", result.baseline)):
+        assert rows[name] == [f"{v:.{n}f}" for kind in MAP_KINDS
+                              for v, n in ((scores[kind].cam, 3), (scores[kind].dam, 2))], name
+    assert rows["best threshold"] == [f"{result.baseline[kind].threshold:g}" for kind in MAP_KINDS]
+    assert result.ours["gradient"].cam != result.baseline["gradient"].cam  # so a swapped row would show
     line = adherence.summary_line(result)
     pairs = dict(p.split("=") for p in line.split())
     assert set(pairs) >= {"cam_gradient", "dam_shapes", "baseline_cam_triangles", "distance"}
+    for kind in MAP_KINDS:
+        ours, base = result.ours[kind], result.baseline[kind]
+        assert (pairs[f"cam_{kind}"], pairs[f"dam_{kind}"]) == (f"{ours.cam:.4f}", f"{ours.dam:.3f}")
+        assert (pairs[f"baseline_cam_{kind}"], pairs[f"baseline_dam_{kind}"]) == (f"{base.cam:.4f}", f"{base.dam:.3f}")
+    assert pairs["distance"] == FALLBACK_DISTANCE
 
 
 def test_command_line_runs_table_1_on_tiny_sd(capsys) -> None:
