@@ -106,6 +106,7 @@ def test_all_zero_map_runs_nothing(tiny_if, monkeypatch):
     out = tiny_if(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
                   num_images_per_prompt=2)
     assert calls.count == out.steps_run == 0
+    assert len(out.images) == 2
     assert all(np.array_equal(np.asarray(r), np.asarray(image)) for r in out.images)
 
 

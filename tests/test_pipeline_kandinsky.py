@@ -123,6 +123,7 @@ def test_all_zero_map_runs_nothing(tiny_k22, monkeypatch):
     out = tiny_k22(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
                    num_images_per_prompt=2)
     assert unet.count == prior.count == out.steps_run == 0
+    assert len(out.images) == 2
     assert all(np.array_equal(np.asarray(r), np.asarray(image)) for r in out.images)
     latents = tiny_k22(prompt=PROMPT, image=image, change_map=np.zeros((64, 64), np.float32),
                        num_images_per_prompt=2, output_type="latent")

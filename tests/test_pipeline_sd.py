@@ -318,6 +318,8 @@ def test_previews_show_the_clean_estimate(tiny_sd, test_image, scheduler):
     seen: list[StepInfo] = []
     run(tiny_sd, test_image, np.full((64, 64), 0.8, np.float32), num_inference_steps=6,
         scheduler=scheduler, callback=seen.append)
+    # floor(0.8 * 6) = 4 steps, each seen (PNDM's first step takes two model calls: 5 callbacks).
+    assert [info.step for info in seen] == list(range(1, 6 if scheduler == "PNDM" else 5))
     if scheduler == "PNDM":  # no clean estimate to show: the latents themselves
         assert all(info.denoised is None for info in seen)
         return
