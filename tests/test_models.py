@@ -396,6 +396,7 @@ def hub_cache(tmp_path, monkeypatch):
         index = snapshot / "model_index.json"
         index.write_text(json.dumps({**json.loads(index.read_text()), **index_changes}))
 
+    put.root = root
     return put
 
 
@@ -414,6 +415,28 @@ def test_hub_ids_load_from_the_cache_by_their_declared_class(hub_cache, tiny_sd,
     assert isinstance(xl, StableDiffusionXLDifferentialPipeline)
     np.testing.assert_array_equal(edit(xl), edit(tiny_sdxl))
 
+
+
+def test_a_cached_hub_model_with_pickled_weights_is_never_unpickled(hub_cache, monkeypatch):
+    hub_cache("painter/pickled", StableDiffusionPipeline(
+        **tiny_components("tiny-sd"), safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False))
+    snapshot = next((hub_cache.root / "models--painter--pickled" / "snapshots").iterdir())
+    for weights in snapshot.glob("unet/*.safetensors"):  # the UNet as a pickle only
+        torch.save(load_file(weights), weights.with_suffix(".bin"))
+        weights.unlink()
+
+    unpickled: list = []
+
+    def no_unpickling(*args, **kwargs):  # recorded: the loader turns any exception into its own error
+        unpickled.append(args)
+        raise RuntimeError("torch.load was called on a hub model's pickled weights")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(ModelNotFoundError, match="painter/pickled") as caught:
+        load_pipeline("painter/pickled")
+    assert unpickled == [], "the pickled UNet was read"
+    assert "safetensors" in str(caught.value)
 
 def test_single_file_uses_the_original_repositorys_configs_from_the_cache(single_file, hub_cache, tiny_sd):
     # No config given and none beside it: diffusers picks the original repository from the
