@@ -143,6 +143,9 @@ def test_handshake_ok_and_errors():
     raises(p.E_UNAUTHORIZED, p.check_hello, p.hello(token="wrong"), "s3cret")
     raises(p.E_UNAUTHORIZED, p.check_hello, p.hello(), "s3cret")
     raises(p.E_UNAUTHORIZED, p.check_hello, {"type": "hello", "protocol": 1, "token": 5}, "s3")
+    # The whole token, exactly: no prefix, no extension, no other case, not empty.
+    for guess in ("s3cre", "s3cret!", "S3CRET", "", "s3cret "):
+        raises(p.E_UNAUTHORIZED, p.check_hello, p.hello(token=guess), "s3cret")
 
 
 def test_capabilities_round_trip():

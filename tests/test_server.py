@@ -679,7 +679,7 @@ async def test_protocol_version_mismatch_and_missing_hello_get_clear_errors(pipe
 
 
 def test_non_loopback_bind_without_token_is_refused():
-    for host in ("0.0.0.0", "192.168.1.20", "::", "example.org"):
+    for host in ("0.0.0.0", "192.168.1.20", "::", "example.org", "localhost.example.org", "127.0.0.1.nip.io"):
         with pytest.raises(ConfigError, match="without a token"):
             check_bind(host, None)
         with pytest.raises(ConfigError, match="--token"):
