@@ -361,6 +361,38 @@ def test_lms_coefficients_are_the_exact_integrals(tiny_sd):
                                                                                     abs=1e-12)
 
 
+
+def test_scheduler_names_pick_the_samplers_painters_know(tiny_sd):
+    # The img2img comparisons build both sides with make_scheduler, so they cannot see a wrong
+    # pick: the names are checked here against the samplers they stand for.
+    from diffusers import (
+        DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
+        PNDMScheduler, UniPCMultistepScheduler,
+    )
+    from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, scipy or not
+
+    dpm = DPMSolverMultistepScheduler
+    expected = {
+        "DDIM": (DDIMScheduler, {}), "Euler": (EulerDiscreteScheduler, {}),
+        "Euler a": (EulerAncestralDiscreteScheduler, {}),
+        "DPM++ 2M": (dpm, {"use_karras_sigmas": False, "algorithm_type": "dpmsolver++"}),
+        "DPM++ 2M Karras": (dpm, {"use_karras_sigmas": True, "algorithm_type": "dpmsolver++"}),
+        "DPM++ 2M SDE": (dpm, {"use_karras_sigmas": False, "algorithm_type": "sde-dpmsolver++"}),
+        "DPM++ 2M SDE Karras": (dpm, {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
+        "UniPC": (UniPCMultistepScheduler, {}), "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
+        "LMS": (LMSDiscreteScheduler, {}),
+    }
+    assert set(expected) == set(SCHEDULER_NAMES)
+    model = tiny_sd.scheduler.config
+    for name, (cls, values) in expected.items():
+        sched = make_scheduler(name, model)
+        assert isinstance(sched, cls) and (cls is not EulerDiscreteScheduler or
+                                           not isinstance(sched, EulerAncestralDiscreteScheduler)), name
+        assert {key: sched.config[key] for key in values} == values, name
+        # What belongs to the model stays the model's.
+        for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type"):
+            assert sched.config[key] == model[key], (name, key)
+
 def test_scheduler_names_all_run(tiny_sd, test_image):
     change_map = np.full((64, 64), 0.5, np.float32)
     for name in SCHEDULER_NAMES:
