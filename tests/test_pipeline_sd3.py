@@ -197,6 +197,21 @@ def test_cancel_stops_before_the_next_step(tiny_sd3, image, monkeypatch):
     assert calls.count == 2
 
 
+
+def test_flow_scheduler_names_pick_their_sigma_spacing(tiny_sd3):
+    # The img2img comparisons build both sides with make_flow_scheduler: the names are checked here.
+    spacings = ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
+    expected = {"Euler": set(), "Euler Karras": {"use_karras_sigmas"},
+                "Euler exponential": {"use_exponential_sigmas"}}
+    assert set(expected) == set(FLOW_SCHEDULER_NAMES)
+    model = tiny_sd3.scheduler.config
+    for name, on in expected.items():
+        sched = make_flow_scheduler(name, tiny_sd3.scheduler)
+        assert type(sched) is FlowMatchEulerDiscreteScheduler
+        assert {key for key in spacings if sched.config[key]} == on, name
+        assert (sched.config["shift"], sched.config["use_dynamic_shifting"]) == \
+            (model["shift"], model["use_dynamic_shifting"]), name  # the model's shift stays
+
 def test_flow_schedulers_run_and_sd_only_ones_are_refused(tiny_sd3, image):
     change_map = np.full((64, 64), 0.5, np.float32)
     results = [run(tiny_sd3, image, change_map, scheduler=name).images
