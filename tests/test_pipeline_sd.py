@@ -64,6 +64,24 @@ def test_uniform_map_equals_img2img_with_pil_map_and_batch(tiny_sd, test_image):
     assert not np.array_equal(np.asarray(ours.images[0]), np.asarray(ours.images[1]))  # one generator each
 
 
+
+def test_guidance_one_runs_without_cfg_like_img2img(tiny_sd, test_image, monkeypatch):
+    batches: list[int] = []
+    forward = tiny_sd.unet.forward
+
+    def recording(x, *args, **kwargs):
+        batches.append(x.shape[0])
+        return forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(tiny_sd.unet, "forward", recording)
+    change_map = np.full((64, 64), 0.5, dtype=np.float32)
+    ours = run(tiny_sd, test_image, change_map, guidance_scale=1.0, scheduler="Euler")
+    assert batches == [1] * 5  # one latent per call: no unconditional half
+    theirs = reference_img2img(tiny_sd, "Euler")(
+        prompt=PROMPT, negative_prompt=NEGATIVE, image=test_image, strength=0.5, num_inference_steps=10,
+        guidance_scale=1.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.testing.assert_array_equal(ours.images, theirs)
+
 def test_v_prediction_uniform_map_equals_img2img(tiny_sd, test_image):
     components = dict(tiny_sd.components)
     components["scheduler"] = DDIMScheduler.from_config(tiny_sd.scheduler.config,
