@@ -364,6 +364,7 @@ def test_fan_in_a_selection_spans_the_selection_bounds(batch):
 def test_create_change_map_layer(batch):
     r, _ = part(batch, "create_map")
     assert r["name"] == "Change Map" and r["type"] == "paintlayer" and r["all_black_opaque"]
+    assert r["opacity"] == 128 and r["on_top"]  # half see-through, so the painter paints over the picture
     assert len(r["after"]) == len(r["before"]) + 1
     for key, value in r["before"].items():
         assert r["after"][key] == value

@@ -210,6 +210,8 @@ def create_map_layer(args: dict) -> dict:
         "name": node.name(),
         "type": node.type(),
         "all_black_opaque": data == bytes((0, 0, 0, 255)) * (args["width"] * args["height"]),
+        "opacity": node.opacity(),
+        "on_top": doc.rootNode().childNodes()[-1].uniqueId() == node.uniqueId(),
     }
 
 
