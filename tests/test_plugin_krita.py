@@ -139,6 +139,8 @@ def batch(krita_home, tmp_path_factory):
          "preview1.png": rgba_png(preview1), "preview2.png": rgba_png(preview2), "result.png": rgba_png(result)},
         region=list(PREVIEW_REGION))
     add("create_map", "create_map_layer", {"picture.bgra": picture().tobytes()})
+    add("two_maps", "two_maps_and_a_preview", {"picture.bgra": picture(5).tobytes(), "ink.bgra": ink_layer().tobytes(),
+                                                "map_layer.bgra": map_layer().tobytes()})
     for model, depth in DEEP:
         add(f"deep_{model}_{depth}", "deep_document", {}, width=16, height=16, model=model, depth=depth)
     common = {"picture.bgra": picture(4).tobytes(), "ink.bgra": ink_layer().tobytes()}
@@ -194,6 +196,19 @@ def test_map_layer_becomes_the_job_request(batch):
     assert abs(sent_map[0, 30] - 128) <= 1  # half-transparent white: half change
     assert result["unchanged"] and result["layers"] == 2
 
+
+
+def test_the_topmost_map_layer_is_the_map_and_the_preview_is_not_in_the_picture(batch):
+    r, out_dir = part(batch, "two_maps")
+    assert r["unchanged"] and r["layers"] == 4
+    sent_map = np.frombuffer((out_dir / "sent_map.gray").read_bytes(), np.uint8).reshape(H, W).astype(int)
+    assert np.abs(sent_map - expected_map(map_layer())).max() <= 1  # the top 'Change Map', not the lower one
+    # The picture: the lower 'Change Map' (a painter's layer) over the Background; no top map, no preview.
+    pic, ink = picture(5).astype(float), ink_layer()
+    a = ink[..., 3:4] / 255.0
+    want = ink[..., :3] * a + pic[..., :3] * (1 - a)
+    sent = np.frombuffer((out_dir / "sent_image.bgra").read_bytes(), np.uint8).reshape(H, W, 4)
+    assert np.abs(sent[..., :3].astype(float) - want).max() <= 1.5 and (sent[..., 3] == 255).all()
 
 def test_selection_region_is_sent_as_the_job_region(batch):
     result, _ = part(batch, "map_sel")

@@ -60,6 +60,31 @@ def job_from_map_layer(args: dict) -> dict:
     }
 
 
+
+@entry
+def two_maps_and_a_preview(args: dict) -> dict:
+    """Two layers called 'Change Map' (the lower one is just a painter's layer) and the plugin's own
+    preview on top: the map is the topmost one, the picture leaves out that map and the preview."""
+    from krita_plugin.images import png_to_bgra
+    from krita_plugin.jobs import build_submit
+    from krita_plugin.krita_io import DocumentCanvas
+    from shared.protocol import Region
+
+    w, h = args["width"], args["height"]
+    doc = picture_document(args)
+    add_paint_layer(doc, "Change Map", read_input(args, "ink.bgra"))  # older, lower: part of the picture
+    add_paint_layer(doc, "Change Map", read_input(args, "map_layer.bgra"))
+    canvas = DocumentCanvas(doc)
+    canvas.set_preview(Region(0, 0, w, h), bytes((0, 255, 0, 255)) * (w * h))  # opaque green
+    before = layer_pixels(doc)
+    settings = _settings(mode="change_map", prompt="two maps", random_seed=False, seed=3)
+    inputs = canvas.read_inputs(settings)
+    request = build_submit(settings, inputs, seed=3, ref=1)
+    _message, image_frame, map_frame = _frames(request, inputs)
+    write_output(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
+    write_output(args, "sent_map.gray", map_frame.payload)
+    return {"unchanged": layer_pixels(doc) == before, "layers": len(before)}
+
 @entry
 def soft_inpaint_map(args: dict) -> dict:
     """A rectangular selection with softness -> the gray map read back from Krita's feathered copy."""
