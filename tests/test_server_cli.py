@@ -106,3 +106,34 @@ async def test_signal_cancels_the_running_job_tells_the_client_and_exits_zero(si
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_every_option_reaches_the_servers_config(monkeypatch):
+    # The server itself is replaced here (it has its own tests): what is checked is the wiring.
+    import torch
+
+    import server.__main__ as cli
+    import server.app
+
+    built = []
+
+    async def served(server) -> None:
+        built.append(server)
+
+    monkeypatch.setattr(server.app, "DiffusionServer", lambda config: config)
+    monkeypatch.setattr(cli, "serve_until_signal", served)
+    code = cli.main(["--model", "tiny-sdxl", "--refiner", "tiny-sdxl-refiner", "--allow-model", "a",
+                     "--allow-model", "b", "--host", "0.0.0.0", "--port", "9123", "--token", "tok",
+                     "--device", "cuda", "--preview-every", "3", "--max-pixels", "70000",
+                     "--max-message-bytes", "123456", "--max-region-pixels", "4096"])
+    assert code == 0
+    (config,) = built
+    assert (config.model, config.refiner, config.extra_models) == ("tiny-sdxl", "tiny-sdxl-refiner", ("a", "b"))
+    assert (config.host, config.port, config.token, config.device) == ("0.0.0.0", 9123, "tok", "cuda")
+    assert config.dtype == torch.float16  # auto: half precision on a GPU
+    assert (config.preview_every, config.max_pixels, config.max_message_bytes, config.max_region_pixels) == \
+        (3, 70000, 123456, 4096)
+    built.clear()
+    assert cli.main(["--device", "cpu", "--dtype", "auto"]) == 0 and built[0].dtype == torch.float32
+    built.clear()
+    assert cli.main(["--device", "cpu", "--dtype", "bfloat16"]) == 0 and built[0].dtype == torch.bfloat16
