@@ -343,8 +343,12 @@ def test_client_session_cancel_and_errors():
     assert json.loads(s.cancel(ref=3)) == {"type": "cancel", "job_id": 77}
     (c,) = server_says(s, p.cancelled(77, "cancelled by the client"))
     assert isinstance(c, p.Cancelled) and c.job_id == 77
+    assert s.job_by_ref == {}  # an ended job is forgotten: its ref no longer names it
+    assert json.loads(s.cancel(ref=3)) == {"type": "cancel", "ref": 3}
+    server_says(s, p.accepted(4, 78, 0, 1))
     (e,) = server_says(s, p.error(p.E_OUT_OF_MEMORY, "too big", job_id=78))
     assert (e.code, e.message, e.job_id) == (p.E_OUT_OF_MEMORY, "too big", 78)
+    assert s.job_by_ref == {}
     (e,) = s.receive("{garbage")
     assert isinstance(e, p.Error) and e.code == "bad_server_message"
     (e,) = s.receive(p.encode_frame(p.FRAME_RESULT_PNG, 5, 0, 8, 8, png(8, 8)))
