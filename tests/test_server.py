@@ -618,6 +618,15 @@ async def test_previews_for_a_slow_client_are_dropped_but_nothing_else():
     assert [m for m in sent if m.startswith("progress")] == [f"progress {i}" for i in range(20)]
     assert [m for m in sent if m.startswith("preview")] == \
         [f"preview {i}" for i in range(MAX_QUEUED_PREVIEW_FRAMES)]
+    # The client caught up: the next previews go out again (a sent preview frees its place).
+    pump = asyncio.create_task(session.pump())
+    for i in range(20, 20 + MAX_QUEUED_PREVIEW_FRAMES + 2):
+        session.post([f"preview {i}"], droppable=True)
+        await asyncio.sleep(0)  # handed over
+        await session.flush(TIMEOUT_S)  # and sent before the next one comes
+    pump.cancel()
+    assert [m for m in sent if m.startswith("preview")][MAX_QUEUED_PREVIEW_FRAMES:] == \
+        [f"preview {i}" for i in range(20, 20 + MAX_QUEUED_PREVIEW_FRAMES + 2)]
 
 
 @async_test
@@ -670,6 +679,9 @@ async def test_protocol_version_mismatch_and_missing_hello_get_clear_errors(pipe
         assert error.code == p.E_HANDSHAKE_REQUIRED
         error, _ = await refused(server, "{oops")
         assert error.code == p.E_BAD_JSON
+        # A long refusal still closes cleanly (a close reason holds at most 123 bytes).
+        error, code = await refused(server, p.dumps({"type": "hello", "protocol": "ü" * 200}))
+        assert error.code == p.E_BAD_VERSION and code == p.CLOSE_POLICY_VIOLATION
         # And a client session told of another version says so.
         events = p.ClientSession().receive(json.dumps({"type": "welcome", "protocol": 2,
                                                        "capabilities": {}}))
