@@ -282,3 +282,17 @@ def test_a_picture_that_cannot_be_encoded_ends_the_job_with_a_message(tiny_sd, m
         server.stop()
     assert outcome.state == "error" and "no memory for the PNG" in outcome.message
     assert "Could not prepare the picture" in notices[-1] and not c.busy
+
+
+def test_an_address_that_is_not_a_websocket_url_is_refused_not_retried():
+    client = ServerClient(reconnect_delays=(0.01,))
+    states: list[tuple[str, str]] = []
+    client.state_changed.connect(lambda state, text: states.append((state, text)))
+    try:
+        client.connect_to("localhost:7860")  # no ws:// in front
+        assert pump_events(lambda: client.state == "refused", 10), states
+        assert "not a websocket address" in states[-1][1] and "ws://127.0.0.1:7860" in states[-1][1]
+        assert pump_events(lambda: False, 0.2) is False  # and it does not try again by itself
+        assert [s for s, _ in states].count("connecting") == 1 and client.state == "refused"
+    finally:
+        client.close(timeout_s=5)
