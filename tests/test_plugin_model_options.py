@@ -73,6 +73,7 @@ def test_chosen_options_go_into_the_request_for_the_model_that_takes_them():
     # A stored value out of the model's range is not sent (the default applies).
     c.update_settings(model="", model_options='{"refiner_split": 7}')
     assert c.generate() and sent(client).options is None
+    assert c.option_value(REFINER_SPLIT) == 0.8  # and the panel shows the default, not 7
 
 
 def test_options_persist_with_the_settings():
