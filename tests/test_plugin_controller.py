@@ -483,6 +483,22 @@ def test_panel_lists_the_servers_models_and_schedulers():
     assert panel.generate.isEnabled()
 
 
+
+def test_generate_is_enabled_only_while_connected_and_a_random_seed_is_shown():
+    c, client, *_ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    assert panel.generate.isEnabled()
+    client.state_changed.emit("disconnected", "Cannot reach the server")
+    assert not panel.generate.isEnabled() and "Cannot reach" in panel.connection.text()
+    client.state_changed.emit("connected", "Connected again")
+    assert panel.generate.isEnabled()
+    c.update_settings(random_seed=True)
+    panel.generate.click()
+    assert c.last_seed is not None and client.received().request.seed == c.last_seed
+    assert panel.status.text() == f"Seed {c.last_seed}"
+    panel.apply_button.click()  # nothing picked: a warning, in the warning colour (not the error one)
+    assert "e0a000" in panel.message.styleSheet()
+
 def test_softness_and_strength_sliders_follow_their_boxes():
     c, *_ = make(mode="soft_inpaint")
     panel = DiffDiffPanel(c.host, controller=c)
