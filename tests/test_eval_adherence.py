@@ -55,6 +55,7 @@ def test_pictures_are_deterministic_and_varied() -> None:
 def test_binarise_changes_fully_above_threshold_and_keeps_below() -> None:
     m = np.array([[0.0, 0.3, 0.5, 0.9]], dtype=np.float32)
     np.testing.assert_array_equal(adherence.binarise(m, 0.4), [[0, 0, 1, 1]])
+    np.testing.assert_array_equal(adherence.binarise(m, 0.5), [[0, 0, 0, 1]])  # exactly at it: kept
 
 
 class _Editor:

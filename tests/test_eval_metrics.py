@@ -101,6 +101,11 @@ def test_edit_strength_map_removes_spatial_bias() -> None:
     raw = with_map.mean()
     e = edit_strength_map(raw, all_change.mean())
     assert with_map.count == 8
+    first = distance(images[0], edit(images[0], 0.6 * m + 0.4 * bias, 100))
+    two = metrics.MeanDistanceMap(distance)
+    two.add(images[0], edit(images[0], 0.6 * m + 0.4 * bias, 100))
+    two.add(images[0], images[0])  # unchanged: distance 0
+    np.testing.assert_allclose(two.mean(), first / 2, atol=1e-9)  # a mean, not a sum
     # White-noise textures and a saturating distance keep CAM below 1 even for this ideal editor.
     assert cam(m, e) > 0.8
     assert cam(m, e) > cam(m, raw) + 0.1
