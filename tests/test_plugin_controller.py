@@ -15,6 +15,7 @@ from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
 
 from krita_plugin.controller import Controller
 from krita_plugin.docker import DiffDiffPanel
+from krita_plugin.jobs import JobInputError
 from krita_plugin.settings import MODES, DictStore, Settings, load_settings, save_settings
 from shared import protocol
 from shared.fan import fan_strengths
@@ -213,6 +214,17 @@ def test_canvases_the_server_would_refuse_get_the_plugins_own_message():
     text = _refused(outside, mode="change_map", region="selection")
     assert "black inside the selection" in text and "paint white" in text
 
+
+
+def test_a_selection_reaching_past_the_canvas_is_clipped_to_it():
+    # Krita's feathered selections can reach past the canvas edge; the server takes regions inside it only.
+    from krita_plugin.jobs import job_region
+
+    assert job_region(W, H, Region(-5, 20, 30, 30), True) == Region(0, 20, 25, 12)
+    assert job_region(W, H, Region(-3, -3, W + 6, H + 6), True) is None  # all of it: the whole canvas
+    assert job_region(W, H, Region(4, 4, 8, 8), False) is None  # Region 'Canvas'
+    with pytest.raises(JobInputError, match="smaller than 8x8"):
+        job_region(W, H, Region(W - 4, 0, 20, 20), True)
 
 def test_result_layer_names_are_one_short_line():
     c, client, canvas, _ = make(mode="soft_inpaint", softness_px=12,
