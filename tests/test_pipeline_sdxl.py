@@ -86,6 +86,24 @@ def test_half_precision_equals_sdxl_img2img(test_image, force_upcast):
     np.testing.assert_array_equal(ours, theirs)
 
 
+
+def test_a_vae_with_latent_mean_and_std_equals_sdxl_img2img(test_image):
+    # Some SDXL-family VAEs normalise latents per channel (latents_mean / latents_std in their
+    # config); diffusers applies them on encode and decode, and so must we.
+    components = tiny_components("tiny-sdxl")
+    components["vae"].register_to_config(latents_mean=[0.3, -0.2, 0.1, 0.5], latents_std=[1.5, 0.8, 1.2, 2.0])
+    pipe = StableDiffusionXLDifferentialPipeline(**components)
+    change_map = np.full((64, 64), 0.5, dtype=np.float32)
+    ours = pipe(image=test_image, change_map=change_map, scheduler="Euler", output_type="np",
+                **{**common(), "num_inference_steps": 6}).images
+    theirs = reference_base(pipe, "Euler")(image=test_image, strength=0.5, output_type="np",
+                                           **{**common(), "num_inference_steps": 6}).images
+    np.testing.assert_array_equal(ours, theirs)
+    plain = StableDiffusionXLDifferentialPipeline(**tiny_components("tiny-sdxl"))(
+        image=test_image, change_map=change_map, scheduler="Euler", output_type="np",
+        **{**common(), "num_inference_steps": 6}).images
+    assert not np.array_equal(ours, plain)  # the statistics really mattered
+
 # -- base + refiner split ----------------------------------------------------------------------------
 def diffusers_split(pipe, image, strength: float, split: float, scheduler: str) -> torch.Tensor:
     """diffusers' documented two-pipeline way: base with ``denoising_end``, latents handed to the
