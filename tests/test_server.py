@@ -305,6 +305,18 @@ async def test_every_mode_gives_the_pipelines_exact_result(pipe, tiny_sd, mode):
     np.testing.assert_array_equal(decode(result.png), direct(tiny_sd, image, expected_map, [99])[0])
 
 
+
+@async_test
+async def test_the_servers_preview_interval_applies_when_the_client_names_none(pipe):
+    async with serving(pipe, preview_every=2) as server:
+        client = await Client.connect(server)
+        await client.submit(make_test_image(), mode="uniform", strength=1.0, steps=5, preview_every=None)
+        events = await client.until_end((await client.accepted()).job_id)
+        await client.submit(make_test_image(), mode="uniform", strength=1.0, steps=5, preview_every=0)
+        quiet = await client.until_end((await client.accepted()).job_id)
+    assert [e.step for e in of(events, p.Preview)] == [2, 4]  # every 2nd step (none at the last)
+    assert of(quiet, p.Preview) == []  # 0 from the client: none at all
+
 @async_test
 async def test_variants_use_seeds_s_plus_i(pipe, tiny_sd):
     image = make_test_image(64, 64, seed=5)
