@@ -823,6 +823,21 @@ async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(pipe, tiny_s
     np.testing.assert_array_equal(decode(result.png), expected[0])
 
 
+
+@async_test
+async def test_the_region_pixel_budget_downscales_the_run_and_the_result_comes_back_full_size(pipe):
+    image = make_test_image(64, 64, seed=9)
+    change = gradient_map()  # the left quarter is kept
+    async with serving(pipe, max_region_pixels=32 * 32) as server:
+        client = await Client.connect(server)
+        await client.submit(image, change, steps=3, seed=2)
+        events = await client.until_end((await client.accepted()).job_id)
+    (started,) = of(events, p.Started)
+    (result,) = of(events, p.Result)
+    assert (started.width, started.height) == (32, 32) and pipe.runs[0].kwargs["image"].size == (32, 32)
+    assert (result.width, result.height) == (64, 64) and result.region == p.Region(0, 0, 64, 64)
+    np.testing.assert_array_equal(decode(result.png)[:, :16], np.asarray(image)[:, :16])  # kept exactly
+
 @async_test
 async def test_a_region_confines_a_uniform_job_on_a_large_canvas(pipe):
     canvas = make_test_image(200, 160, seed=8)
