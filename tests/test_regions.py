@@ -142,6 +142,19 @@ def test_soft_inpaint_map_built_near_the_mask_equals_the_whole_canvas_build():
     assert change.values.size < whole.size // 4  # only the mask's neighbourhood was built
 
 
+
+def test_a_region_confines_the_soft_inpaint_map_too():
+    canvas = (400, 300)
+    mask = np.zeros((300, 400), np.uint8)
+    mask[140:170, 200:260] = 255
+    area = Region(210, 100, 100, 100)
+    change = regions.map_from_mask(mask.tobytes(), canvas, 12.0, 0, area)
+    inside = np.zeros((300, 400), bool)
+    inside[100:200, 210:310] = True
+    whole = soft_inpaint_map(mask, 12.0, 0)
+    np.testing.assert_array_equal(change.full()[inside], whole[inside])
+    assert not change.full()[~inside].any() and whole[~inside].any()  # the soft edge outside is cut
+
 def test_soft_inpaint_map_touching_the_canvas_edge_equals_the_whole_canvas_build():
     canvas = (120, 90)
     mask = np.zeros((90, 120), np.uint8)
