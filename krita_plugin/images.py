@@ -64,10 +64,6 @@ def bgra_to_png(bgra: bytes, width: int, height: int) -> bytes:
     return encode_png(bgra_image(bgra, width, height))
 
 
-def gray_to_png(gray: bytes, width: int, height: int) -> bytes:
-    if len(gray) != width * height:
-        raise ImageError(f"expected {width}x{height} bytes of map, got {len(gray)}")
-    return encode_png(QImage(gray, width, height, width, FORMAT_GRAY8).copy())
 
 
 def decode_png(data: bytes) -> QImage:
@@ -85,9 +81,6 @@ def png_to_bgra(data: bytes, width: int | None = None, height: int | None = None
     return image_to_bgra(image)
 
 
-def png_to_gray(data: bytes) -> tuple[bytes, int, int]:
-    image = decode_png(data).convertToFormat(FORMAT_GRAY8)
-    return _image_bytes(image, 1), image.width(), image.height()
 
 
 def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:
@@ -103,6 +96,3 @@ def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:
     over_black = QImage(_image_bytes(premultiplied, 4), width, height, width * 4, FORMAT_RGB32)
     return _image_bytes(over_black.convertToFormat(FORMAT_GRAY8), 1)
 
-
-def solid_bgra(width: int, height: int, blue: int, green: int, red: int, alpha: int = 255) -> bytes:
-    return bytes((blue, green, red, alpha)) * (width * height)
