@@ -141,7 +141,7 @@ def _load_refiner(refiner: str, base: DifferentialPipeline,
 # -- real models ---------------------------------------------------------------------------------
 def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool, config: str | None = None) -> Any:
     path = Path(model).expanduser()
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     if path.is_dir():
         _check_safetensors_folder(path)
         cls = _folder_pipeline_class(path, refiner)
@@ -182,7 +182,7 @@ def _load_single_file(path: Path, dtype: torch.dtype, refiner: bool, config: str
     pipeline from a diffusers config folder. Given ``config`` (a local folder), nothing is
     downloaded; otherwise diffusers picks the original repository from the checkpoint's keys and
     reads its configs from the Hugging Face cache, downloading them (a few kB) if missing."""
-    kwargs: dict[str, Any] = {"torch_dtype": dtype}
+    kwargs: dict[str, Any] = {"dtype": dtype}
     beside = path.with_suffix("")
     if config is None and (beside / "model_index.json").is_file():
         config = str(beside)

@@ -193,7 +193,7 @@ def load_flow_family(model: str, dtype: torch.dtype) -> Any:
         _check_safetensors_folder(path)
     try:
         loaded = loader.from_pretrained(str(path) if path.is_dir() else model,
-                                        use_safetensors=True, torch_dtype=dtype)
+                                        use_safetensors=True, dtype=dtype)
     except Exception as exc:
         message = " ".join(str(exc).split())[:300] or type(exc).__name__
         raise ModelNotFoundError(f"Could not load the {family} model {model!r}: {message}") from exc

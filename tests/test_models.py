@@ -96,6 +96,16 @@ def test_sd_folder_saved_with_safetensors_loads_and_gives_the_same_images(tiny_s
     np.testing.assert_array_equal(edit(loaded), edit(tiny_sd))
 
 
+def test_folders_and_single_files_load_in_the_requested_dtype(single_file, tmp_path):
+    # bfloat16 runs on the CPU; the server asks for float16 on GPUs the same way.
+    checkpoint, config, components = single_file
+    folder = save_sd_folder(components, tmp_path / "sd", safe_serialization=True)
+    for loaded in (load_pipeline(str(folder), dtype=torch.bfloat16),
+                   load_pipeline(str(checkpoint), config=str(config), dtype=torch.bfloat16)):
+        for name in ("unet", "vae", "text_encoder"):
+            assert {p.dtype for p in loaded.components[name].parameters()} == {torch.bfloat16}, name
+
+
 def test_sdxl_base_and_refiner_folders_load_and_give_the_same_images(tiny_sdxl_refined, tmp_path):
     base = tiny_components("tiny-sdxl")
     StableDiffusionXLPipeline(**base).save_pretrained(tmp_path / "base", safe_serialization=True)

@@ -438,7 +438,7 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: s
             stage_3 = str(path / "stage_3")
     elif source_2 is None and not path.exists():
         source_2 = stage_2_id(model)
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True, **NO_SAFETY}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **NO_SAFETY}
     first_pipe = IFImg2ImgPipeline.from_pretrained(source_1, **kwargs)
     parts: dict[str, Any] = {}
     if source_2 is not None:
@@ -450,7 +450,7 @@ def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: s
             from diffusers import StableDiffusionUpscalePipeline
 
             parts["upscaler"] = StableDiffusionUpscalePipeline.from_pretrained(
-                stage_3, torch_dtype=dtype, use_safetensors=True, safety_checker=None,
+                stage_3, dtype=dtype, use_safetensors=True, safety_checker=None,
                 feature_extractor=None, watermarker=None)
     return DeepFloydIFDifferentialPipeline(
         tokenizer=first_pipe.tokenizer, text_encoder=first_pipe.text_encoder,

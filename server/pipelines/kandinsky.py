@@ -346,7 +346,7 @@ def load_kandinsky22(model: str, dtype: torch.dtype = torch.float32,
     decoder_source = model
     if path.is_dir() and (path / "prior").is_dir() and (path / "decoder").is_dir():
         prior_source, decoder_source = str(path / "prior"), str(path / "decoder")
-    kwargs: dict[str, Any] = {"torch_dtype": dtype, "use_safetensors": True}
+    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
     prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_source, **kwargs)
     decoder = KandinskyV22Img2ImgPipeline.from_pretrained(decoder_source, **kwargs)
     parts = {n: getattr(prior_pipe, n) for n in PRIOR_COMPONENTS}
