@@ -21,9 +21,8 @@ from server.maps import fan_map, soft_inpaint_map
 from server.pipelines import unchanged_blend_weight
 from shared.fan import fan_strengths
 from shared.protocol import Region
+from shared.regions import CONTEXT, LATENT_CELL_PX, context_crop
 
-# Diffusion models work on 8x8-pixel latent cells; crops aligned to them keep latents aligned too.
-LATENT_CELL_PX = 8
 
 
 @dataclass
@@ -174,7 +173,7 @@ class RegionPlan:
 
 
 def plan_region(change: CanvasMap, native_resolution: int, max_pixels: int | None = None,
-                context: float = 0.25) -> RegionPlan:
+                context: float = CONTEXT) -> RegionPlan:
     """The rectangle a job needs: the map's bounding box, widened by ``context`` (a fraction of
     its size, at least 1/8 of the native resolution) so the model sees the surroundings, then to
     at least the native resolution per side (where the canvas allows), aligned to latent cells.
@@ -182,19 +181,9 @@ def plan_region(change: CanvasMap, native_resolution: int, max_pixels: int | Non
     When that rectangle is over ``max_pixels`` (default: 1.5x native per side, squared), it is
     processed downscaled to fit and scaled back up in :func:`paste_back`.
     """
-    width, height = change.canvas
     if max_pixels is None:
         max_pixels = int((1.5 * native_resolution) ** 2)
-    # An all-keep map changes nothing: the smallest crop returns the source at the least cost.
-    box = change.bbox() or Region(0, 0, 1, 1)
-
-    margin = max(native_resolution // 8, int(round(context * max(box.width, box.height))))
-    x0, y0 = box.x - margin, box.y - margin
-    x1, y1 = box.x + box.width + margin, box.y + box.height + margin
-    x0, x1 = _widen(x0, x1, box.x, box.x + box.width, native_resolution, width)
-    y0, y1 = _widen(y0, y1, box.y, box.y + box.height, native_resolution, height)
-    crop = Region(x0, y0, x1 - x0, y1 - y0)
-
+    crop = context_crop(change.bbox(), change.canvas, native_resolution, context)
     area = crop.width * crop.height
     scale = 1.0 if area <= max_pixels else math.sqrt(max_pixels / area)
     size = (crop.width, crop.height)
@@ -202,25 +191,6 @@ def plan_region(change: CanvasMap, native_resolution: int, max_pixels: int | Non
         size = (max(LATENT_CELL_PX, int(crop.width * scale) // LATENT_CELL_PX * LATENT_CELL_PX),
                 max(LATENT_CELL_PX, int(crop.height * scale) // LATENT_CELL_PX * LATENT_CELL_PX))
     return RegionPlan(crop, size)
-
-
-def _widen(lo: int, hi: int, must_lo: int, must_hi: int, minimum: int,
-           limit: int) -> tuple[int, int]:
-    """Clamp [lo, hi) into [0, limit), at least ``minimum`` long, on latent cells when the canvas
-    allows; shifts rather than shrinks at the canvas edges; always covers [must_lo, must_hi)."""
-    lo, hi = max(lo, 0), min(hi, limit)
-    length = min(max(hi - lo, minimum), limit)
-    cell = LATENT_CELL_PX
-    if length % cell and limit >= length + (cell - length % cell):
-        length += cell - length % cell
-    center = (lo + hi) / 2
-    lo = int(round(center - length / 2))
-    lo = lo // cell * cell  # start on a latent cell
-    lo = min(max(lo, 0), limit - length)
-    # Alignment must never uncover part of the map's own box.
-    lo = min(lo, must_lo)
-    lo = max(lo, must_hi - length)
-    return lo, lo + length
 
 
 def crop_inputs(image: Image.Image, change: CanvasMap, plan: RegionPlan
