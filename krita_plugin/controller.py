@@ -35,13 +35,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared import protocol
+from shared.protocol import Region
 
 from .client import NotConnected, ServerClient
-from .history import History, HistoryEntry
-from .images import ImageError, bgra_to_png, png_to_bgra
-from .jobs import JobInputError, JobInputs, build_submit, pick_seed, result_layer_name
-from .qt import QApplication, QObject, Signal
-from .settings import Settings, SettingsStore, load_settings, parse_model_options, save_settings
+from .history import History, JobLayer
+from .images import ImageError, bgra_to_png
+from .jobs import (
+    DocumentGone,
+    JobInputError,
+    JobInputs,
+    build_submit,
+    pick_seed,
+    read_job_inputs,
+)
+from .qt import QApplication, QObject, QTimer, Signal
+from .results import ResultsMixin
+from .settings import Settings, SettingsStore, limits_for, load_settings, parse_model_options, save_settings
 
 
 @dataclass
@@ -50,7 +59,7 @@ class ActiveJob:
     canvas: Any
     prompt: str
     label: str
-    above_id: str | None
+    layer: JobLayer  # where its preview and results go
     variants: int
     seed: int | None = None
     job_id: int | None = None
@@ -61,6 +70,9 @@ class ActiveJob:
     results: int = 0
     submitted_at: float = 0.0
     outcome: JobOutcome | None = None
+    cancel_requested: bool = False
+    preview_id: str | None = None
+    pending_preview: Any = None  # the newest preview not drawn yet (older ones are skipped)
 
 
 @dataclass
@@ -110,15 +122,6 @@ class JobOutcome:
         return self.state != "running"
 
 
-def event_pixels(ev: protocol.Preview | protocol.Result) -> bytes:
-    """The event's picture as BGRA at its region's size: decoded already by the client's network
-    thread (`ev.bgra`), or here when that failed or the event came from elsewhere (tests)."""
-    bgra = getattr(ev, "bgra", None)
-    if bgra is not None:
-        return bgra
-    return png_to_bgra(ev.png, ev.region.width, ev.region.height)
-
-
 def pump_events(until, timeout_s: float, interval_s: float = 0.01) -> bool:
     """Run the Qt event loop (queued signals from the client thread included) until `until()` is
     true or `timeout_s` passes; returns `until()`. For scripts and tests, never for the docker."""
@@ -132,7 +135,7 @@ def pump_events(until, timeout_s: float, interval_s: float = 0.01) -> bool:
         time.sleep(interval_s)
 
 
-class Controller(QObject):
+class Controller(ResultsMixin, QObject):
     changed = Signal()  # connection, progress or job state changed: the panel re-reads
     history_changed = Signal()
     notice = Signal(str, str)  # level ("info" | "warning" | "error"), a sentence for the painter
@@ -140,7 +143,7 @@ class Controller(QObject):
 
     def __init__(self, host: Any, client: ServerClient | None = None, store: SettingsStore | None = None,
                  parent: QObject | None = None) -> None:
-        super().__init__(parent)
+        QObject.__init__(self, parent)
         self.host = host
         self.store = store if store is not None else host.store
         self.settings: Settings = load_settings(self.store)
@@ -157,6 +160,15 @@ class Controller(QObject):
         self.outcomes: dict[int, JobOutcome] = {}  # by ref, every job this controller sent
         self._inbox: deque = deque()  # client events and state changes waiting while one is handled
         self._handling = False
+        # The panel re-reads at most every 50 ms: a burst of progress messages is one repaint.
+        self._changed_timer = QTimer(self)
+        self._changed_timer.setSingleShot(True)
+        self._changed_timer.timeout.connect(self.changed.emit)
+        self._init_results()
+
+    def _changed_soon(self) -> None:
+        if not self._changed_timer.isActive():
+            self._changed_timer.start(50)
 
     # -- settings and connection -------------------------------------------------------------------
     def update_settings(self, **values) -> None:
@@ -170,16 +182,30 @@ class Controller(QObject):
         if reconnect:
             self.connect_server()
 
+    def limits(self) -> dict[str, int]:
+        """The largest steps and variants a job may ask for: the protocol's, lowered by the server's."""
+        return limits_for(self.capabilities)
+
     def connect_server(self) -> None:
         self.client.connect_to(self.settings.server_url, self.settings.token)
 
     def shutdown(self) -> None:
         save_settings(self.settings, self.store)
-        self.client.close()
+        self.client.close()  # a close frame: the server cancels this client's jobs at once
 
     @property
     def busy(self) -> bool:
         return bool(self.pending or self.jobs)
+
+    def generate_blocker(self) -> str:
+        """Why Generate cannot be pressed now ("" when it can), in the painter's words."""
+        if self.connection_state != "connected":
+            return {"connecting": "Connecting to the server…",
+                    "refused": "The server refused the connection: check the token in Settings.",
+                    }.get(self.connection_state, "Not connected: start the server, or check its address in Settings.")
+        if self.host.active_canvas() is None:
+            return "Open a document first."
+        return ""
 
     def _on_state(self, state: str, text: str) -> None:
         self._one_at_a_time(lambda: self._apply_state(state, text))
@@ -205,7 +231,12 @@ class Controller(QObject):
         if canvas is None:
             raise JobInputError("Open a document first.")
         settings = self.settings.validated()
-        inputs = canvas.read_inputs(settings)
+        try:
+            hide = tuple(job.preview_id for job in self.jobs.values() if job.preview_id and job.canvas is canvas)
+            native = self.capabilities.native_resolution if self.capabilities is not None else None
+            inputs = read_job_inputs(canvas, settings, native, hide)
+        except DocumentGone:
+            raise JobInputError("The document was closed.") from None
         seed = pick_seed(settings)
         request = build_submit(settings, inputs, seed)
         names = self.scheduler_names()
@@ -222,10 +253,14 @@ class Controller(QObject):
         ref = self.client.submit(job.request, job.encode, job.map_gray8)  # encoded off the UI thread
         self.last_seed = job.seed
         outcome = self.outcomes[ref] = JobOutcome(ref=ref, seed=job.seed)
-        self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=job.inputs.label,
-                                      above_id=job.inputs.source_node_id, variants=settings.variants, seed=job.seed,
+        inputs = job.inputs
+        above, below = (inputs.source_node_id, None) if inputs.source_node_id else (None, inputs.map_layer_id)
+        crop = inputs.crop or Region(0, 0, inputs.width, inputs.height)
+        layer = JobLayer(job.canvas, above, below, job.map_gray8, crop)
+        self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=inputs.label,
+                                      layer=layer, variants=settings.variants, seed=job.seed,
                                       submitted_at=time.monotonic(), outcome=outcome)
-        for note in job.inputs.notes:
+        for note in inputs.notes:
             self.notice.emit("warning", note)
         self.changed.emit()
         return outcome
@@ -326,18 +361,28 @@ class Controller(QObject):
 
     def cancel(self) -> None:
         for job in list(self.jobs.values()):
+            job.cancel_requested = True
             self.client.cancel(job_id=job.job_id)
-        for ref in list(self.pending):
-            self.client.cancel(ref=ref)
+        for job in list(self.pending.values()):
+            job.cancel_requested = True
+            self.client.cancel(ref=job.ref)
+        self.changed.emit()
 
     def create_map_layer(self) -> None:
+        """A black, half-opaque Change Map layer on top (the painter's active layer stays active)."""
         canvas = self.host.active_canvas()
         if canvas is None:
             self.notice.emit("error", "Open a document first.")
             return
-        if self._safely(lambda: canvas.create_map_layer(self.settings.map_layer)) is not None:
-            self.notice.emit("info", f"Added '{self.settings.map_layer}': paint white where the picture may change, "
-                                     "grey for a little, black to keep.")
+
+        def create() -> str:
+            layer_id = canvas.add_layer(self.settings.map_layer, None, b"", opacity=128)
+            canvas.fill_layer(layer_id, bytes((0, 0, 0, 255)))
+            return layer_id
+
+        if self._safely(create, canvas) is not None:
+            self.notice.emit("info", f"Added '{self.settings.map_layer}': select it and paint white where the "
+                                     "picture may change, grey for a little, black to keep.")
 
     # -- server events ---------------------------------------------------------------------------------
     def _on_event(self, ev: protocol.Event) -> None:
@@ -347,7 +392,10 @@ class Controller(QObject):
         handler = getattr(self, "_on_" + type(ev).__name__, None)
         if handler is not None:
             handler(ev)
-        self.changed.emit()
+        if isinstance(ev, (protocol.Progress, protocol.Preview, protocol.QueuePosition)):
+            self._changed_soon()
+        else:
+            self.changed.emit()
 
     def _one_at_a_time(self, action) -> None:
         """Run what the client reports one thing at a time, in order. In Krita's GUI, adding or
@@ -404,59 +452,35 @@ class Controller(QObject):
         if job is not None:
             job.position, job.step, job.total, job.eta_s = 0, ev.step, ev.total, ev.eta_s
 
-    def _on_Preview(self, ev: protocol.Preview) -> None:
-        job = self.jobs.get(ev.job_id)
-        if job is None or job.results:  # a late preview must not cover the results
-            return
-        region = ev.region
-        if self._safely(lambda: job.canvas.set_preview(
-                region, event_pixels(ev), job.above_id)) and job.outcome:
-            job.outcome.previews += 1
-
-    def _on_Result(self, ev: protocol.Result) -> None:
-        job = self.jobs.get(ev.job_id)
-        if job is None:
-            return
-        if job.results == 0:
-            self._safely(job.canvas.remove_preview)
-        job.results += 1
-        region = ev.region
-        name = result_layer_name(job.prompt, ev.seed, job.label)
-        layer_id = self._safely(lambda: job.canvas.add_result_layer(
-            name, region, event_pixels(ev), job.above_id, ev.index == 0))
-        if layer_id is None:
-            return
-        entry = self.history.add(job_id=ev.job_id, index=ev.index, seed=ev.seed, name=name, region=region,
-                                 png=ev.png, canvas=job.canvas, above_id=job.above_id, layer_id=layer_id)
-        if job.outcome is not None:
-            job.outcome.layer_ids.append(layer_id)
-            job.outcome.layer_names.append(name)
-            job.outcome.history_keys.append(entry.key)
-        self.history_changed.emit()
-
     def _on_Done(self, ev: protocol.Done) -> None:
         job = self.jobs.pop(ev.job_id, None)
         if job is None:
             return
-        self._safely(job.canvas.remove_preview)
-        took = ev.timings.get("total_s") or (time.monotonic() - job.submitted_at)
-        text = f"Done: {ev.images} image(s), {ev.steps_run} steps, {took:.1f} s."
+        self._remove_preview(job)
+        waited = time.monotonic() - job.submitted_at
+        server = ev.timings.get("total_s")
+        on_server = f" ({server:.1f} s on the server)" if server is not None else ""
+        text = f"Done in {waited:.1f} s{on_server}: {ev.images} image(s), {ev.steps_run} steps."
         self.notice.emit("info", text)
         self._finish(job, "done", text)
 
     def _on_Cancelled(self, ev: protocol.Cancelled) -> None:
         job = self.jobs.pop(ev.job_id, None)
-        if job is not None:
-            self._safely(job.canvas.remove_preview)
-            self.notice.emit("info", "Cancelled.")
-            self._finish(job, "cancelled", ev.reason)
+        if job is None:
+            return
+        self._remove_preview(job)
+        text = "Cancelled." if job.cancel_requested else f"The server stopped the job: {ev.reason}."
+        self.notice.emit("info" if job.cancel_requested else "warning", text)
+        self._finish(job, "cancelled", ev.reason)
 
     def _on_Error(self, ev: protocol.Error) -> None:
         job = self.jobs.pop(ev.job_id, None) if ev.job_id is not None else None
         if job is None and ev.ref is not None:
             job = self.pending.pop(ev.ref, None)
+        if job is None and ev.code == protocol.E_UNKNOWN_JOB:
+            return  # a Cancel that crossed the job's end on the wire: the job is over anyway
         if job is not None:
-            self._safely(job.canvas.remove_preview)
+            self._remove_preview(job)
         self.notice.emit("error", ev.message or ev.code)
         if job is not None:
             self._finish(job, "error", ev.message or ev.code)
@@ -468,7 +492,7 @@ class Controller(QObject):
 
     def _end_all(self, why: str) -> None:
         for job in list(self.jobs.values()) + list(self.pending.values()):
-            self._safely(job.canvas.remove_preview)
+            self._remove_preview(job)
             self._finish(job, "lost", why)
         self.jobs.clear()
         self.pending.clear()
@@ -482,59 +506,11 @@ class Controller(QObject):
         if not self.jobs:
             return "", 0, 1
         job = next(iter(self.jobs.values()))
+        if job.cancel_requested:
+            return "Cancelling…", 0, 0
         if job.total and job.step:
             eta = f", about {job.eta_s:.0f} s left" if job.eta_s is not None else ""
             return f"Step {job.step}/{job.total}{eta}", job.step, job.total
         if job.position:
             return f"Waiting: {job.position} job(s) ahead in the server's queue", 0, 0
         return "Starting…", 0, 0
-
-    # -- history ---------------------------------------------------------------------------------------
-    def _ensure_layer(self, entry: HistoryEntry, visible: bool) -> bool:
-        if entry.layer_id is not None and self._safely(lambda: entry.canvas.layer_exists(entry.layer_id)):
-            return bool(self._safely(lambda: entry.canvas.set_layer_visible(entry.layer_id, visible)))
-        # The painter deleted it (or it was discarded): make it again from the stored image.
-        layer_id = self._safely(lambda: entry.canvas.add_result_layer(
-            entry.name, entry.region, png_to_bgra(entry.png, entry.region.width, entry.region.height),
-            entry.above_id, visible))
-        entry.layer_id = layer_id
-        return layer_id is not None
-
-    def show_result(self, key: int) -> None:
-        """Show this result's layer and hide the other variants of its job."""
-        entry = self.history.get(key)
-        if entry is None:
-            return
-        for other in self.history.siblings(entry):
-            if other.layer_id is not None:
-                self._safely(lambda o=other: o.canvas.set_layer_visible(o.layer_id, False))
-        self._ensure_layer(entry, True)
-
-    def apply_result(self, key: int) -> None:
-        """Keep the result as an ordinary layer: it becomes the painter's and leaves the list."""
-        entry = self.history.get(key)
-        if entry is None:
-            return
-        if self._ensure_layer(entry, True):
-            self.history.remove(entry)
-            self.history_changed.emit()
-
-    def discard_result(self, key: int) -> None:
-        """Remove the result's layer (the plugin's own, never applied) and the entry."""
-        entry = self.history.get(key)
-        if entry is None:
-            return
-        if entry.layer_id is not None:
-            self._safely(lambda: entry.canvas.remove_layer(entry.layer_id))
-        self.history.remove(entry)
-        self.history_changed.emit()
-
-    def _safely(self, action):
-        """Run a canvas action; a closed document or a bad image becomes a notice, not a crash."""
-        try:
-            return action()
-        except (ImageError, JobInputError) as exc:
-            self.notice.emit("error", str(exc))
-        except RuntimeError as exc:  # e.g. the document was closed while the job ran
-            self.notice.emit("error", f"Could not update the document ({exc}); was it closed?")
-        return None

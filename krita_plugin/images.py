@@ -8,7 +8,10 @@ go in and out of QImage without a per-pixel Python loop.
 from __future__ import annotations
 
 from .qt import (
+    COMPOSITION_DESTINATION_IN,
     FORMAT_ARGB32,
+    FORMAT_INDEXED8,
+    KEEP_ASPECT,
     FORMAT_GRAY8,
     FORMAT_RGB32,
     IGNORE_ASPECT,
@@ -17,6 +20,7 @@ from .qt import (
     QBuffer,
     QByteArray,
     QImage,
+    QPainter,
 )
 
 
@@ -64,6 +68,29 @@ def bgra_to_png(bgra: bytes, width: int, height: int) -> bytes:
     return encode_png(bgra_image(bgra, width, height))
 
 
+_KEPT_ALPHA: list = []  # colour table: index 0 (map black) transparent, every other opaque
+
+
+def clear_where_kept(bgra: bytes, width: int, height: int, change_map: bytes) -> bytes:
+    """`bgra` made transparent wherever `change_map` (one byte per pixel, same size) is 0: those
+    pixels equal the source anyway, so a result layer shows exactly what changed."""
+    if len(change_map) != width * height:
+        raise ImageError(f"expected a {width}x{height} map, got {len(change_map)} bytes")
+    if not _KEPT_ALPHA:
+        _KEPT_ALPHA.extend([0x00000000] + [0xFF000000] * 255)
+    mask = QImage(change_map, width, height, width, FORMAT_INDEXED8)
+    mask.setColorTable(_KEPT_ALPHA)
+    image = bgra_image(bgra, width, height)
+    painter = QPainter(image)
+    painter.setCompositionMode(COMPOSITION_DESTINATION_IN)  # keep the result where the mask is opaque
+    painter.drawImage(0, 0, mask.convertToFormat(FORMAT_ARGB32))
+    painter.end()
+    return image_to_bgra(image)
+
+
+def thumbnail(bgra: bytes, width: int, height: int, side: int) -> QImage:
+    """A small copy (at most `side` px per side) for the docker's result list."""
+    return bgra_image(bgra, width, height).scaled(side, side, KEEP_ASPECT, SMOOTH)
 
 
 def decode_png(data: bytes) -> QImage:
@@ -79,8 +106,6 @@ def png_to_bgra(data: bytes, width: int | None = None, height: int | None = None
     if width is not None and height is not None and (image.width(), image.height()) != (width, height):
         image = image.scaled(width, height, IGNORE_ASPECT, SMOOTH)
     return image_to_bgra(image)
-
-
 
 
 def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from shared import protocol
 from shared.fan import fan_strengths
 from shared.protocol import Region
+from shared.regions import context_crop
 
 from .settings import Settings
 
@@ -21,6 +22,21 @@ MIN_SIDE = 8  # the protocol's smallest image side
 
 class JobInputError(ValueError):
     """Something on the canvas stops a job from being built; the message tells the painter what to do."""
+
+
+class DocumentGone(RuntimeError):
+    """The document was closed (or its window with it): an ordinary event, not a failure."""
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One node of a document, as krita_io lists them (stack order: later = higher)."""
+
+    id: str
+    name: str
+    type: str
+    parent_id: str | None
+    visible: bool
 
 
 def region_area(region: Region) -> int:
@@ -88,10 +104,11 @@ def result_layer_name(prompt: str, seed: int, label: str = "") -> str:
 
 @dataclass
 class JobInputs:
-    """What krita_io read off the document for one job.
+    """What was read off the document for one job.
 
-    `image_bgra` and `change_map` cover the whole document (the server takes the context it needs
-    around `region` itself); `change_map` is None for fan and uniform jobs, which need none.
+    `image_bgra` and `change_map` cover `crop` (the rectangle the job needs: the whole canvas, or
+    the change plus context on a large one); `region` confines the change, in crop coordinates.
+    `change_map` is None for fan and uniform jobs, which need none.
     """
 
     width: int
@@ -100,9 +117,15 @@ class JobInputs:
     change_map: bytes | None
     mode: str
     region: Region | None = None
-    source_node_id: str | None = None  # results go above this node; None: at the top of the stack
+    source_node_id: str | None = None  # the layer edited (Source 'Active layer'); None: the picture
     label: str = ""  # extra text for result layer names (e.g. the fan strengths)
     notes: list[str] = field(default_factory=list)  # things the painter should know (e.g. converted colours)
+    crop: Region | None = None  # where the job's pixels sit on the canvas (None: the whole canvas)
+    map_layer_id: str | None = None  # the Change Map layer read (results go below it)
+
+    @property
+    def origin(self) -> tuple[int, int]:
+        return (self.crop.x, self.crop.y) if self.crop is not None else (0, 0)
 
 
 def check_change_map(settings: Settings, inputs: JobInputs) -> None:
@@ -172,3 +195,126 @@ def build_submit(settings: Settings, inputs: JobInputs, seed: int | None, ref: i
             raise JobInputError("Strength 0 changes nothing: raise the strength.")
         request.strength = settings.strength
     return request
+
+
+# -- reading a job off a canvas (krita_io.DocumentCanvas's primitives, or a test's stand-in) -------
+
+
+def find_map_layer(layers, name: str, exclude: set[str] | frozenset = frozenset()):
+    """The topmost paint layer called `name` that the plugin did not make (None: there is none)."""
+    found = None
+    for layer in layers:  # stack order: later = higher
+        if layer.name == name and layer.id not in exclude and layer.type != "selectionmask":
+            found = layer
+    return found
+
+
+def nonzero_box(gray: bytes, width: int, height: int) -> Region | None:
+    """The smallest rectangle holding every non-zero byte of a one-byte-per-pixel map."""
+    stripped = gray.lstrip(b"\0")
+    if not stripped:
+        return None
+    y0 = (len(gray) - len(stripped)) // width
+    y1 = (len(gray.rstrip(b"\0")) - 1) // width + 1
+    x0, x1 = width, 0
+    for y in range(y0, y1):
+        row = gray[y * width:(y + 1) * width]
+        left = row.lstrip(b"\0")
+        if left:
+            x0 = min(x0, width - len(left))
+            x1 = max(x1, len(row.rstrip(b"\0")))
+    return Region(x0, y0, x1 - x0, y1 - y0)
+
+
+def intersect(a: Region, b: Region | None) -> Region | None:
+    if b is None:
+        return a
+    box = clip_region(Region(a.x - b.x, a.y - b.y, a.width, a.height), b.width, b.height)
+    return Region(box.x + b.x, box.y + b.y, box.width, box.height) if region_area(box) else None
+
+
+def gray_over(gray: bytes, box: Region, target: Region) -> bytes:
+    """A map known over `box` (zero elsewhere) as one byte per pixel over `target`."""
+    rows = []
+    x0, x1 = max(box.x, target.x), min(box.x + box.width, target.x + target.width)
+    for y in range(target.y, target.y + target.height):
+        if x1 <= x0 or not box.y <= y < box.y + box.height:
+            rows.append(bytes(target.width))
+            continue
+        start = (y - box.y) * box.width
+        rows.append(bytes(x0 - target.x) + gray[start + x0 - box.x:start + x1 - box.x]
+                    + bytes(target.x + target.width - x1))
+    return b"".join(rows)
+
+
+def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = None,
+                    hide_ids: tuple = ()) -> JobInputs:
+    """Everything a job needs from a document, for the settings' mode, source and region.
+
+    Which layers count: the map is the topmost layer named like the setting (never one of
+    `hide_ids`, the plugin's own preview); the picture is everything visible but that map and
+    `hide_ids`, or the active layer alone. Only the rectangle the job needs is read: with the
+    model's `native_resolution` known, the change plus the context the server would take around
+    it (shared.regions), else the whole canvas.
+    """
+    from .images import change_map_from_bgra  # Qt: only when a job is really read
+
+    settings = settings.validated()
+    width, height = canvas.size
+    whole = Region(0, 0, width, height)
+    layers = canvas.layers()
+    map_layer = find_map_layer(layers, settings.map_layer, set(hide_ids))
+    soft = None
+    if settings.mode == "change_map" and map_layer is None:
+        raise JobInputError(f"No layer named '{settings.map_layer}': press 'Create Change Map layer' and paint "
+                            "white where the picture may change.")
+    if settings.mode == "soft_inpaint":
+        soft = canvas.soft_selection(settings.grow_px, settings.softness_px)
+        if soft is None:
+            raise JobInputError("Soft inpaint repaints the selection: select the area to repaint first.")
+    # For soft inpaint the region is the feathered copy's bounds, so the soft edge is not cut off.
+    region = job_region(width, height, soft[0] if soft else canvas.selection_box(), settings.region == "selection")
+
+    full_map = box = None
+    if settings.mode == "change_map":
+        full_map = change_map_from_bgra(canvas.layer_pixels(map_layer.id, whole), width, height)
+        box = nonzero_box(full_map, width, height)
+    elif soft is not None:
+        box = nonzero_box(soft[1], soft[0].width, soft[0].height)
+        box = Region(box.x + soft[0].x, box.y + soft[0].y, box.width, box.height) if box else None
+    else:
+        box = region or whole
+    box = intersect(box, region) if box is not None else None
+    if box is None or native_resolution is None:
+        crop = whole  # nothing to change (build_submit says so) or the model's size unknown yet
+    else:
+        crop = context_crop(box, (width, height), int(native_resolution))
+
+    source_node_id, notes = None, []
+    if settings.source == "active_layer":
+        source_node_id = canvas.active_layer_id()
+        if source_node_id is None:
+            raise JobInputError("Source is 'Active layer' but no layer is active: click a layer first.")
+        if map_layer is not None and settings.mode == "change_map" and source_node_id == map_layer.id:
+            raise JobInputError("The active layer is the change map itself: click the picture layer, or set "
+                                "Source to 'Visible picture'.")
+        image = canvas.layer_pixels(source_node_id, crop)
+    else:
+        hide = [i for i in (*hide_ids, map_layer.id if map_layer else None) if i]
+        image, converted = canvas.projection_pixels(crop, hide)
+        if converted:
+            notes.append(f"The {converted} picture was sent as 8-bit sRGB; results come back as 8-bit layers.")
+
+    change_map = None
+    if full_map is not None:
+        change_map = crop_gray(full_map, width, crop)
+    elif soft is not None:
+        change_map = gray_over(soft[1], soft[0], crop)
+    local = None
+    if region is not None:
+        local = Region(region.x - crop.x, region.y - crop.y, region.width, region.height)
+        if (local.x, local.y, local.width, local.height) == (0, 0, crop.width, crop.height):
+            local = None
+    return JobInputs(crop.width, crop.height, image, change_map, settings.mode, local, source_node_id,
+                     mode_label(settings), notes, None if crop == whole else crop,
+                     map_layer.id if map_layer is not None else None)

@@ -1,25 +1,32 @@
-"""The only module that calls the Krita API: documents, layers, selections, settings, registration.
+"""The only module that calls the Krita API: primitives over documents, layers and selections.
 
-Everything Krita-specific is here so the rest of the plugin runs (and is tested) without Krita.
-The plugin adds layers and rewrites only layers it created itself (the preview, its unapplied
-results); it never changes or removes a layer the painter made.
+No policy lives here (which layer a mode reads, where results go, what to tell the painter: that
+is jobs.py and the controller); this module only reads and writes what it is asked to, and:
+
+- a closed document raises DocumentGone from every call, never an AttributeError on None;
+- adding a layer never takes the painter's active layer: Krita activates a new layer a moment
+  after it is inserted, so the painter's layer is given back once that happens;
+- pixels are written before a new layer is inserted, and a layer rewritten in place is refreshed
+  alone, so the canvas only ever recomposes the rectangle that changed.
 """
 
 from __future__ import annotations
+
+import time
 
 from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 
 from shared.protocol import Region
 
-from .images import change_map_from_bgra
-from .qt import QScrollArea
-from .jobs import PREVIEW_LAYER_NAME, JobInputError, JobInputs, job_region, mode_label, region_area
-from .settings import SETTINGS_GROUP, Settings
+from .jobs import DocumentGone, JobInputError, LayerInfo
+from .qt import SCROLL_OFF, QScrollArea, QTimer
+from .settings import SETTINGS_GROUP
 
 RGBA8 = ("RGBA", "U8")
 SRGB_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
 DOCKER_ID = "differential_diffusion_docker"
 BAND_ROWS = 256  # large fills go in bands so a 4K canvas never needs one 64 MB buffer
+ACTIVE_RESTORE_S = 2.0  # how long to watch for Krita activating a layer the plugin just added
 
 
 class KritaSettingsStore:
@@ -50,112 +57,145 @@ def _is_rgba8(thing) -> bool:
     return (thing.colorModel(), thing.colorDepth()) == RGBA8
 
 
-def _node_bgra(node, region: Region) -> bytes:
-    """8-bit BGRA pixels of one node, converting a detached copy when the node is not RGBA 8-bit."""
-    if not _is_rgba8(node):
-        copy = node.duplicate()
-        if not copy.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE):
-            raise JobInputError(
-                f"Layer '{node.name()}' is {node.colorModel()}/{node.colorDepth()} and could not be read as "
-                "8-bit RGBA: convert it with Layer > Convert > Convert Layer Color Space."
-            )
-        node = copy
-    # Paint layers: their own pixels; groups and other layers: what they render (their projection).
-    if node.type() == "paintlayer":
-        data = node.pixelData(region.x, region.y, region.width, region.height)
-    else:
-        data = node.projectionPixelData(region.x, region.y, region.width, region.height)
-    data = bytes(data)
-    if len(data) != region_area(region) * 4:
-        raise JobInputError(f"Could not read the pixels of layer '{node.name()}'.")
-    return data
-
-
 class DocumentCanvas:
-    """One Krita document, as the rest of the plugin sees it."""
+    """One Krita document, as the rest of the plugin sees it: primitives only."""
 
     def __init__(self, document, active_layer=None) -> None:
         self.document = document
-        self.preview_id: str | None = None
         # Scripts under kritarunner have no view, so Krita reports no active layer: they pin one.
         self.active_layer = active_layer
+        self.key = self._root().uniqueId().toString()
 
-    # -- reading -----------------------------------------------------------------------------------
-    @property
-    def size(self) -> tuple[int, int]:
-        return self.document.width(), self.document.height()
+    # -- guards ------------------------------------------------------------------------------------
+    def _root(self):
+        try:
+            root = self.document.rootNode() if self.document is not None else None
+        except RuntimeError:  # the C++ document is gone
+            root = None
+        if root is None:
+            raise DocumentGone("The document was closed.")
+        return root
 
-    def find_node(self, node_id: str | None):
+    def alive(self) -> bool:
+        try:
+            self._root()
+        except DocumentGone:
+            return False
+        return True
+
+    def _node(self, node_id: str | None):
         if not node_id:
             return None
-        for node in _walk(self.document.rootNode()):
+        for node in _walk(self._root()):
             if _node_id(node) == node_id:
                 return node
         return None
 
-    def find_layer(self, name: str):
-        """The topmost layer called `name` (the plugin's own preview never counts)."""
-        found = None
-        for node in _walk(self.document.rootNode()):
-            if node.name() == name and _node_id(node) != self.preview_id and node.type() != "selectionmask":
-                found = node  # later in the walk = higher in the stack
-        return found
+    # -- reading -----------------------------------------------------------------------------------
+    @property
+    def size(self) -> tuple[int, int]:
+        self._root()
+        return self.document.width(), self.document.height()
 
-    def selection_region(self) -> Region | None:
+    def layers(self) -> list[LayerInfo]:
+        """Every node, in stack order (later = higher), masks included."""
+        out = []
+        for node in _walk(self._root()):
+            parent = node.parentNode()
+            out.append(LayerInfo(_node_id(node), node.name(), node.type(),
+                                 _node_id(parent) if parent is not None else None, node.visible()))
+        return out
+
+    def active_layer_id(self) -> str | None:
+        self._root()
+        node = self.active_layer if self.active_layer is not None else self.document.activeNode()
+        return _node_id(node) if node is not None else None
+
+    def selection_box(self) -> Region | None:
+        self._root()
         selection = self.document.selection()
         if selection is None or selection.width() <= 0 or selection.height() <= 0:
             return None
         return Region(selection.x(), selection.y(), selection.width(), selection.height())
 
-    def soft_selection(self, settings: Settings):
-        """A copy of the selection grown and feathered with Krita's own operations (the document's
-        selection itself is left as it is)."""
+    def soft_selection(self, grow_px: int, softness_px: int) -> tuple[Region, bytes] | None:
+        """A copy of the selection grown and feathered with Krita's own operations, as its box
+        and one byte per pixel over it (the document's selection itself is left as it is)."""
+        self._root()
         selection = self.document.selection()
         if selection is None or selection.width() <= 0:
             return None
         soft = selection.duplicate()
-        if settings.grow_px > 0:
-            soft.grow(settings.grow_px, settings.grow_px)
-        elif settings.grow_px < 0:
-            soft.shrink(-settings.grow_px, -settings.grow_px, False)
-        if settings.softness_px > 0:  # feather(0) would empty the selection
-            soft.feather(settings.softness_px)
-        return soft
+        if grow_px > 0:
+            soft.grow(grow_px, grow_px)
+        elif grow_px < 0:
+            soft.shrink(-grow_px, -grow_px, False)
+        if softness_px > 0:  # feather(0) would empty the selection
+            soft.feather(softness_px)
+        if soft.width() <= 0 or soft.height() <= 0:
+            return None
+        box = Region(soft.x(), soft.y(), soft.width(), soft.height())
+        return box, bytes(soft.pixelData(box.x, box.y, box.width, box.height))
 
-    def projection_bgra(self, region: Region, hide_ids: list[str]) -> tuple[bytes, list[str]]:
-        """The visible picture without the change map and the plugin's preview, as 8-bit BGRA.
+    def layer_pixels(self, node_id: str, region: Region) -> bytes:
+        """8-bit BGRA of one layer over `region` (a detached copy is converted when the layer is
+        not RGBA 8-bit); groups and other non-paint layers give what they render."""
+        node = self._node(node_id)
+        if node is None:
+            raise JobInputError("The layer is gone: pick it again.")
+        if not _is_rgba8(node):
+            copy = node.duplicate()
+            if not copy.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE):
+                raise JobInputError(
+                    f"Layer '{node.name()}' is {node.colorModel()}/{node.colorDepth()} and could not be read as "
+                    "8-bit RGBA: convert it with Layer > Convert > Convert Layer Color Space."
+                )
+            node = copy
+        if node.type() == "paintlayer":
+            data = node.pixelData(region.x, region.y, region.width, region.height)
+        else:
+            data = node.projectionPixelData(region.x, region.y, region.width, region.height)
+        data = bytes(data)
+        if len(data) != region.width * region.height * 4:
+            raise JobInputError(f"Could not read the pixels of layer '{node.name()}'.")
+        return data
+
+    def projection_pixels(self, region: Region, hide_ids: list[str]) -> tuple[bytes, str]:
+        """The visible picture over `region` without the layers in `hide_ids`, as 8-bit BGRA, and
+        the colour model it was converted from ("" when it was 8-bit RGBA already).
 
         The painter's document is never touched: when a layer must be left out, or the document is
-        not RGBA 8-bit, a clone is edited and closed instead.
+        not RGBA 8-bit, a clone is cropped to `region`, edited and closed instead.
         """
         doc = self.document
-        notes: list[str] = []
-        hidden = [n for n in (self.find_node(i) for i in hide_ids) if n is not None and n.visible()]
+        root = self._root()
+        hidden = [n for n in _walk(root) if _node_id(n) in set(hide_ids) and n.visible()]
         if not hidden and _is_rgba8(doc):
-            doc.refreshProjection()
-            return bytes(doc.pixelData(region.x, region.y, region.width, region.height)), notes
+            return bytes(doc.pixelData(region.x, region.y, region.width, region.height)), ""
+        converted = ""
         clone = doc.clone()
         try:
-            paths = [self._path(n) for n in hidden]
-            for path in sorted(paths, reverse=True):  # deepest/last first keeps earlier paths valid
+            for path in sorted((self._path(n) for n in hidden), reverse=True):  # deepest/last first
                 node = clone.rootNode()
                 for index in path:
                     node = node.childNodes()[index]
                 node.remove()
+            if (region.width, region.height) != (doc.width(), doc.height()):
+                clone.crop(region.x, region.y, region.width, region.height)  # recompose only what is sent
+                clone.waitForDone()
             if not _is_rgba8(clone):
-                model, depth = clone.colorModel(), clone.colorDepth()
+                converted = f"{clone.colorModel()}/{clone.colorDepth()}"
                 if not clone.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE):
                     raise JobInputError(
-                        f"This document is {model}/{depth}; it could not be converted to 8-bit RGBA for the "
+                        f"This document is {converted}; it could not be converted to 8-bit RGBA for the "
                         "server. Convert it with Image > Convert Image Color Space."
                     )
-                notes.append(f"The {model}/{depth} picture was sent as 8-bit sRGB; results come back as 8-bit layers.")
             clone.refreshProjection()
             clone.waitForDone()
-            data = bytes(clone.pixelData(region.x, region.y, region.width, region.height))
+            data = bytes(clone.pixelData(0, 0, region.width, region.height))
         finally:
             clone.close()
-        return data, notes
+        return data, converted
 
     def _path(self, node) -> list[int]:
         path = []
@@ -166,153 +206,122 @@ class DocumentCanvas:
             node = parent
         return path
 
-    def read_inputs(self, settings: Settings, active_node=None) -> JobInputs:
-        """Everything a job needs from this document, for the settings' mode, source and region.
-
-        Image and map cover the whole document; `region` (the selection's bounds, or None for the
-        whole canvas) confines the change and lets the server take context from around it.
-        """
-        settings = settings.validated()
-        width, height = self.size
-        whole = Region(0, 0, width, height)
-        map_node = None
-        if settings.mode == "change_map":
-            map_node = self.find_layer(settings.map_layer)
-            if map_node is None:
-                raise JobInputError(
-                    f"No layer named '{settings.map_layer}': press 'Create Change Map layer' and paint white "
-                    "where the picture may change."
-                )
-        soft = None
-        if settings.mode == "soft_inpaint":
-            soft = self.soft_selection(settings)
-            if soft is None:
-                raise JobInputError("Soft inpaint repaints the selection: select the area to repaint first.")
-
-        # For soft inpaint the region is the feathered copy's bounds, so the soft edge is not cut off.
-        if soft is not None:
-            selection = Region(soft.x(), soft.y(), soft.width(), soft.height())
-        else:
-            selection = self.selection_region()
-        region = job_region(width, height, selection, settings.region == "selection")
-
-        source_node_id = None
-        notes: list[str] = []
-        if settings.source == "active_layer":
-            node = next((n for n in (active_node, self.active_layer) if n is not None), None)
-            node = node if node is not None else self.document.activeNode()
-            if node is None:
-                raise JobInputError("Source is 'Active layer' but no layer is active: click a layer first.")
-            if map_node is not None and _node_id(node) == _node_id(map_node):
-                raise JobInputError(
-                    "The active layer is the change map itself: click the picture layer, or set Source to "
-                    "'Visible picture'."
-                )
-            image = _node_bgra(node, whole)
-            source_node_id = _node_id(node)
-        else:
-            hide = [i for i in (self.preview_id, _node_id(map_node) if map_node else None) if i]
-            image, notes = self.projection_bgra(whole, hide)
-
-        change_map = None
-        if map_node is not None:
-            change_map = change_map_from_bgra(_node_bgra(map_node, whole), width, height)
-        elif soft is not None:
-            change_map = bytes(soft.pixelData(0, 0, width, height))
-        return JobInputs(width, height, image, change_map, settings.mode, region, source_node_id,
-                         mode_label(settings), notes)
-
-    # -- writing (only the plugin's own layers) ------------------------------------------------------
-    def _new_layer(self, name: str, region: Region, bgra: bytes, above_id: str | None):
+    # -- writing (the plugin's own layers only; callers pass only ids they created) -------------------
+    def add_layer(self, name: str, region: Region | None, bgra: bytes, above_id: str | None = None,
+                  below_id: str | None = None, visible: bool = True, opacity: int = 255) -> str:
+        """A new paint layer holding `bgra` at `region`: above `above_id`, else just below
+        `below_id`, else on top (region None: an empty layer). The painter's active layer stays active."""
         doc = self.document
+        root = self._root()
+        painter_active = self.active_layer_id()
         node = doc.createNode(name, "paintlayer")
         if not _is_rgba8(doc):
             node.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE)  # results are 8-bit; keep them exact
-        above = self.find_node(above_id)
-        if above is not None and above.parentNode() is not None:
-            above.parentNode().addChildNode(node, above)
-        else:
-            doc.rootNode().addChildNode(node, None)  # None = on top of the stack
-        node.setPixelData(bgra, region.x, region.y, region.width, region.height)
-        return node
-
-    def _refresh(self) -> None:
-        self.document.refreshProjection()
-
-    def set_preview(self, region: Region, bgra: bytes, above_id: str | None = None) -> str:
-        """Create the preview layer, or rewrite it in place: there is only ever one."""
-        node = self.find_node(self.preview_id)
-        if node is None:
-            node = self._new_layer(PREVIEW_LAYER_NAME, region, bgra, above_id)
-            self.preview_id = _node_id(node)
-        else:
+        # Pixels first: inserting the filled layer refreshes just its extent, not the whole image.
+        if region is not None:
             node.setPixelData(bgra, region.x, region.y, region.width, region.height)
-        self._refresh()
-        return self.preview_id
-
-    def remove_preview(self) -> None:
-        node = self.find_node(self.preview_id)
-        self.preview_id = None
-        if node is not None:
-            node.remove()
-            self._refresh()
-
-    def add_result_layer(
-        self, name: str, region: Region, bgra: bytes, above_id: str | None = None, visible: bool = True
-    ) -> str:
-        node = self._new_layer(name, region, bgra, above_id)
         node.setVisible(visible)
-        self._refresh()
-        return _node_id(node)
+        if opacity != 255:
+            node.setOpacity(opacity)
+        parent, above = root, None
+        anchor = self._node(above_id)
+        if anchor is None and below_id:
+            below = self._node(below_id)
+            if below is not None and below.parentNode() is not None:
+                parent = below.parentNode()
+                siblings = parent.childNodes()
+                index = [_node_id(n) for n in siblings].index(below_id)
+                above = siblings[index - 1] if index > 0 else below
+        elif anchor is not None and anchor.parentNode() is not None:
+            parent, above = anchor.parentNode(), anchor
+        parent.addChildNode(node, above)  # above None = on top of the stack
+        new_id = _node_id(node)
+        self._give_back_active(painter_active, new_id)
+        return new_id
 
-    def layer_exists(self, node_id: str) -> bool:
-        return self.find_node(node_id) is not None
+    def _give_back_active(self, painter_active: str | None, new_id: str) -> None:
+        """Krita makes an inserted layer active a moment later (from its event loop): as soon as
+        it does, make the painter's layer active again; a layer the painter picks meanwhile wins."""
+        if painter_active is None or self.active_layer is not None:
+            return
+        deadline = time.monotonic() + ACTIVE_RESTORE_S
 
-    def set_layer_visible(self, node_id: str, visible: bool) -> bool:
-        node = self.find_node(node_id)
+        def check() -> None:
+            try:
+                active = self.active_layer_id()
+                if active == new_id:
+                    node = self._node(painter_active)
+                    if node is not None:
+                        self.document.setActiveNode(node)
+                    return
+                if active not in (painter_active, None) or time.monotonic() > deadline:
+                    return  # the painter chose another layer, or Krita never switched
+            except DocumentGone:
+                return
+            QTimer.singleShot(15, check)
+
+        check()
+
+    def write_layer(self, node_id: str, region: Region, bgra: bytes) -> bool:
+        """Rewrite a layer's pixels in place and recompose only that layer's area."""
+        node = self._node(node_id)
         if node is None:
             return False
-        node.setVisible(visible)
-        self._refresh()
+        node.setPixelData(bgra, region.x, region.y, region.width, region.height)
+        self._refresh_layer(node)
+        return True
+
+    def _refresh_layer(self, node) -> None:
+        # Krita 5's scripting API has no "this rectangle changed"; setting a layer's blending mode
+        # marks exactly that layer dirty, where refreshProjection() recomposes the whole image.
+        node.setBlendingMode(node.blendingMode())
+
+    def set_layer_visible(self, node_id: str, visible: bool) -> bool:
+        node = self._node(node_id)
+        if node is None:
+            return False
+        if node.visible() != visible:
+            node.setVisible(visible)
+            self._refresh_layer(node)
         return True
 
     def rename_layer(self, node_id: str, name: str) -> bool:
-        node = self.find_node(node_id)
+        node = self._node(node_id)
         if node is None:
             return False
         node.setName(name)
         return True
 
     def remove_layer(self, node_id: str) -> bool:
-        """Remove a layer the plugin created (an unapplied result); callers pass only their own ids."""
-        node = self.find_node(node_id)
+        node = self._node(node_id)
         if node is None:
             return False
         node.remove()
-        self._refresh()
         return True
 
-    def create_map_layer(self, name: str) -> str:
-        """A new black paint layer on top, half opaque so the picture shows through while painting.
+    def layer_exists(self, node_id: str | None) -> bool:
+        return self._node(node_id) is not None
 
-        Only its pixels count as the map (its opacity and visibility are ignored when reading).
-        """
-        doc = self.document
+    def fill_layer(self, node_id: str, bgra_pixel: bytes) -> bool:
+        """Fill a layer with one colour, in bands (a 4K canvas never needs one 64 MB buffer)."""
+        node = self._node(node_id)
+        if node is None:
+            return False
         width, height = self.size
-        node = doc.createNode(name, "paintlayer")
-        if not _is_rgba8(doc):
-            node.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE)
-        doc.rootNode().addChildNode(node, None)
         for y in range(0, height, BAND_ROWS):
             rows = min(BAND_ROWS, height - y)
-            node.setPixelData(bytes((0, 0, 0, 255)) * (width * rows), 0, y, width, rows)
-        node.setOpacity(128)
-        doc.setActiveNode(node)
-        self._refresh()
-        return _node_id(node)
+            node.setPixelData(bgra_pixel * (width * rows), 0, y, width, rows)
+        self._refresh_layer(node)
+        return True
 
 
 _DOCKERS: list = []  # every docker Krita built (one per main window), for docker_controller()
+
+
+def _dock_right():
+    # Krita 6's bindings scope the enum (DockPosition.DockRight); Krita 5's accept both spellings.
+    scoped = getattr(DockWidgetFactoryBase, "DockPosition", None)
+    return scoped.DockRight if scoped is not None else DockWidgetFactoryBase.DockRight
 
 
 def register_docker(panel_factory, title: str = "Differential Diffusion") -> None:
@@ -326,8 +335,10 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             self.host = KritaHost()
             self.panel = panel_factory(self.host)
             _DOCKERS.append(self)
-            scroll = QScrollArea()  # the panel is taller than most docker areas
+            # Laid out for a narrow slot: only "Advanced", when unfolded, may need to scroll (down).
+            scroll = QScrollArea()
             scroll.setWidgetResizable(True)
+            scroll.setHorizontalScrollBarPolicy(SCROLL_OFF)
             scroll.setWidget(self.panel)
             self.setWidget(scroll)
             self.panel.controller.connect_server()  # returns at once; retries in the background
@@ -337,17 +348,13 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
 
-    Krita.instance().addDockWidgetFactory(
-        DockWidgetFactory(DOCKER_ID, DockWidgetFactoryBase.DockRight, DiffDiffDocker)
-    )
+    Krita.instance().addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, _dock_right(), DiffDiffDocker))
 
 
 class KritaHost:
-    """What the panel needs from Krita: the active document's canvas and the settings store.
-
-    `document` pins one document (scripts under kritarunner have no window, so no active one),
-    `active_layer` the layer used when Source is 'Active layer'.
-    """
+    """What the panel needs from Krita: the active document's canvas, the open documents, the
+    settings store. `document` pins one document (scripts under kritarunner have no window, so
+    no active one), `active_layer` the layer used when Source is 'Active layer'."""
 
     def __init__(self, document=None, store=None, active_layer=None) -> None:
         self.store = store if store is not None else KritaSettingsStore()
@@ -359,16 +366,29 @@ class KritaHost:
         document = self.document if self.document is not None else active_document()
         if document is None:
             return None
-        # Krita hands out a new Python wrapper per call; the document's root node is stable per document.
-        key = document.rootNode().uniqueId().toString()
+        try:
+            # Krita hands out a new Python wrapper per call; the root node's id is stable per document.
+            key = document.rootNode().uniqueId().toString()
+        except (AttributeError, RuntimeError):  # a document being closed
+            return None
         canvas = self._canvases.get(key)
-        if canvas is None or canvas.document is None:
+        if canvas is None:
             canvas = self._canvases[key] = DocumentCanvas(document)
         else:
             canvas.document = document
         if self.active_layer is not None:
             canvas.active_layer = self.active_layer
         return canvas
+
+    def open_keys(self) -> set[str]:
+        """The keys of every document still open (a canvas whose key is missing was closed)."""
+        keys = set()
+        for document in Krita.instance().documents():
+            try:
+                keys.add(document.rootNode().uniqueId().toString())
+            except (AttributeError, RuntimeError):
+                continue
+        return keys
 
 
 def docker_controller():

@@ -26,17 +26,20 @@ _NAMES: dict[str, tuple[str, ...]] = {
         "QTimer",
         "pyqtSignal",
     ),
-    "QtGui": ("QColor", "QImage", "QPainter"),
+    "QtGui": ("QColor", "QIcon", "QImage", "QPainter", "QPixmap"),
     "QtWidgets": (
         "QApplication",
         "QCheckBox",
         "QComboBox",
+        "QDialog",
+        "QDialogButtonBox",
         "QDoubleSpinBox",
         "QFormLayout",
         "QGroupBox",
         "QHBoxLayout",
         "QLabel",
         "QLineEdit",
+        "QListView",
         "QListWidget",
         "QListWidgetItem",
         "QMessageBox",
@@ -45,8 +48,10 @@ _NAMES: dict[str, tuple[str, ...]] = {
         "QPushButton",
         "QScrollArea",
         "QSlider",
+        "QSizePolicy",
         "QSpinBox",
         "QStackedWidget",
+        "QToolButton",
         "QVBoxLayout",
         "QWidget",
     ),
@@ -74,13 +79,28 @@ _QImage = _modules["QtGui"].QImage
 FORMAT_ARGB32 = _QImage.Format.Format_ARGB32
 FORMAT_RGB32 = _QImage.Format.Format_RGB32
 FORMAT_GRAY8 = _QImage.Format.Format_Grayscale8
+FORMAT_INDEXED8 = _QImage.Format.Format_Indexed8
 READ_WRITE = _modules["QtCore"].QIODevice.OpenModeFlag.ReadWrite
 ALIGN_TOP = _Qt.AlignmentFlag.AlignTop
 HORIZONTAL = _Qt.Orientation.Horizontal
 USER_ROLE = _Qt.ItemDataRole.UserRole
 SMOOTH = _Qt.TransformationMode.SmoothTransformation
 IGNORE_ASPECT = _Qt.AspectRatioMode.IgnoreAspectRatio
+KEEP_ASPECT = _Qt.AspectRatioMode.KeepAspectRatio
+_QtWidgets = _modules["QtWidgets"]
+SCROLL_OFF = _Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+ECHO_PASSWORD = _QtWidgets.QLineEdit.EchoMode.Password
+ICON_MODE = _QtWidgets.QListView.ViewMode.IconMode
+LEFT_TO_RIGHT = _QtWidgets.QListView.Flow.LeftToRight
+ARROW_RIGHT, ARROW_DOWN = _Qt.ArrowType.RightArrow, _Qt.ArrowType.DownArrow
+TEXT_BESIDE_ICON = _Qt.ToolButtonStyle.ToolButtonTextBesideIcon
+WRAP_LONG_ROWS = _QtWidgets.QFormLayout.RowWrapPolicy.WrapLongRows
+COMBO_ELIDE = _QtWidgets.QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+DIALOG_ACCEPTED = _QtWidgets.QDialog.DialogCode.Accepted
+DIALOG_OK_CANCEL = (_QtWidgets.QDialogButtonBox.StandardButton.Ok
+                    | _QtWidgets.QDialogButtonBox.StandardButton.Cancel)
 COMPOSITION_SOURCE_OVER = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_SourceOver
+COMPOSITION_DESTINATION_IN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_DestinationIn
 
 Signal = _modules["QtCore"].pyqtSignal
 

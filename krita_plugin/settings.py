@@ -10,9 +10,11 @@ import json
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+from shared import protocol
+
 SETTINGS_GROUP = "differential_diffusion"
 
-MODES = ("change_map", "soft_inpaint", "fan", "uniform")
+MODES = protocol.MODES  # the server's modes; soft inpaint is sent as a change map
 MODE_LABELS = {
     "change_map": "Change map layer",
     "soft_inpaint": "Soft inpaint selection",
@@ -22,6 +24,22 @@ MODE_LABELS = {
 SOURCES = ("projection", "active_layer")
 REGIONS = ("canvas", "selection")
 DEFAULT_MAP_LAYER = "Change Map"
+# The docker's own ranges where the protocol has none (Krita feathers and grows the selection).
+MAX_SOFTNESS_PX = 512
+MAX_GROW_PX = 256
+MAX_PREVIEW_EVERY = 100
+
+
+def limits_for(capabilities=None) -> dict:
+    """The largest values a job may ask for: the protocol's (shared/), lowered by what the server
+    announced in its welcome when connected. The docker's boxes never offer more."""
+    steps, variants = protocol.MAX_STEPS, protocol.MAX_VARIANTS
+    if capabilities is not None:
+        steps = max(1, min(steps, int(capabilities.max_steps)))
+        variants = max(1, min(variants, int(capabilities.max_variants)))
+    return {"steps": steps, "variants": variants, "guidance": protocol.MAX_GUIDANCE,
+            "seed": min(protocol.MAX_SEED, 2**31 - 1),  # a Qt spin box holds a signed 32-bit int
+            "fan_columns": protocol.MAX_FAN_COUNT, "softness_px": MAX_SOFTNESS_PX, "grow_px": MAX_GROW_PX}
 
 
 class SettingsStore(Protocol):
@@ -74,20 +92,21 @@ class Settings:
     def validated(self) -> Settings:
         """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
         s = dataclasses.replace(self)
-        s.steps = min(max(int(s.steps), 1), 500)
-        s.guidance = min(max(float(s.guidance), 0.0), 50.0)
-        s.seed = min(max(int(s.seed), 0), 2**32 - 1)
-        s.variants = min(max(int(s.variants), 1), 16)
+        limits = limits_for()
+        s.steps = min(max(int(s.steps), 1), limits["steps"])
+        s.guidance = min(max(float(s.guidance), 0.0), limits["guidance"])
+        s.seed = min(max(int(s.seed), 0), protocol.MAX_SEED)
+        s.variants = min(max(int(s.variants), 1), limits["variants"])
         s.mode = s.mode if s.mode in MODES else "change_map"
-        s.softness_px = min(max(int(s.softness_px), 0), 512)
-        s.grow_px = min(max(int(s.grow_px), -256), 256)
-        s.fan_columns = min(max(int(s.fan_columns), 2), 16)
+        s.softness_px = min(max(int(s.softness_px), 0), limits["softness_px"])
+        s.grow_px = min(max(int(s.grow_px), -limits["grow_px"]), limits["grow_px"])
+        s.fan_columns = min(max(int(s.fan_columns), 2), limits["fan_columns"])
         s.fan_low = min(max(float(s.fan_low), 0.0), 1.0)
         s.fan_high = min(max(float(s.fan_high), 0.0), 1.0)
         s.strength = min(max(float(s.strength), 0.0), 1.0)
         s.source = s.source if s.source in SOURCES else "projection"
         s.region = s.region if s.region in REGIONS else "canvas"
-        s.preview_every = min(max(int(s.preview_every), 0), 100)
+        s.preview_every = min(max(int(s.preview_every), 0), MAX_PREVIEW_EVERY)
         s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""
         return s
 

@@ -1,8 +1,9 @@
 """Stand-ins for Krita in the plugin's logic tests (no Krita needed, PyQt5 offscreen).
 
-`FakeCanvas` keeps layers as numpy arrays and reads job inputs with the plugin's own Krita-free
-helpers (jobs.job_region, images.change_map_from_bgra, jobs.mode_label), the way krita_io does
-with real Krita layers; what Krita itself does (feathering) is checked in test_plugin_krita.py.
+`FakeCanvas` keeps layers as numpy arrays and offers only krita_io.DocumentCanvas's primitives
+(read a layer, read the picture without some layers, add/rewrite/remove a layer); the plugin's
+policy runs on top of it unchanged. What Krita itself does (feathering) is checked in
+test_plugin_krita.py, inside the real Krita.
 `RecordingClient` is a ServerClient without a socket: a real protocol.ClientSession builds the
 frames, and the test decodes them with the server's own SubmitCollector.
 """
@@ -15,8 +16,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import numpy as np
 
-from krita_plugin.images import change_map_from_bgra
-from krita_plugin.jobs import JobInputError, JobInputs, job_region, mode_label
+from krita_plugin.jobs import DocumentGone, JobInputError, LayerInfo
 from krita_plugin.qt import QApplication, QObject, Signal
 from krita_plugin.settings import DictStore
 from shared import protocol
@@ -40,27 +40,35 @@ def caps(**values) -> protocol.Capabilities:
 
 
 class FakeLayer:
-    def __init__(self, layer_id: str, name: str, bgra: np.ndarray, visible: bool = True, owner: str = "painter"):
+    def __init__(self, layer_id: str, name: str, bgra: np.ndarray, visible: bool = True, owner: str = "painter",
+                 opacity: int = 255):
         self.id, self.name, self.bgra, self.visible, self.owner = layer_id, name, bgra, visible, owner
+        self.opacity = opacity
+        self.type, self.parent_id = "paintlayer", None
 
 
 class FakeCanvas:
-    """A document: a stack of BGRA layers (bottom first), an optional selection (gray mask)."""
+    """A document: a stack of BGRA layers (bottom first), an optional selection (gray mask).
+
+    It offers krita_io.DocumentCanvas's primitives and nothing more: which layer a job reads and
+    where results go is the plugin's own policy (jobs.py, the controller), tested through these.
+    """
 
     def __init__(self, picture: np.ndarray) -> None:
         self.height, self.width = picture.shape[:2]
-        self.layers: list[FakeLayer] = [FakeLayer("bg", "Background", picture.copy())]
+        self.layers_: list[FakeLayer] = [FakeLayer("bg", "Background", picture.copy())]
         self.selection: np.ndarray | None = None
         self.active_id = "bg"
-        self.preview_id: str | None = None
-        self.preview_writes = 0
+        self.writes = 0  # layers rewritten in place (previews)
+        self.closed = False
+        self.key = f"doc{id(self)}"
         self._next = 1
 
     # -- painter side (the test) --
     def add_painter_layer(self, name: str, bgra: np.ndarray) -> str:
         layer = FakeLayer(f"p{self._next}", name, bgra.copy())
         self._next += 1
-        self.layers.append(layer)
+        self.layers_.append(layer)
         return layer.id
 
     def select(self, x: int, y: int, w: int, h: int) -> None:
@@ -68,110 +76,142 @@ class FakeCanvas:
         self.selection[y:y + h, x:x + w] = 255
 
     def find(self, layer_id):
-        return next((la for la in self.layers if la.id == layer_id), None)
+        return next((la for la in self.layers_ if la.id == layer_id), None)
 
     def by_name(self, name: str):
-        return [la for la in self.layers if la.name == name]
+        return [la for la in self.layers_ if la.name == name]
+
+    def plugin_layers(self) -> list[FakeLayer]:
+        return [la for la in self.layers_ if la.owner == "plugin"]
 
     def projection(self, skip=()) -> np.ndarray:
-        """Opaque layers only in these tests: the topmost visible opaque pixel wins."""
-        out = np.zeros((self.height, self.width, 4), np.uint8)
-        for layer in self.layers:
+        """Source-over of the visible layers (straight alpha; opaque layers in most tests)."""
+        out = np.zeros((self.height, self.width, 4), np.float64)
+        for layer in self.layers_:
             if layer.visible and layer.id not in skip:
-                a = layer.bgra[..., 3:4] > 0
-                out = np.where(a, layer.bgra, out)
-        return out
+                a = layer.bgra[..., 3:4] / 255.0 * layer.opacity / 255.0
+                out[..., :3] = layer.bgra[..., :3] * a + out[..., :3] * (1 - a)
+                out[..., 3:4] = 255 * a + out[..., 3:4] * (1 - a)
+        return out.round().astype(np.uint8)
 
-    # -- what the controller calls (krita_io.DocumentCanvas's interface) --
-    def read_inputs(self, settings) -> JobInputs:
-        settings = settings.validated()
-        map_layer = None
-        if settings.mode == "change_map":
-            found = [la for la in self.by_name(settings.map_layer) if la.owner == "painter"]
-            if not found:
-                raise JobInputError(f"No layer named '{settings.map_layer}'.")
-            map_layer = found[-1]
-        sel = None
-        if self.selection is not None:
-            ys, xs = np.nonzero(self.selection)
-            sel = Region(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
-        if settings.mode == "soft_inpaint" and sel is None:
-            raise JobInputError("Soft inpaint repaints the selection: select the area to repaint first.")
-        region = job_region(self.width, self.height, sel, settings.region == "selection")
-        source_id = None
-        if settings.source == "active_layer":
-            image = self.find(self.active_id).bgra
-            source_id = self.active_id
-        else:
-            image = self.projection(skip={self.preview_id, map_layer.id if map_layer else None})
-        change_map = None
-        if map_layer is not None:
-            change_map = change_map_from_bgra(map_layer.bgra.tobytes(), self.width, self.height)
-        elif settings.mode == "soft_inpaint":
-            change_map = self.selection.tobytes()
-        return JobInputs(self.width, self.height, image.tobytes(), change_map, settings.mode, region, source_id,
-                         mode_label(settings))
+    def close(self) -> None:
+        """The painter closes the document: every primitive raises DocumentGone from now on."""
+        self.closed = True
 
-    def _paste(self, region: Region, bgra: bytes) -> np.ndarray:
-        full = np.zeros((self.height, self.width, 4), np.uint8)
+    # -- krita_io.DocumentCanvas's primitives --
+    def _alive(self) -> None:
+        if self.closed:
+            raise DocumentGone("The document was closed.")
+
+    def alive(self) -> bool:
+        return not self.closed
+
+    @property
+    def size(self) -> tuple[int, int]:
+        self._alive()
+        return self.width, self.height
+
+    def layers(self):
+        self._alive()
+        return [LayerInfo(la.id, la.name, la.type, la.parent_id, la.visible) for la in self.layers_]
+
+    def active_layer_id(self):
+        self._alive()
+        return self.active_id
+
+    def selection_box(self):
+        self._alive()
+        if self.selection is None:
+            return None
+        ys, xs = np.nonzero(self.selection)
+        return Region(int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1))
+
+    def soft_selection(self, grow_px: int, softness_px: int):
+        """Krita grows and feathers; this stand-in hands the selection back as it is."""
+        box = self.selection_box()
+        if box is None:
+            return None
+        return box, self.selection[box.y:box.y + box.height, box.x:box.x + box.width].tobytes()
+
+    def layer_pixels(self, layer_id: str, region: Region) -> bytes:
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            raise JobInputError("The layer is gone: pick it again.")
+        return layer.bgra[region.y:region.y + region.height, region.x:region.x + region.width].tobytes()
+
+    def projection_pixels(self, region: Region, hide_ids):
+        self._alive()
+        full = self.projection(skip=set(hide_ids))
+        return full[region.y:region.y + region.height, region.x:region.x + region.width].tobytes(), ""
+
+    def _paste(self, region: Region, bgra: bytes, into: np.ndarray | None = None) -> np.ndarray:
+        full = np.zeros((self.height, self.width, 4), np.uint8) if into is None else into
         full[region.y:region.y + region.height, region.x:region.x + region.width] = np.frombuffer(
             bgra, np.uint8).reshape(region.height, region.width, 4)
         return full
 
-    def _insert(self, layer: FakeLayer, above_id) -> None:
-        above = self.find(above_id)
-        index = self.layers.index(above) + 1 if above is not None else len(self.layers)
-        self.layers.insert(index, layer)
-
-    def set_preview(self, region, bgra, above_id=None):
-        self.preview_writes += 1
-        layer = self.find(self.preview_id)
-        if layer is None:
-            layer = FakeLayer(f"preview{self._next}", "Differential Diffusion preview", self._paste(region, bgra),
-                              owner="plugin")
-            self._next += 1
-            self._insert(layer, above_id)
-            self.preview_id = layer.id
-        else:
-            layer.bgra = self._paste(region, bgra)
-        return self.preview_id
-
-    def remove_preview(self):
-        layer = self.find(self.preview_id)
-        self.preview_id = None
-        if layer is not None:
-            self.layers.remove(layer)
-
-    def add_result_layer(self, name, region, bgra, above_id=None, visible=True):
-        layer = FakeLayer(f"r{self._next}", name, self._paste(region, bgra), visible, owner="plugin")
+    def add_layer(self, name, region, bgra, above_id=None, below_id=None, visible=True, opacity=255):
+        self._alive()
+        pixels = self._paste(region, bgra) if region is not None else np.zeros((self.height, self.width, 4), np.uint8)
+        layer = FakeLayer(f"r{self._next}", name, pixels, visible, owner="plugin", opacity=opacity)
         self._next += 1
-        self._insert(layer, above_id)
+        above, below = self.find(above_id), self.find(below_id)
+        if above is not None:
+            index = self.layers_.index(above) + 1
+        elif below is not None:
+            index = self.layers_.index(below)
+        else:
+            index = len(self.layers_)
+        self.layers_.insert(index, layer)
         return layer.id
 
+    def write_layer(self, layer_id, region, bgra):
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            return False
+        assert layer.owner == "plugin", "the plugin rewrote a painter's layer"
+        self.writes += 1
+        self._paste(region, bgra, layer.bgra)
+        return True
+
     def layer_exists(self, layer_id):
+        self._alive()
         return self.find(layer_id) is not None
 
     def set_layer_visible(self, layer_id, visible):
+        self._alive()
         layer = self.find(layer_id)
         if layer is None:
             return False
         layer.visible = visible
         return True
 
+    def rename_layer(self, layer_id, name):
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            return False
+        layer.name = name
+        return True
+
     def remove_layer(self, layer_id):
+        self._alive()
         layer = self.find(layer_id)
         assert layer is None or layer.owner == "plugin", "the plugin removed a painter's layer"
         if layer is None:
             return False
-        self.layers.remove(layer)
+        self.layers_.remove(layer)
         return True
 
-    def create_map_layer(self, name):
-        layer = FakeLayer(f"m{self._next}", name, np.tile(np.array([0, 0, 0, 255], np.uint8),
-                                                           (self.height, self.width, 1)))
-        self._next += 1
-        self.layers.append(layer)
-        return layer.id
+    def fill_layer(self, layer_id, bgra_pixel):
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            return False
+        layer.bgra[...] = np.frombuffer(bgra_pixel, np.uint8)
+        return True
 
 
 class FakeHost:
@@ -180,7 +220,10 @@ class FakeHost:
         self.store = store if store is not None else DictStore()
 
     def active_canvas(self):
-        return self.canvas
+        return self.canvas if self.canvas is not None and not self.canvas.closed else None
+
+    def open_keys(self):
+        return {self.canvas.key} if self.canvas is not None and not self.canvas.closed else set()
 
 
 class RecordingClient(QObject):

@@ -127,7 +127,7 @@ def test_fan_sends_columns_and_labels_the_result_with_each_strength():
     region = Region(0, 0, W, H)
     client.feed(result(3, 0, 11, region, np.full((H, W, 4), 200, np.uint8)),
                 protocol.Done(3, 1, 9, {"total_s": 2.0}))
-    (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
+    (layer,) = [la for la in canvas.layers_ if la.owner == "plugin"]
     labels = [f"{s:.2f}" for s in fan_strengths(3, 0.2, 0.8)]
     assert labels == ["0.20", "0.50", "0.80"]
     assert layer.name == "a red barn · seed 11 · fan " + " | ".join(labels)
@@ -152,7 +152,7 @@ def test_active_layer_source_sends_that_layer_and_results_go_above_it():
     np.testing.assert_array_equal(png_bgra(client.received().image_png), ink)
     accept(client, job_id=4)
     client.feed(result(4, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
-    assert [la.name for la in canvas.layers][:3] == ["Background", "Ink", "a red barn · seed 11 · strength 0.60"]
+    assert [la.name for la in canvas.layers_][:3] == ["Background", "Ink", "a red barn · seed 11 · strength 0.60"]
 
 
 def test_random_seed_differs_per_job_and_is_sent():
@@ -233,7 +233,7 @@ def test_result_layer_names_are_one_short_line():
     assert c.generate()
     accept(client, job_id=30)
     client.feed(result(30, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
-    (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
+    (layer,) = [la for la in canvas.layers_ if la.owner == "plugin"]
     title = ("a red barn " + "in deep snow " * 6)[:47] + "…"
     assert layer.name == f"{title} · seed 11 · soft 12px"
     c2, client2, canvas2, _ = make(mode="uniform", prompt=" \n ")
@@ -276,7 +276,7 @@ def test_server_errors_are_shown_and_end_the_job():
     assert panel.message.text() == "The GPU ran out of memory; try a smaller region."
     assert not c.busy and canvas.preview_id is None and not panel.cancel.isEnabled()
     assert finished[0].state == "error" and "out of memory" in finished[0].message
-    assert [la.name for la in canvas.layers] == ["Background"]  # the preview went, nothing else came
+    assert [la.name for la in canvas.layers_] == ["Background"]  # the preview went, nothing else came
 
 
 def test_connection_lost_mid_job_ends_it_with_a_message():
@@ -322,7 +322,7 @@ def test_previews_update_one_layer_in_place_and_results_replace_it():
     for step, rgb in ((2, (50, 60, 70)), (4, (200, 90, 20))):
         small = np.full((8, 12, 4), (*rgb, 255), np.uint8)  # previews come downscaled, RGBA
         client.feed(protocol.Preview(9, step, region, rgba_png(small), 12, 8))
-    previews = [la for la in canvas.layers if la.id == canvas.preview_id]
+    previews = [la for la in canvas.layers_ if la.id == canvas.preview_id]
     assert len(previews) == 1 and canvas.preview_writes == 2
     inside = previews[0].bgra[2:18, 4:28].astype(int)
     # Scaled up smoothly, in Krita's BGRA order.
@@ -332,12 +332,12 @@ def test_previews_update_one_layer_in_place_and_results_replace_it():
     pixels = [picture(5)[:16, :24][..., [2, 1, 0, 3]], picture(6)[:16, :24][..., [2, 1, 0, 3]]]  # RGBA
     client.feed(result(9, 0, 11, region, pixels[0]), result(9, 1, 12, region, pixels[1]),
                 protocol.Done(9, 2, 9, {"total_s": 3.0}))
-    names = [la.name for la in canvas.layers]
+    names = [la.name for la in canvas.layers_]
     assert names == ["Background", "a red barn · seed 11 · strength 0.60", "a red barn · seed 12 · strength 0.60"]
-    for layer, rgba in zip(canvas.layers[1:], pixels, strict=True):  # each variant's own pixels, as BGRA
+    for layer, rgba in zip(canvas.layers_[1:], pixels, strict=True):  # each variant's own pixels, as BGRA
         np.testing.assert_array_equal(layer.bgra[2:18, 4:28], rgba[..., [2, 1, 0, 3]])
         assert not layer.bgra[:2].any() and not layer.bgra[:, :4].any()  # transparent outside its region
-    assert [la.visible for la in canvas.layers] == [True, True, False]  # the first variant shows
+    assert [la.visible for la in canvas.layers_] == [True, True, False]  # the first variant shows
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 2
 
 
@@ -356,7 +356,7 @@ def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it
     client.feed(protocol.Preview(12, 2, region, rgba_png(solid), W, H))  # overtaken by the result
     assert canvas.preview_id is None and canvas.preview_writes == 1
     client.feed(result(12, 1, 12, region, np.full((H, W, 4), 6, np.uint8)), protocol.Done(12, 2, 9, {}))
-    assert [la.owner for la in canvas.layers] == ["painter", "plugin", "plugin"] and not c.busy
+    assert [la.owner for la in canvas.layers_] == ["painter", "plugin", "plugin"] and not c.busy
     assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].previews == 1
 
 # -- history ---------------------------------------------------------------------------------------
@@ -377,7 +377,7 @@ def test_history_show_apply_discard():
     panel = DiffDiffPanel(c.host, controller=c)
     first, second = _two_results(c, client, canvas)
     assert panel.history.count() == 2
-    painter = [(la.id, la.bgra.copy(), la.visible) for la in canvas.layers if la.owner == "painter"]
+    painter = [(la.id, la.bgra.copy(), la.visible) for la in canvas.layers_ if la.owner == "painter"]
 
     panel.history.setCurrentRow(0)  # newest first: the second variant
     panel.show_button.click()
@@ -391,7 +391,7 @@ def test_history_show_apply_discard():
     panel.discard_button.click()  # the first (never applied) goes, layer and entry
     assert c.history.entries == [] and canvas.find(first.layer_id) is None
     assert canvas.find(second.layer_id) is not None
-    assert [(la.id, la.visible) for la in canvas.layers if la.owner == "painter"] == [(i, v) for i, _, v in painter]
+    assert [(la.id, la.visible) for la in canvas.layers_ if la.owner == "painter"] == [(i, v) for i, _, v in painter]
     for layer_id, pixels, _ in painter:
         np.testing.assert_array_equal(canvas.find(layer_id).bgra, pixels)
 
@@ -399,7 +399,7 @@ def test_history_show_apply_discard():
 def test_history_show_recreates_a_deleted_result_from_its_image():
     c, client, canvas, _ = make(mode="uniform", variants=2)
     first, second = _two_results(c, client, canvas)
-    canvas.layers.remove(canvas.find(first.layer_id))  # the painter deleted it by hand
+    canvas.layers_.remove(canvas.find(first.layer_id))  # the painter deleted it by hand
     c.show_result(first.key)
     (again,) = canvas.by_name(first.name)
     assert again.id == first.layer_id and again.visible and (again.bgra == 30).all()
@@ -417,7 +417,7 @@ def test_history_keeps_the_newest_results_and_forgets_the_oldest_not_their_layer
         client.feed(result(job_id, 0, job_id, region, np.full((H, W, 4), job_id, np.uint8)),
                     protocol.Done(job_id, 1, 9, {}))
     assert [e.seed for e in c.history.entries] == [22, 23, 24]
-    assert len([la for la in canvas.layers if la.owner == "plugin"]) == 5  # the old layers stay
+    assert len([la for la in canvas.layers_ if la.owner == "plugin"]) == 5  # the old layers stay
 
 def test_history_button_without_a_pick_says_so():
     c, *_ = make(mode="uniform")

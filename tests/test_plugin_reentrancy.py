@@ -54,7 +54,7 @@ def test_events_during_a_layer_operation_wait_their_turn():
                      protocol.Done(5, 1, 9, {"total_s": 1.0})]
     client.feed(protocol.Preview(5, 2, region, small, 8, 6))
 
-    plugin_layers = [la.name for la in canvas.layers if la.owner == "plugin"]
+    plugin_layers = [la.name for la in canvas.layers_ if la.owner == "plugin"]
     assert plugin_layers == [outcome.layer_names[0]]  # the result, and no preview left behind
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 1
     assert canvas.preview_id is None and len(c.history.entries) == 1
@@ -75,7 +75,7 @@ def test_a_connection_lost_during_a_layer_operation_ends_the_job_after_it():
     client.feed(result(6, 0, 11, region, np.full((H, W, 4), 200, np.uint8)))
 
     # The result that was being written is kept and recorded; the job then ends as lost.
-    assert [la.name for la in canvas.layers if la.owner == "plugin"] == outcome.layer_names
+    assert [la.name for la in canvas.layers_ if la.owner == "plugin"] == outcome.layer_names
     assert len(outcome.layer_ids) == 1 and len(c.history.entries) == 1
     assert outcome.state == "lost" and c.connection_state == "disconnected"
     # Whoever waits for the job's end (scripts, run_job) sees the result it already has.
