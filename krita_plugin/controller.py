@@ -166,6 +166,10 @@ class Controller(ResultsMixin, QObject):
         self._changed_timer.timeout.connect(self.changed.emit)
         self._init_results()
 
+    def settled(self) -> bool:
+        """Nothing waiting to be drawn: no preview and no panel refresh pending (for scripts)."""
+        return not self._preview_timer.isActive() and not self._changed_timer.isActive()
+
     def _changed_soon(self) -> None:
         if not self._changed_timer.isActive():
             self._changed_timer.start(50)

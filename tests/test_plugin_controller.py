@@ -13,13 +13,14 @@ import pytest
 from PIL import Image
 from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
 
-from krita_plugin.controller import Controller
+from krita_plugin.controller import Controller, pump_events
 from krita_plugin.docker import DiffDiffPanel
-from krita_plugin.jobs import JobInputError
+from krita_plugin.jobs import PREVIEW_LAYER_NAME, JobInputError
 from krita_plugin.settings import MODES, DictStore, Settings, load_settings, save_settings
 from shared import protocol
 from shared.fan import fan_strengths
 from shared.protocol import Region
+from shared.regions import context_crop
 
 W, H = 48, 32
 
@@ -56,6 +57,15 @@ def make(canvas: FakeCanvas | None = None, store: DictStore | None = None, **set
     c.update_settings(**{"prompt": "a red barn", "random_seed": False, "seed": 11, "steps": 9, "guidance": 4.5,
                          **settings})
     return c, client, canvas, notices
+
+
+def settle(c: Controller) -> None:
+    """Let the controller's coalescing timers fire (the newest preview, the panel's refresh)."""
+    assert pump_events(c.settled, 5.0)
+
+
+def preview_layers(canvas: FakeCanvas) -> list:
+    return [la for la in canvas.layers_ if la.name == PREVIEW_LAYER_NAME]
 
 
 def accept(client: RecordingClient, job_id: int = 7, position: int = 0, seed: int = 11, index: int = -1) -> None:
@@ -174,7 +184,6 @@ def test_random_seed_differs_per_job_and_is_sent():
     (dict(mode="soft_inpaint"), "select the area"),
     (dict(mode="uniform", region="selection"), "nothing is selected"),
     (dict(mode="uniform", strength=0.0), "Strength 0"),
-    (dict(mode="uniform", steps=400), "steps"),  # over the server's max_steps: refused before sending
 ])
 def test_inputs_that_cannot_make_a_job_show_a_message_and_send_nothing(setup, words):
     c, client, _, _ = make(**setup)
@@ -240,12 +249,12 @@ def test_result_layer_names_are_one_short_line():
     assert c2.generate()
     accept(client2, job_id=31)
     client2.feed(result(31, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)))
-    assert [la.name for la in canvas2.layers][-1] == "(no prompt) · seed 11 · strength 0.60"
+    assert [la.name for la in canvas2.layers_][-1] == "(no prompt) · seed 11 · strength 0.60"
 
 def test_black_map_says_what_to_paint():
     canvas = FakeCanvas(picture())
-    canvas.create_map_layer("Change Map")
     c, client, _, notices = make(canvas, mode="change_map")
+    c.create_map_layer()
     assert not c.generate() and client.frames == []
     assert "paint white" in notices[-1][1]
 
@@ -271,10 +280,11 @@ def test_server_errors_are_shown_and_end_the_job():
     assert c.generate()
     accept(client, job_id=5)
     client.feed(protocol.Preview(5, 1, Region(0, 0, W, H), rgba_png(np.zeros((8, 12, 4), np.uint8)), 12, 8))
-    assert canvas.preview_id is not None
+    settle(c)
+    assert len(preview_layers(canvas)) == 1
     client.feed(protocol.Error("out_of_memory", "The GPU ran out of memory; try a smaller region.", job_id=5))
     assert panel.message.text() == "The GPU ran out of memory; try a smaller region."
-    assert not c.busy and canvas.preview_id is None and not panel.cancel.isEnabled()
+    assert not c.busy and preview_layers(canvas) == [] and not panel.cancel.isEnabled()
     assert finished[0].state == "error" and "out of memory" in finished[0].message
     assert [la.name for la in canvas.layers_] == ["Background"]  # the preview went, nothing else came
 
@@ -301,45 +311,52 @@ def test_progress_text_follows_queue_position_and_steps():
     assert panel.status.text() == "Waiting: 2 job(s) ahead in the server's queue"
     assert (panel.progress.minimum(), panel.progress.maximum()) == (0, 0)  # busy indicator
     client.feed(protocol.QueuePosition(8, 1))
+    settle(c)
     assert panel.status.text() == "Waiting: 1 job(s) ahead in the server's queue"
     client.feed(protocol.Started(8, W, H, Region(0, 0, W, H)))
     assert panel.status.text() == "Starting…"
     client.feed(protocol.Progress(8, 3, 10, 1.5, 4.6))
+    settle(c)
     assert panel.status.text() == "Step 3/10, about 5 s left"
     assert (panel.progress.value(), panel.progress.maximum()) == (3, 10)
     assert panel.cancel.isEnabled()
     panel.cancel.click()
     assert client.cancels == [{"type": "cancel", "job_id": 8}]
+    assert panel.status.text() == "Cancelling…"
     client.feed(protocol.Cancelled(8, "cancelled by the client"))
     assert not c.busy and panel.message.text() == "Cancelled." and not panel.cancel.isEnabled()
 
 
-def test_previews_update_one_layer_in_place_and_results_replace_it():
+def test_previews_are_coalesced_onto_one_layer_and_the_result_replaces_it():
     c, client, canvas, _ = make(mode="uniform", variants=2)
     assert c.generate()
     accept(client, job_id=9)
     region = Region(4, 2, 24, 16)
-    for step, rgb in ((2, (50, 60, 70)), (4, (200, 90, 20))):
+    for step, rgb in ((2, (50, 60, 70)), (4, (200, 90, 20))):  # two arrive before the docker draws
         small = np.full((8, 12, 4), (*rgb, 255), np.uint8)  # previews come downscaled, RGBA
         client.feed(protocol.Preview(9, step, region, rgba_png(small), 12, 8))
-    previews = [la for la in canvas.layers_ if la.id == canvas.preview_id]
-    assert len(previews) == 1 and canvas.preview_writes == 2
-    inside = previews[0].bgra[2:18, 4:28].astype(int)
+    settle(c)
+    (preview,) = preview_layers(canvas)
+    assert canvas.writes == 0  # only the newest was drawn: the older one was skipped, not painted over
+    inside = preview.bgra[2:18, 4:28].astype(int)
     # Scaled up smoothly, in Krita's BGRA order.
     assert (abs(inside[..., :3] - (20, 90, 200)) <= 1).all() and (inside[..., 3] == 255).all()
-    assert previews[0].bgra[0].sum() == 0 and previews[0].bgra[:, :4].sum() == 0  # transparent outside
+    assert preview.bgra[0].sum() == 0 and preview.bgra[:, :4].sum() == 0  # transparent outside
+    client.feed(protocol.Preview(9, 6, region, rgba_png(np.full((8, 12, 4), 90, np.uint8)), 12, 8))
+    settle(c)
+    assert preview_layers(canvas) == [preview] and canvas.writes == 1  # rewritten in place
     outcome = c.outcomes[protocol.loads(client.frames[0][0])["ref"]]
     pixels = [picture(5)[:16, :24][..., [2, 1, 0, 3]], picture(6)[:16, :24][..., [2, 1, 0, 3]]]  # RGBA
     client.feed(result(9, 0, 11, region, pixels[0]), result(9, 1, 12, region, pixels[1]),
                 protocol.Done(9, 2, 9, {"total_s": 3.0}))
+    # One layer for the job, showing the first variant; the other waits in the list.
     names = [la.name for la in canvas.layers_]
-    assert names == ["Background", "a red barn · seed 11 · strength 0.60", "a red barn · seed 12 · strength 0.60"]
-    for layer, rgba in zip(canvas.layers_[1:], pixels, strict=True):  # each variant's own pixels, as BGRA
-        np.testing.assert_array_equal(layer.bgra[2:18, 4:28], rgba[..., [2, 1, 0, 3]])
-        assert not layer.bgra[:2].any() and not layer.bgra[:, :4].any()  # transparent outside its region
-    assert [la.visible for la in canvas.layers_] == [True, True, False]  # the first variant shows
-    assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 2
-
+    assert names == ["Background", "a red barn · seed 11 · strength 0.60"]
+    np.testing.assert_array_equal(canvas.layers_[1].bgra[2:18, 4:28], pixels[0][..., [2, 1, 0, 3]])
+    assert not canvas.layers_[1].bgra[:2].any() and not canvas.layers_[1].bgra[:, :4].any()
+    assert [e.seed for e in c.history.entries] == [11, 12]
+    assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 1
+    assert c.notice and "on the server" in c.outcomes[outcome.ref].message
 
 
 def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it():
@@ -349,15 +366,42 @@ def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it
     region = Region(0, 0, W, H)
     solid = np.full((H, W, 4), 77, np.uint8)
     client.feed(protocol.Preview(12, 1, region, rgba_png(solid), W, H))
-    assert canvas.preview_id is not None
+    settle(c)
+    assert len(preview_layers(canvas)) == 1
     client.feed(result(12, 0, 11, region, np.full((H, W, 4), 5, np.uint8)))
     # The first variant is in: the preview has gone already, before the job is done.
-    assert canvas.preview_id is None and c.busy
+    assert preview_layers(canvas) == [] and c.busy
     client.feed(protocol.Preview(12, 2, region, rgba_png(solid), W, H))  # overtaken by the result
-    assert canvas.preview_id is None and canvas.preview_writes == 1
+    settle(c)
+    assert preview_layers(canvas) == [] and canvas.writes == 0
     client.feed(result(12, 1, 12, region, np.full((H, W, 4), 6, np.uint8)), protocol.Done(12, 2, 9, {}))
-    assert [la.owner for la in canvas.layers_] == ["painter", "plugin", "plugin"] and not c.busy
+    assert [la.owner for la in canvas.layers_] == ["painter", "plugin"] and not c.busy
     assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].previews == 1
+
+
+def test_result_pixels_where_the_map_keeps_the_picture_are_transparent():
+    canvas = FakeCanvas(picture(1))
+    layer = np.zeros((H, W, 4), np.uint8)
+    layer[..., 3] = 255
+    layer[:, 10:30] = (255, 255, 255, 255)
+    layer[:, 30:34] = (60, 60, 60, 255)  # a little change
+    map_id = canvas.add_painter_layer("Change Map", layer)
+    c, client, _, notices = make(canvas, mode="change_map")
+    assert c.generate(), notices
+    accept(client, job_id=40)
+    full = Region(0, 0, W, H)
+    client.feed(protocol.Preview(40, 1, full, rgba_png(np.full((H, W, 4), (99, 99, 99, 255), np.uint8)), W, H))
+    settle(c)
+    (preview,) = preview_layers(canvas)
+    assert (preview.bgra[:, 10:34, 3] == 255).all() and not preview.bgra[:, :10].any()
+    client.feed(result(40, 0, 11, full, np.full((H, W, 4), (200, 200, 200, 255), np.uint8)),
+                protocol.Done(40, 1, 9, {}))
+    (res,) = canvas.plugin_layers()
+    assert (res.bgra[:, 10:34, 3] == 255).all() and (res.bgra[:, 10:34, :3] == 200).all()
+    assert not res.bgra[:, :10].any() and not res.bgra[:, 34:].any()  # map 0: nothing, the picture shows
+    # Directly below the Change Map layer, so the map's dimming never hides what changed.
+    assert [la.id for la in canvas.layers_][-2:] == [res.id, map_id]
+
 
 # -- history ---------------------------------------------------------------------------------------
 
@@ -376,21 +420,30 @@ def test_history_show_apply_discard():
     c, client, canvas, _ = make(mode="uniform", variants=2)
     panel = DiffDiffPanel(c.host, controller=c)
     first, second = _two_results(c, client, canvas)
-    assert panel.history.count() == 2
+    assert panel.history.count() == 2 and not panel.history.item(0).icon().isNull()  # thumbnails
     painter = [(la.id, la.bgra.copy(), la.visible) for la in canvas.layers_ if la.owner == "painter"]
+    (job_layer,) = canvas.plugin_layers()
+    assert (job_layer.bgra == 30).all() and job_layer.name == first.name
 
-    panel.history.setCurrentRow(0)  # newest first: the second variant
-    panel.show_button.click()
-    assert canvas.find(second.layer_id).visible and not canvas.find(first.layer_id).visible
-
-    panel.apply_button.click()  # the second becomes the painter's: it leaves the list, its layer stays
-    assert [e.key for e in c.history.entries] == [first.key] and panel.history.count() == 1
-    assert canvas.find(second.layer_id).visible
+    item = panel.history.item(0)  # newest first: the second variant
+    panel.history.itemClicked.emit(item)  # click: shown on the job's layer, in place
+    assert canvas.plugin_layers() == [job_layer] and (job_layer.bgra == 60).all()
+    assert job_layer.name == second.name and canvas.writes == 1
 
     panel.history.setCurrentRow(0)
-    panel.discard_button.click()  # the first (never applied) goes, layer and entry
-    assert c.history.entries == [] and canvas.find(first.layer_id) is None
-    assert canvas.find(second.layer_id) is not None
+    panel.apply_button.click()  # it becomes the painter's: the job leaves the list, its layer stays
+    assert c.history.entries == [] and panel.history.count() == 0
+    assert canvas.find(job_layer.id) is job_layer and (job_layer.bgra == 60).all()
+
+    third, _fourth = _two_results(c, client, canvas)
+    panel.history.setCurrentRow(1)  # the older variant of the new job, the one shown
+    panel.discard_button.click()  # the other variant takes its place on the layer
+    (new_layer,) = [la for la in canvas.plugin_layers() if la is not job_layer]
+    assert (new_layer.bgra == 60).all() and len(c.history.entries) == 1
+    panel.history.setCurrentRow(0)
+    panel.discard_button.click()  # the last variant: the plugin's layer goes too
+    assert c.history.entries == [] and canvas.find(new_layer.id) is None
+    assert canvas.find(job_layer.id) is job_layer  # the applied one is never touched again
     assert [(la.id, la.visible) for la in canvas.layers_ if la.owner == "painter"] == [(i, v) for i, _, v in painter]
     for layer_id, pixels, _ in painter:
         np.testing.assert_array_equal(canvas.find(layer_id).bgra, pixels)
@@ -400,11 +453,9 @@ def test_history_show_recreates_a_deleted_result_from_its_image():
     c, client, canvas, _ = make(mode="uniform", variants=2)
     first, second = _two_results(c, client, canvas)
     canvas.layers_.remove(canvas.find(first.layer_id))  # the painter deleted it by hand
-    c.show_result(first.key)
-    (again,) = canvas.by_name(first.name)
-    assert again.id == first.layer_id and again.visible and (again.bgra == 30).all()
-    assert not canvas.find(second.layer_id).visible
-
+    c.show_result(second.key)
+    (again,) = canvas.plugin_layers()
+    assert again.name == second.name and again.visible and (again.bgra == 60).all()
 
 
 def test_history_keeps_the_newest_results_and_forgets_the_oldest_not_their_layers():
@@ -417,7 +468,7 @@ def test_history_keeps_the_newest_results_and_forgets_the_oldest_not_their_layer
         client.feed(result(job_id, 0, job_id, region, np.full((H, W, 4), job_id, np.uint8)),
                     protocol.Done(job_id, 1, 9, {}))
     assert [e.seed for e in c.history.entries] == [22, 23, 24]
-    assert len([la for la in canvas.layers_ if la.owner == "plugin"]) == 5  # the old layers stay
+    assert len(canvas.plugin_layers()) == 5  # the old layers stay
 
 def test_history_button_without_a_pick_says_so():
     c, *_ = make(mode="uniform")
@@ -455,11 +506,14 @@ def test_stale_or_edited_settings_are_clamped_not_fatal():
     store = DictStore()
     store.values.update(steps="9999", mode="nonsense", guidance="abc", random_seed="false", fan_low="-2")
     s = load_settings(store)
-    assert (s.steps, s.mode, s.guidance, s.random_seed, s.fan_low) == (500, "change_map", 7.0, False, 0.0)
+    # Clamped to the protocol's own limits (shared/), never to numbers of the docker's.
+    assert (s.steps, s.mode, s.guidance, s.random_seed, s.fan_low) == (protocol.MAX_STEPS, "change_map", 7.0,
+                                                                       False, 0.0)
     store.values.update(variants="99", fan_high="3", source="elsewhere", region="moon", random_seed=" True ",
                         seed="-5", softness_px="9999", grow_px="-999", preview_every="-1", strength="2")
     s = load_settings(store)
-    assert (s.variants, s.fan_high, s.source, s.region, s.random_seed) == (16, 1.0, "projection", "canvas", True)
+    assert (s.variants, s.fan_high, s.source, s.region, s.random_seed) == (protocol.MAX_VARIANTS, 1.0, "projection",
+                                                                           "canvas", True)
     assert (s.seed, s.softness_px, s.grow_px, s.preview_every, s.strength) == (0, 512, -256, 0, 1.0)
 
 
@@ -507,7 +561,7 @@ def test_generate_is_enabled_only_while_connected_and_a_random_seed_is_shown():
     c.update_settings(random_seed=True)
     panel.generate.click()
     assert c.last_seed is not None and client.received().request.seed == c.last_seed
-    assert panel.status.text() == f"Seed {c.last_seed}"
+    assert panel.message.text() == f"Seed {c.last_seed}"
     panel.apply_button.click()  # nothing picked: a warning, in the warning colour (not the error one)
     assert "e0a000" in panel.message.styleSheet()
 
@@ -544,3 +598,102 @@ def test_confirming_the_url_reconnects_only_when_not_connected():
     c.connection_state = "connected"
     c.update_settings(server_url="ws://127.0.0.1:9999")
     assert calls[-1] == "ws://127.0.0.1:9999"
+
+
+# -- limits, closed documents, large canvases -----------------------------------------------------
+
+
+def test_no_box_offers_more_than_the_protocol_and_the_server_lowers_them():
+    c, client, *_ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    assert panel.steps.maximum() == protocol.MAX_STEPS and panel.variants.maximum() == protocol.MAX_VARIANTS
+    assert panel.guidance.maximum() == protocol.MAX_GUIDANCE and panel.seed.maximum() <= protocol.MAX_SEED
+    assert panel.fan_columns.maximum() <= protocol.MAX_FAN_COUNT
+    client.feed(protocol.Welcome(caps(max_steps=50, max_variants=2)))  # a server that allows less
+    assert (panel.steps.maximum(), panel.variants.maximum()) == (50, 2)
+    panel.steps.setValue(120)
+    assert c.settings.steps == 50
+
+
+def test_steps_over_the_servers_limit_are_refused_before_sending():
+    c, client, _, notices = make(mode="uniform", steps=120)
+    c.capabilities = client.session.capabilities = caps(max_steps=50)
+    assert not c.generate() and client.frames == []
+    assert "steps" in notices[-1][1]
+
+
+def test_generate_says_why_it_is_disabled():
+    c, client, canvas, _ = make(mode="uniform")
+    panel = DiffDiffPanel(c.host, controller=c)
+    client.state_changed.emit("disconnected", "Cannot reach the server")
+    assert not panel.generate.isEnabled() and "Not connected" in panel.status.text()
+    client.state_changed.emit("connected", "Connected")
+    c.host.canvas = None
+    panel.refresh()
+    assert not panel.generate.isEnabled() and panel.status.text() == "Open a document first."
+
+
+def test_closing_the_document_mid_job_cancels_it_quietly_and_drops_its_results():
+    c, client, canvas, notices = make(mode="uniform", variants=2)
+    panel = DiffDiffPanel(c.host, controller=c)
+    _two_results(c, client, canvas)
+    assert panel.history.count() == 2
+    assert c.generate()
+    accept(client, job_id=41, index=-1)
+    canvas.close()
+    client.feed(protocol.Preview(41, 1, Region(0, 0, W, H), rgba_png(np.full((H, W, 4), 9, np.uint8)), W, H))
+    settle(c)  # drawing it finds the document gone: no exception, the job is cancelled
+    assert client.cancels[-1] == {"type": "cancel", "job_id": 41}
+    assert not c.busy and panel.history.count() == 0 and c.history.entries == []
+    assert notices[-1] == ("info", "The document was closed; its job was stopped.")
+    outcome = c.outcomes[protocol.loads(client.frames[-1][0])["ref"]]
+    assert outcome.state == "cancelled" and outcome.message == "The document was closed."
+    client.feed(protocol.Cancelled(41, "cancelled by the client"), protocol.Error(
+        protocol.E_UNKNOWN_JOB, "No job 41 of yours is queued or running.", job_id=41))
+    assert notices[-1] == ("info", "The document was closed; its job was stopped.")  # nothing red after it
+
+
+def test_a_cancel_that_crosses_the_jobs_end_is_not_an_error():
+    c, client, canvas, notices = make(mode="uniform")
+    assert c.generate()
+    accept(client, job_id=42)
+    c.cancel()
+    client.feed(result(42, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)), protocol.Done(42, 1, 9, {}),
+                protocol.Error(protocol.E_UNKNOWN_JOB, "No job 42 of yours is queued or running.", job_id=42))
+    assert notices[-1][0] == "info" and notices[-1][1].startswith("Done in")
+
+
+def test_the_servers_stop_is_told_as_such():
+    c, client, canvas, notices = make(mode="uniform")
+    assert c.generate()
+    accept(client, job_id=43)
+    client.feed(protocol.Cancelled(43, "the server is shutting down"))
+    assert notices[-1] == ("warning", "The server stopped the job: the server is shutting down.")
+
+
+def test_a_large_canvas_sends_only_the_change_and_its_context():
+    big_w, big_h = 400, 300
+    pic = np.random.default_rng(7).integers(0, 256, (big_h, big_w, 4), dtype=np.uint8)
+    pic[..., 3] = 255
+    canvas = FakeCanvas(pic)
+    layer = np.zeros((big_h, big_w, 4), np.uint8)
+    layer[..., 3] = 255
+    layer[200:230, 300:340] = (255, 255, 255, 255)
+    canvas.add_painter_layer("Change Map", layer)
+    c, client, _, notices = make(canvas, mode="change_map")
+    c.capabilities = client.session.capabilities = caps(native_resolution=64)
+    assert c.generate(), notices
+    got = client.received()
+    crop = context_crop(Region(300, 200, 40, 30), (big_w, big_h), 64)  # what the server would process
+    assert (got.request.width, got.request.height) == (crop.width, crop.height) < (big_w, big_h)
+    np.testing.assert_array_equal(png_bgra(got.image_png), pic[crop.y:crop.y + crop.height,
+                                                               crop.x:crop.x + crop.width])
+    m = np.frombuffer(got.map_gray8, np.uint8).reshape(crop.height, crop.width)
+    assert m.sum() == 255 * 40 * 30 and m[200 - crop.y, 300 - crop.x] == 255
+    accept(client, job_id=44)
+    local = Region(0, 0, crop.width, crop.height)
+    client.feed(result(44, 0, 11, local, np.full((crop.height, crop.width, 4), 255, np.uint8)),
+                protocol.Done(44, 1, 9, {}))
+    (res,) = canvas.plugin_layers()  # back where it came from on the canvas
+    changed = np.argwhere(res.bgra[..., 3] > 0)
+    assert changed.min(axis=0).tolist() == [200, 300] and changed.max(axis=0).tolist() == [229, 339]
