@@ -51,7 +51,8 @@ class ResultsMixin:
     def _init_results(self) -> None:
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)
-        self._preview_timer.timeout.connect(self._draw_previews)
+        # Through the controller's inbox: events that arrive while a layer is being made wait their turn.
+        self._preview_timer.timeout.connect(lambda: self._one_at_a_time(self._draw_previews))
         self._last_preview_draw = 0.0
 
     # -- previews ----------------------------------------------------------------------------------

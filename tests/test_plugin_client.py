@@ -19,8 +19,10 @@ from plugin_fakes import FakeCanvas, FakeHost, qapp
 
 from krita_plugin import client as client_module
 from krita_plugin import controller as controller_module
+from krita_plugin import results as results_module
 from krita_plugin.client import NotConnected, ServerClient
 from krita_plugin.controller import Controller, pump_events
+from krita_plugin.jobs import PREVIEW_LAYER_NAME
 from krita_plugin.qt import QTimer
 from server.app import ServerConfig, run_server
 from shared import protocol
@@ -128,7 +130,7 @@ def threads_calling(monkeypatch, name: str, *modules) -> list[str]:
 def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeypatch):
     sockets = SocketThreads(monkeypatch)
     encoders = threads_calling(monkeypatch, "bgra_to_png", controller_module)
-    decoders = threads_calling(monkeypatch, "png_to_bgra", client_module, controller_module)
+    decoders = threads_calling(monkeypatch, "png_to_bgra", client_module, results_module)
     server = ServerThread(tiny_sd).start()
     c, canvas, events = controller_for(server.url)
     try:
@@ -146,11 +148,14 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     assert kinds.index("Preview") < kinds.index("Result")
     result = next(e for e in events if isinstance(e, protocol.Result))
     assert (result.seed, result.index) == (5, 0) and protocol.png_size(result.png) == (result.width, result.height)
-    assert outcome.previews >= 1 and canvas.preview_writes == outcome.previews
+    previews = kinds.count("Preview")
+    # Drawn coalesced: at most as many as came (a result arriving first supersedes them), the
+    # first one drawn making the preview layer, the others rewriting it.
+    assert previews >= 1 and outcome.previews <= previews and canvas.writes == max(outcome.previews - 1, 0)
     # One result layer, named after prompt and seed, holding the server's picture; no preview left.
-    (layer,) = [la for la in canvas.layers if la.owner == "plugin"]
+    (layer,) = canvas.plugin_layers()
     assert layer.name == "a lake · seed 5 · strength 0.70" and layer.id == outcome.layer_ids[0]
-    assert canvas.preview_id is None and layer.bgra[..., 3].min() == 255
+    assert layer.bgra[..., 3].min() == 255
     # The layer's pixels are the server's PNG, decoded here with Pillow, in Krita's BGRA order.
     served = np.asarray(Image.open(io.BytesIO(result.png)).convert("RGBA"))[..., [2, 1, 0, 3]]
     assert result.region == protocol.Region(0, 0, W, H)
@@ -162,7 +167,7 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     # So did encoding the canvas to PNG (a second for a 4K canvas).
     assert len(encoders) == 1 and encoders[0] != threading.main_thread().name
     # And decoding what came back: every preview and the result, none on the UI thread.
-    assert len(decoders) == outcome.previews + 1 and threading.main_thread().name not in decoders
+    assert len(decoders) == previews + 1 and threading.main_thread().name not in decoders
 
 
 def test_client_reconnects_by_itself_after_a_server_restart(tiny_sd):
@@ -178,7 +183,7 @@ def test_client_reconnects_by_itself_after_a_server_restart(tiny_sd):
         first.stop()
         assert pump_events(lambda: c.connection_state != "connected" and running.finished, 30), states
         assert running.state in ("cancelled", "lost") and not c.busy
-        assert canvas.preview_id is None
+        assert not [la for la in canvas.plugin_layers() if la.name == PREVIEW_LAYER_NAME]
 
         second = ServerThread(tiny_sd, port=first.port, preview_every=0).start()
         try:
@@ -262,7 +267,7 @@ def test_cancel_right_after_generate_never_overtakes_the_submit(tiny_sd, monkeyp
         server.stop()
     assert outcome.state == "cancelled", (outcome.message, [type(e).__name__ for e in events])
     assert not any(isinstance(e, protocol.Error) for e in events) and not c.busy
-    assert [la.owner for la in canvas.layers] == ["painter"]
+    assert [la.owner for la in canvas.layers_] == ["painter"]
 
 
 def test_a_picture_that_cannot_be_encoded_ends_the_job_with_a_message(tiny_sd, monkeypatch):

@@ -47,6 +47,7 @@ def rgba_png(rgba: np.ndarray) -> bytes:
 
 
 def make(canvas: FakeCanvas | None = None, store: DictStore | None = None, **settings):
+    qapp()  # the controller's timers need one, whichever module calls this
     canvas = canvas if canvas is not None else FakeCanvas(picture())
     client = RecordingClient()
     c = Controller(FakeHost(canvas, store), client=client)
