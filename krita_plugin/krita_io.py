@@ -83,7 +83,7 @@ class DocumentCanvas:
             return False
         return True
 
-    def _node(self, node_id: str | None):
+    def node(self, node_id: str | None):
         if not node_id:
             return None
         for node in _walk(self._root()):
@@ -140,7 +140,7 @@ class DocumentCanvas:
     def layer_pixels(self, node_id: str, region: Region) -> bytes:
         """8-bit BGRA of one layer over `region` (a detached copy is converted when the layer is
         not RGBA 8-bit); groups and other non-paint layers give what they render."""
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             raise JobInputError("The layer is gone: pick it again.")
         if not _is_rgba8(node):
@@ -224,9 +224,9 @@ class DocumentCanvas:
         if opacity != 255:
             node.setOpacity(opacity)
         parent, above = root, None
-        anchor = self._node(above_id)
+        anchor = self.node(above_id)
         if anchor is None and below_id:
-            below = self._node(below_id)
+            below = self.node(below_id)
             if below is not None and below.parentNode() is not None:
                 parent = below.parentNode()
                 siblings = parent.childNodes()
@@ -250,7 +250,7 @@ class DocumentCanvas:
             try:
                 active = self.active_layer_id()
                 if active == new_id:
-                    node = self._node(painter_active)
+                    node = self.node(painter_active)
                     if node is not None:
                         self.document.setActiveNode(node)
                     return
@@ -264,7 +264,7 @@ class DocumentCanvas:
 
     def write_layer(self, node_id: str, region: Region, bgra: bytes) -> bool:
         """Rewrite a layer's pixels in place and recompose only that layer's area."""
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             return False
         node.setPixelData(bgra, region.x, region.y, region.width, region.height)
@@ -277,7 +277,7 @@ class DocumentCanvas:
         node.setBlendingMode(node.blendingMode())
 
     def set_layer_visible(self, node_id: str, visible: bool) -> bool:
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             return False
         if node.visible() != visible:
@@ -286,25 +286,25 @@ class DocumentCanvas:
         return True
 
     def rename_layer(self, node_id: str, name: str) -> bool:
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             return False
         node.setName(name)
         return True
 
     def remove_layer(self, node_id: str) -> bool:
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             return False
         node.remove()
         return True
 
     def layer_exists(self, node_id: str | None) -> bool:
-        return self._node(node_id) is not None
+        return self.node(node_id) is not None
 
     def fill_layer(self, node_id: str, bgra_pixel: bytes) -> bool:
         """Fill a layer with one colour, in bands (a 4K canvas never needs one 64 MB buffer)."""
-        node = self._node(node_id)
+        node = self.node(node_id)
         if node is None:
             return False
         width, height = self.size

@@ -318,33 +318,35 @@ def test_previews_rewrite_one_layer_and_the_result_adds_exactly_one(batch):
     assert s1["layers"] == s2["layers"] == n_before + 1
     assert len(s1["previews"]) == len(s2["previews"]) == 1
     assert s1["previews"][0]["id"] == s2["previews"][0]["id"]
+    # Where the map keeps the picture (0) the plugin's layers are transparent: they show only what changes.
+    changes = (expected_map(map_layer()) > 0.5)[ry:ry + rh, rx:rx + rw, None]
     for i, want in ((1, preview1), (2, None)):
         layer = np.frombuffer((out_dir / f"preview_layer{i}.bgra").read_bytes(), np.uint8).reshape(H, W, 4)
         inside = bgra_to_rgba(layer[ry:ry + rh, rx:rx + rw])
-        if want is not None:
-            np.testing.assert_array_equal(inside, want)
-        else:
-            assert (inside == (250, 10, 90, 255)).all()
+        if want is None:
+            want = np.broadcast_to(np.array((250, 10, 90, 255), np.uint8), inside.shape)
+        np.testing.assert_array_equal(inside, np.where(changes, want, 0))
         outside = layer.copy()
         outside[ry:ry + rh, rx:rx + rw] = 0
         assert not outside.any()  # transparent outside the region: the picture shows through
 
-    # The result: exactly one new layer, on top, named after prompt and seed; the preview is gone.
+    # The result: exactly one new layer, right below the Change Map layer (whose dimming would
+    # hide it), named after prompt and seed; the preview is gone.
     assert len(r["after"]) == n_before + 1
     assert len(r["new"]) == 1
     (new_key, new), = r["new"].items()
     assert "storm clouds · seed 40" in new_key and new["type"] == "paintlayer"
-    assert r["order"][-1].startswith("storm clouds · seed 40")
+    assert r["order"][-2].startswith("storm clouds · seed 40") and r["order"][-1] == "Change Map"
     assert not any("preview" in k for k in r["after"])
     layer = np.frombuffer((out_dir / "result_layer.bgra").read_bytes(), np.uint8).reshape(H, W, 4)
-    np.testing.assert_array_equal(bgra_to_rgba(layer[ry:ry + rh, rx:rx + rw]), result_rgba)
+    np.testing.assert_array_equal(bgra_to_rgba(layer[ry:ry + rh, rx:rx + rw]), np.where(changes, result_rgba, 0))
     outside = layer.copy()
     outside[ry:ry + rh, rx:rx + rw] = 0
     assert not outside.any()
 
     # Every layer the painter had is byte-identical (pixels, visibility, opacity, identity).
-    for key, value in r["before"].items():
-        assert r["after"][key] == value
+    after_by_id = {v["id"]: v for v in r["after"].values()}
+    assert all(after_by_id[v["id"]] == v for v in r["before"].values())  # by identity: indices moved up
     assert r["history"] == [["storm clouds · seed 40", 40]]
     assert r["after_discard"] == r["before"]  # discarding removes only the plugin's layer
     assert r["jobs_left"] == 0
@@ -380,6 +382,7 @@ def test_create_change_map_layer(batch):
     r, _ = part(batch, "create_map")
     assert r["name"] == "Change Map" and r["type"] == "paintlayer" and r["all_black_opaque"]
     assert r["opacity"] == 128 and r["on_top"]  # half see-through, so the painter paints over the picture
+    assert r["active_kept"]  # the painter's active layer is still the active one
     assert len(r["after"]) == len(r["before"]) + 1
     for key, value in r["before"].items():
         assert r["after"][key] == value

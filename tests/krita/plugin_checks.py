@@ -28,7 +28,7 @@ def _frames(request, inputs):
 def job_from_map_layer(args: dict) -> dict:
     """Picture + a visible, painted 'Change Map' layer -> the frames a submit would send."""
     from krita_plugin.images import png_to_bgra
-    from krita_plugin.jobs import build_submit
+    from krita_plugin.jobs import build_submit, read_job_inputs
     from krita_plugin.krita_io import DocumentCanvas
 
     doc = picture_document(args)
@@ -45,7 +45,7 @@ def job_from_map_layer(args: dict) -> dict:
         selection = Selection()
         selection.select(x, y, sw, sh, 255)
         doc.setSelection(selection)
-    inputs = canvas.read_inputs(settings)
+    inputs = read_job_inputs(canvas, settings)
     request = build_submit(settings, inputs, seed=77, ref=5)
     message, image_frame, map_frame = _frames(request, inputs)
     write_output(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
@@ -66,7 +66,7 @@ def two_maps_and_a_preview(args: dict) -> dict:
     """Two layers called 'Change Map' (the lower one is just a painter's layer) and the plugin's own
     preview on top: the map is the topmost one, the picture leaves out that map and the preview."""
     from krita_plugin.images import png_to_bgra
-    from krita_plugin.jobs import build_submit
+    from krita_plugin.jobs import PREVIEW_LAYER_NAME, build_submit, read_job_inputs
     from krita_plugin.krita_io import DocumentCanvas
     from shared.protocol import Region
 
@@ -75,10 +75,10 @@ def two_maps_and_a_preview(args: dict) -> dict:
     add_paint_layer(doc, "Change Map", read_input(args, "ink.bgra"))  # older, lower: part of the picture
     add_paint_layer(doc, "Change Map", read_input(args, "map_layer.bgra"))
     canvas = DocumentCanvas(doc)
-    canvas.set_preview(Region(0, 0, w, h), bytes((0, 255, 0, 255)) * (w * h))  # opaque green
+    preview_id = canvas.add_layer(PREVIEW_LAYER_NAME, Region(0, 0, w, h), bytes((0, 255, 0, 255)) * (w * h))
     before = layer_pixels(doc)
     settings = _settings(mode="change_map", prompt="two maps", random_seed=False, seed=3)
-    inputs = canvas.read_inputs(settings)
+    inputs = read_job_inputs(canvas, settings, hide_ids=(preview_id,))
     request = build_submit(settings, inputs, seed=3, ref=1)
     _message, image_frame, map_frame = _frames(request, inputs)
     write_output(args, "sent_image.bgra", png_to_bgra(image_frame.payload))
@@ -90,7 +90,7 @@ def soft_inpaint_map(args: dict) -> dict:
     """A rectangular selection with softness -> the gray map read back from Krita's feathered copy."""
     from krita import Selection
 
-    from krita_plugin.jobs import build_submit
+    from krita_plugin.jobs import build_submit, read_job_inputs
     from krita_plugin.krita_io import DocumentCanvas
 
     w, h = args["width"], args["height"]
@@ -101,7 +101,7 @@ def soft_inpaint_map(args: dict) -> dict:
     doc.setSelection(selection)
     settings = _settings(mode="soft_inpaint", softness_px=args["softness"], grow_px=args.get("grow", 0),
                          region=args.get("region", "canvas"))
-    inputs = DocumentCanvas(doc).read_inputs(settings)
+    inputs = read_job_inputs(DocumentCanvas(doc), settings)
     request = build_submit(settings, inputs, seed=1)
     message, _image, map_frame = _frames(request, inputs)
     write_output(args, "soft_map.gray", map_frame.payload)
@@ -156,7 +156,7 @@ class _Host:
 def preview_then_result(args: dict) -> dict:
     """Drive the real controller with server events: previews rewrite one layer in place, the
     result adds exactly one layer, and the painter's layers stay byte-identical."""
-    from krita_plugin.controller import Controller
+    from krita_plugin.controller import Controller, pump_events
     from krita_plugin.jobs import PREVIEW_LAYER_NAME
     from krita_plugin.krita_io import DocumentCanvas
     from shared import protocol
@@ -185,9 +185,10 @@ def preview_then_result(args: dict) -> dict:
     for i, name in enumerate(["preview1.png", "preview2.png"]):
         png = read_input(args, name)
         client.event.emit(protocol.Preview(job_id=9, step=i + 1, region=region, png=png, width=0, height=0))
+        assert pump_events(controller.settled, 10)  # previews are drawn from a timer, the newest only
         layers = layer_pixels(doc)
         previews = {k: v for k, v in layers.items() if PREVIEW_LAYER_NAME in k}
-        node = canvas.find_node(canvas.preview_id)
+        node = canvas.node(next(iter(previews.values()))["id"])
         write_output(args, f"preview_layer{i + 1}.bgra", node.pixelData(0, 0, w, h))
         snapshots.append({"layers": len(layers), "previews": list(previews.values())})
     client.event.emit(protocol.Result(job_id=9, index=0, seed=40, region=region, png=read_input(args, "result.png"),
@@ -221,13 +222,13 @@ def preview_then_result(args: dict) -> dict:
 
 @entry
 def create_map_layer(args: dict) -> dict:
-    from krita_plugin.krita_io import DocumentCanvas
-
     doc = picture_document(args)
+    active_before = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
     before = layer_pixels(doc)
-    layer_id = DocumentCanvas(doc).create_map_layer("Change Map")
+    controller, _client, _notices = _fake_controller(doc)
+    controller.create_map_layer()
     after = layer_pixels(doc)
-    node = DocumentCanvas(doc).find_node(layer_id)
+    node = [n for n in doc.rootNode().childNodes() if n.name() == "Change Map"][-1]
     data = bytes(node.pixelData(0, 0, args["width"], args["height"]))
     return {
         "before": before,
@@ -237,13 +238,14 @@ def create_map_layer(args: dict) -> dict:
         "all_black_opaque": data == bytes((0, 0, 0, 255)) * (args["width"] * args["height"]),
         "opacity": node.opacity(),
         "on_top": doc.rootNode().childNodes()[-1].uniqueId() == node.uniqueId(),
+        "active_kept": (doc.activeNode().uniqueId().toString() if doc.activeNode() else None) == active_before,
     }
 
 
 @entry
 def deep_document(args: dict) -> dict:
     """A 16-bit RGBA document: the job is built from a converted copy, the result layer is 8-bit."""
-    from krita_plugin.jobs import build_submit
+    from krita_plugin.jobs import build_submit, read_job_inputs
     from krita_plugin.krita_io import DocumentCanvas
     from shared.protocol import Region
 
@@ -252,18 +254,20 @@ def deep_document(args: dict) -> dict:
     before = layer_pixels(doc)
     canvas = DocumentCanvas(doc)
     settings = _settings(mode="uniform", strength=0.5)
-    inputs = canvas.read_inputs(settings)
+    inputs = read_job_inputs(canvas, settings)
     request = build_submit(settings, inputs, seed=3)
-    layer_id = canvas.add_result_layer("result", Region(0, 0, w, h), bytes((10, 20, 30, 255)) * (w * h))
-    node = canvas.find_node(layer_id)
+    layer_id = canvas.add_layer("result", Region(0, 0, w, h), bytes((10, 20, 30, 255)) * (w * h))
+    node = canvas.node(layer_id)
     after = layer_pixels(doc)
     # The other readers: the active layer alone (converted copy) and a change map drawn on the
     # plugin's own map layer (made 8-bit RGBA whatever the document is).
-    active = canvas.read_inputs(_settings(mode="uniform", strength=0.5, source="active_layer"),
-                                active_node=doc.rootNode().childNodes()[0])
-    map_node = canvas.find_node(canvas.create_map_layer("Change Map"))
+    canvas.active_layer = doc.rootNode().childNodes()[0]
+    active = read_job_inputs(canvas, _settings(mode="uniform", strength=0.5, source="active_layer"))
+    map_id = canvas.add_layer("Change Map", None, b"")
+    canvas.fill_layer(map_id, bytes((0, 0, 0, 255)))
+    map_node = canvas.node(map_id)
     map_node.setPixelData(bytes((255, 255, 255, 255)) * (w * 4), 0, 0, w, 4)  # the top 4 rows: change
-    mapped = canvas.read_inputs(_settings(mode="change_map"))
+    mapped = read_job_inputs(canvas, _settings(mode="change_map"))
     return {
         "active_len": len(active.image_bgra),
         "map_cs": [map_node.colorModel(), map_node.colorDepth()],
@@ -344,7 +348,7 @@ def fan_result_applied(args: dict) -> dict:
     key = controller.history.entries[0].key
     controller.apply_result(key)
     after = {k: v for k, v in layer_pixels(doc).items() if "Selection" not in k}
-    node = controller.host.active_canvas().find_node(outcome.layer_ids[0])
+    node = controller.host.active_canvas().node(outcome.layer_ids[0])
     return {
         "message": request.to_message(), "has_map": map_gray8 is not None, "state": outcome.state,
         "names": [n.name() for n in doc.rootNode().childNodes()], "before": before, "after_result": after_result,
