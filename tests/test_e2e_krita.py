@@ -92,49 +92,55 @@ def load_layer(out_dir: Path, layer: dict) -> np.ndarray:
 
 # -- shared checks ---------------------------------------------------------------------------------
 def check_common(r: dict, out_dir: Path, results: int) -> list[tuple[dict, np.ndarray]]:
-    """Previews came and went, `results` new layers arrived, the painter's layers are untouched."""
+    """Previews came and went, one new layer holds the job's `results` variants, the painter's
+    layers are untouched. Returns each variant's pixels as its layer showed them."""
     assert not [n for n in r["notices"] if n[0] == "error"], r["notices"]
     assert r["outcome"]["state"] == "done" and not r["busy"], r["outcome"]
-    assert r["outcome"]["previews"] == len(r["previews"])
-    assert r["outcome"]["layer_ids"] == [e["layer_id"] for e in r["history"]]
     events = r["events"]
     assert events.count("Result") == results and events[-1] == "Done", events
 
-    # Previews: at least one, always exactly one preview layer (rewritten in place), gone at the end.
-    assert r["previews"], events
-    assert all(len(p["layers"]) == 1 for p in r["previews"]), r["previews"]
-    assert len({p["layers"][0]["id"] for p in r["previews"]}) == 1
+    # Previews: drawn (the newest only, a few a second), always on one layer, gone at the end.
+    assert 1 <= r["outcome"]["previews"] <= events.count("Preview"), (r["outcome"], events)
+    assert all(len(p["layers"]) <= 1 for p in r["previews"]), r["previews"]
+    assert len({p["layers"][0]["id"] for p in r["previews"] if p["layers"]}) <= 1
     for p in r["previews"]:
-        x, y, w, h = p["layers"][0]["bounds"]
-        rx, ry, rw, rh = p["region"]
-        assert rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh  # only inside its region
+        for layer in p["layers"]:
+            x, y, w, h = layer["bounds"]
+            rx, ry, rw, rh = p["region"]
+            assert rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh  # only inside its region
     assert not any("preview" in name.lower() for name in r["order"])
 
     # The painter's layers: still there, byte-identical, same visibility and opacity.
+    after_by_id = {v["id"]: v for v in r["after"].values()}
     for key, value in r["before"].items():
-        assert r["after"].get(key) == value, key
-    assert len(r["after"]) == len(r["before"]) + results
+        assert after_by_id.get(value["id"]) == value, key
+    assert len(r["after"]) == len(r["before"]) + 1
 
-    # The results: one new paint layer each, covering exactly the region the server reported.
-    new = r["new_layers"]
-    assert len(new) == results == len(r["history"])
-    by_id = {layer["id"]: layer for layer in new}
+    # The results: ONE new paint layer for the job, every variant in the history pointing at it.
+    (layer,) = r["new_layers"]
+    assert len(r["history"]) == results and r["outcome"]["layer_ids"] == [layer["id"]]
+    assert layer["type"] == "paintlayer" and layer["color"] == ["RGBA", "U8"] and layer["visible"]
+    assert layer["name"] == r["history"][0]["name"]  # the first variant shows
     out = []
     for entry in r["history"]:
-        layer = by_id[entry["layer_id"]]
-        assert layer["type"] == "paintlayer" and layer["color"] == ["RGBA", "U8"]
-        assert layer["name"] == entry["name"] and f"seed {entry['seed']}" in layer["name"]
-        assert layer["visible"] == (entry["index"] == 0)  # the first variant shows, the rest wait hidden
+        assert entry["layer_id"] == layer["id"] and entry["shown_name"] == entry["name"]
+        assert f"seed {entry['seed']}" in entry["name"]
         rx, ry, rw, rh = entry["region"]
         assert 0 <= rx and 0 <= ry and rx + rw <= W and ry + rh <= H and rw >= 8 and rh >= 8
-        pixels = load_layer(out_dir, layer)
-        assert layer["bounds"] == entry["region"], (layer["bounds"], entry["region"])
-        assert (pixels[ry:ry + rh, rx:rx + rw, 3] == 255).all()
+        pixels = np.frombuffer((out_dir / entry["file"]).read_bytes(), np.uint8).reshape(H, W, 4)
         outside = pixels.copy()
         outside[ry:ry + rh, rx:rx + rw] = 0
         assert not outside.any()  # transparent outside the region: the picture shows through
         out.append((entry, pixels))
     return out
+
+
+def on_canvas(sent: bytes, crop: list[int]) -> np.ndarray:
+    """A one-byte map sent for the crop, placed on the whole canvas (0 elsewhere)."""
+    x, y, w, h = crop
+    full = np.zeros((H, W), np.uint8)
+    full[y:y + h, x:x + w] = np.frombuffer(sent, np.uint8).reshape(h, w)
+    return full
 
 
 def check_kept_exactly(pixels: np.ndarray, original: np.ndarray, change_map: np.ndarray) -> None:
@@ -171,15 +177,18 @@ def test_change_map_job_gives_previews_then_result_layers(profile, server_url, i
     for name, path in r["modules"].items():
         assert path.startswith(str(profile["pykrita"] / "differential_diffusion")), (name, path)
 
-    # The map sent is the layer's pixels (its 50 % opacity is only for painting): white 255, ramp, black 0.
-    sent_map = np.frombuffer((out_dir / "sent_map.gray").read_bytes(), np.uint8).reshape(H, W)
-    np.testing.assert_array_equal(sent_map, map_bgra[..., 0])
+    # The map sent is the layer's pixels (its 50 % opacity is only for painting): white 255, ramp, black 0,
+    # over the rectangle the server will process (the painted part plus context), not the whole canvas.
+    x, y, w, h = r["crop"]
+    assert x <= 24 and y <= 20 and x + w >= 80 and y + h >= 52
+    sent_map = on_canvas((out_dir / "sent_map.gray").read_bytes(), r["crop"])
+    np.testing.assert_array_equal(sent_map[y:y + h, x:x + w], map_bgra[y:y + h, x:x + w, 0])
 
     results = check_common(r, out_dir, results=2)
     assert [e["seed"] for e in r["history"]] == [1234, 1235]
     assert all(e["name"].startswith("a red barn in the snow · seed") for e in r["history"])
-    # Results go on top of the stack, above the painter's layers (the first variant is added first).
-    assert r["order"][:3] == ["Background", "Ink", "Change Map"]
+    # The job's layer goes right below the Change Map layer, whose dimming would otherwise hide it.
+    assert r["order"][:2] == ["Background", "Ink"] and r["order"][-1] == "Change Map"
     original = over(pic, strokes)  # what the painter sees without the map layer
     change = map_bgra[..., 0]
     for entry, pixels in results:
@@ -203,9 +212,9 @@ def test_soft_inpaint_of_a_selection(profile, server_url, io_dirs):
 
     (entry, pixels), = check_common(r, out_dir, results=1)
     assert r["selection_after"] == sel  # the painter's selection is left as it was
-    assert r["map_size"] == [W, H]
+    assert r["map_size"] == r["crop"][2:]
     assert "soft 8px" in entry["name"]
-    soft = np.frombuffer((out_dir / "soft_map.gray").read_bytes(), np.uint8).reshape(H, W)
+    soft = on_canvas((out_dir / "soft_map.gray").read_bytes(), r["crop"])
     x, y, w, h = sel
     # The map is Krita's feathered selection: full inside, 0 well outside, soft in between.
     assert (soft[y + softness:y + h - softness, x + softness:x + w - softness] == 255).all()

@@ -95,10 +95,17 @@ class PluginRun:
             new_layers.append({"id": node_id, "name": node.name(), "type": node.type(), "visible": node.visible(),
                                "bounds": _bounds(node), "file": file,
                                "color": [node.colorModel(), node.colorDepth()]})
-        history = [{"name": e.name, "seed": e.seed, "index": e.index, "layer_id": e.layer_id,
-                    "region": [e.region.x, e.region.y, e.region.width, e.region.height]}
-                   for e in self.controller.history.entries]
         order = [n.name() for n in doc.rootNode().childNodes()]
+        history = []
+        for i, e in enumerate(self.controller.history.entries):
+            # Each variant shown on the job's one layer in turn, as a click on its thumbnail does.
+            self.controller.show_result(e.key)
+            doc.waitForDone()
+            node = self.canvas.node(e.layer_id)
+            write_output(args, f"entry{i}.bgra", node.pixelData(0, 0, doc.width(), doc.height()))
+            history.append({"name": e.name, "seed": e.seed, "index": e.index, "layer_id": e.layer_id,
+                            "region": [e.region.x, e.region.y, e.region.width, e.region.height],
+                            "file": f"entry{i}.bgra", "shown_name": node.name()})
         busy = self.controller.busy
         self.controller.shutdown()
         return {"before": before, "after": after, "new_layers": new_layers, "history": history, "order": order,
@@ -130,6 +137,13 @@ def _settings(args: dict, **mode) -> dict:
             "preview_every": 1, "source": "projection", "region": "canvas", **mode}
 
 
+def _crop(job, args: dict) -> list[int]:
+    """Where on the canvas the job's picture and map were read (the plugin reads only what the
+    server will process)."""
+    crop = job.inputs.crop
+    return [crop.x, crop.y, crop.width, crop.height] if crop is not None else [0, 0, args["width"], args["height"]]
+
+
 @entry
 def change_map_job(args: dict) -> dict:
     """Picture + Ink + a painted 'Change Map' layer -> previews -> result layer(s)."""
@@ -141,6 +155,7 @@ def change_map_job(args: dict) -> dict:
     write_output(args, "sent_map.gray", job.map_gray8)
     out = run.generate(args, job)
     out["modules"] = _modules()
+    out["crop"] = _crop(job, args)
     doc.close()
     return out
 
@@ -163,6 +178,7 @@ def soft_inpaint_job(args: dict) -> dict:
     s = doc.selection()
     out["selection_after"] = [s.x(), s.y(), s.width(), s.height()] if s is not None else None
     out["map_size"] = [job.request.width, job.request.height]
+    out["crop"] = _crop(job, args)
     doc.close()
     return out
 
