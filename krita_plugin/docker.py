@@ -384,7 +384,6 @@ class DiffDiffPanel(QWidget):
         text, value, maximum = c.status()
         self.progress.setRange(0, maximum)
         self.progress.setValue(value)
-        self.progress.setVisible(c.busy)
         blocker = "" if c.busy else c.generate_blocker()
         self.status.setText(text or blocker)
         self.status.setVisible(bool(text or blocker))

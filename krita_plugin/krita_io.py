@@ -65,6 +65,8 @@ class DocumentCanvas:
         # Scripts under kritarunner have no view, so Krita reports no active layer: they pin one.
         self.active_layer = active_layer
         self.key = self._root().uniqueId().toString()
+        self._created: set[str] = set()  # layers this canvas added (the plugin's own)
+        self._last_painter_layer: str | None = None
 
     # -- guards ------------------------------------------------------------------------------------
     def _root(self):
@@ -213,7 +215,7 @@ class DocumentCanvas:
         `below_id`, else on top (region None: an empty layer). The painter's active layer stays active."""
         doc = self.document
         root = self._root()
-        painter_active = self.active_layer_id()
+        painter_active = self._painter_layer()
         node = doc.createNode(name, "paintlayer")
         if not _is_rgba8(doc):
             node.setColorSpace(RGBA8[0], RGBA8[1], SRGB_PROFILE)  # results are 8-bit; keep them exact
@@ -236,29 +238,42 @@ class DocumentCanvas:
             parent, above = anchor.parentNode(), anchor
         parent.addChildNode(node, above)  # above None = on top of the stack
         new_id = _node_id(node)
-        self._give_back_active(painter_active, new_id)
+        self._created.add(new_id)
+        self._give_back_active(painter_active)
         return new_id
 
-    def _give_back_active(self, painter_active: str | None, new_id: str) -> None:
-        """Krita makes an inserted layer active a moment later (from its event loop): as soon as
-        it does, make the painter's layer active again; a layer the painter picks meanwhile wins."""
+    def _painter_layer(self) -> str | None:
+        """The active layer if the painter's (not one this canvas made), else the last one seen."""
+        active = self.active_layer_id()
+        if active is not None and active not in self._created:
+            self._last_painter_layer = active
+        return self._last_painter_layer
+
+    def _give_back_active(self, painter_active: str | None) -> None:
+        """Krita activates a layer the plugin inserts (at once and again from its event loop) and
+        may activate its neighbour when one is removed: whenever, during ACTIVE_RESTORE_S, the
+        active layer is one this canvas made, make the painter's layer active again. A painter's
+        layer picked meanwhile ends the watch."""
         if painter_active is None or self.active_layer is not None:
             return
-        deadline = time.monotonic() + ACTIVE_RESTORE_S
+        started = time.monotonic()
 
         def check() -> None:
             try:
                 active = self.active_layer_id()
-                if active == new_id:
+                if active in self._created:
                     node = self.node(painter_active)
-                    if node is not None:
-                        self.document.setActiveNode(node)
-                    return
-                if active not in (painter_active, None) or time.monotonic() > deadline:
-                    return  # the painter chose another layer, or Krita never switched
+                    if node is None:
+                        return
+                    self.document.setActiveNode(node)
+                elif active not in (painter_active, None):
+                    return  # the painter chose another layer
             except DocumentGone:
                 return
-            QTimer.singleShot(15, check)
+            waited = time.monotonic() - started
+            if waited < ACTIVE_RESTORE_S:
+                # Krita's switch comes from its event loop: look again at once for a moment, then less often.
+                QTimer.singleShot(0 if waited < 0.1 else 10, check)
 
         check()
 
@@ -296,7 +311,9 @@ class DocumentCanvas:
         node = self.node(node_id)
         if node is None:
             return False
+        painter_active = self._painter_layer()
         node.remove()
+        self._give_back_active(painter_active)
         return True
 
     def layer_exists(self, node_id: str | None) -> bool:

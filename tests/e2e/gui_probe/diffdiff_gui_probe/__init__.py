@@ -19,10 +19,10 @@ import os
 import time
 import traceback
 
-from krita import Extension, Krita, Selection
-from PyQt5.QtCore import Qt, QTimer
-from PyQt5.QtGui import QImage
-from PyQt5.QtWidgets import QApplication, QDockWidget
+from krita import Extension, Krita, ManagedColor, Selection
+from PyQt5.QtCore import QEvent, QPoint, QPointF, Qt, QTimer
+from PyQt5.QtGui import QImage, QMouseEvent
+from PyQt5.QtWidgets import QApplication, QDialog, QDockWidget, QMessageBox, QWidget
 
 DOCKER_ID = "differential_diffusion_docker"
 SETTLE_MS = 4000  # let the window lay out its dockers first
@@ -57,15 +57,92 @@ def _open_demo(window):
     return doc
 
 
-# The jobs the probe starts with the docker's Generate button, one per mode, as a painter would
-# set them up: the demo document's Change Map layer; a selection softened by 12 px; a 4-column fan.
+# The jobs the probe starts with the docker's Generate button, as a painter would set them up:
+# the demo document's Change Map layer; a selection softened by 12 px; a 4-column fan; a long job
+# during which the painter paints a stroke; a small change on a 3000 x 2000 canvas; a long job
+# whose document the painter closes halfway.
 JOBS = [
     ("change_map", {}),
     ("soft_inpaint", {"selection": (560, 120, 240, 160), "widgets": {"softness": 12}}),
     ("fan", {"widgets": {"fan_columns": 4}}),
+    ("change_map", {"name": "stroke", "widgets": {"steps": 150}, "during": "stroke"}),
+    ("change_map", {"name": "big", "doc": "big", "widgets": {"steps": 30}}),
+    ("change_map", {"name": "close", "doc": "big", "widgets": {"steps": 200}, "during": "close"}),
 ]
+BIG = (3000, 2000)
+TICK_MS = 20  # the event-loop probe: a timer this often; a late tick is a gap the painter feels
 GO_WAIT_MS = 60000  # how long the probe waits for the test's go-ahead
 JOB_WAIT_S = 90  # and then for the job it started
+
+
+def _big_document(window):
+    """A 3000 x 2000 painting with a small painted change (a 200 x 150 white patch on its map)."""
+    w, h = BIG
+    doc = Krita.instance().createDocument(w, h, "Big painting", "RGBA", "U8", "", 72.0)
+    background = doc.rootNode().childNodes()[0]
+    for y in range(0, h, 250):
+        rows = min(250, h - y)
+        background.setPixelData(bytes((40 + y % 200, 90, 150, 255)) * (w * rows), 0, y, w, rows)
+    layer = doc.createNode("Change Map", "paintlayer")
+    doc.rootNode().addChildNode(layer, None)
+    for y in range(0, h, 250):
+        rows = min(250, h - y)
+        layer.setPixelData(bytes((0, 0, 0, 255)) * (w * rows), 0, y, w, rows)
+    layer.setPixelData(bytes((255, 255, 255, 255)) * (200 * 150), 2100, 1300, 200, 150)
+    layer.setOpacity(128)
+    doc.setActiveNode(background)
+    doc.refreshProjection()
+    window.addView(doc)
+    return doc
+
+
+class GapMeter:
+    """A timer every TICK_MS: the longest wait between two ticks is the longest freeze."""
+
+    def __init__(self):
+        self.timer = QTimer()
+        self.timer.setInterval(TICK_MS)
+        self.timer.timeout.connect(self._tick)
+        self.last = None
+        self.gaps = []
+
+    def start(self):
+        self.last = time.monotonic()
+        self.gaps = []
+        self.timer.start()
+
+    def _tick(self):
+        now = time.monotonic()
+        self.gaps.append(now - self.last)
+        self.last = now
+
+    def stop(self):
+        self.timer.stop()
+        return round(max(self.gaps, default=0.0) * 1000 - TICK_MS, 1)
+
+
+def _canvas_widget(window):
+    names = ("KisOpenGLCanvas2", "KisQPainterCanvas")
+    found = [w for w in window.qwindow().findChildren(QWidget) if w.metaObject().className() in names
+             and w.isVisible()]
+    return found[0] if found else None
+
+
+def _paint_stroke(window):
+    """A short brush stroke across the middle of the canvas, with mouse events as Krita gets them."""
+    Krita.instance().action("KritaShape/KisToolBrush").trigger()
+    widget = _canvas_widget(window)
+    if widget is None:
+        return "no canvas widget"
+    c = widget.rect().center()
+    points = [QPoint(c.x() - 60 + 10 * i, c.y()) for i in range(13)]
+    left, none = Qt.LeftButton, Qt.NoModifier
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonPress, QPointF(points[0]), left, left, none))
+    for p in points[1:]:
+        QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseMove, QPointF(p), left, left, none))
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonRelease, QPointF(points[-1]), left, Qt.NoButton,
+                                               none))
+    return widget.metaObject().className()
 
 
 def _write_json(path, data):
@@ -187,29 +264,47 @@ class GuiProbe(Extension):
             QTimer.singleShot(500, lambda: self._wait_for_go(path, wait_left_ms - 500))
 
     def _generate(self, path):
-        """Press Generate in the docker once per mode (JOBS) and follow each job through the
+        """Press Generate in the docker once per job (JOBS) and follow each job through the
         controller's outcomes; the report lists one entry per job."""
         report = {"errors": [], "jobs": []}
         try:
             (dock,) = _dockers(_window())
             panel = dock.panel
+            report["fit"] = _fit_report(dock, panel)
             panel.controller.notice.connect(
                 lambda kind, text: report["jobs"][-1]["notices"].append([kind, text]) if report["jobs"] else None)
-            self._next_job(path, report, panel, Krita.instance().activeDocument(), list(JOBS))
+            self.server_times = {}
+            panel.controller.client.event.connect(self._on_server_event)
+            self.meter = GapMeter()
+            self.docs = {"demo": Krita.instance().activeDocument()}
+            self._next_job(path, report, panel, list(JOBS))
         except Exception:
             report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
-    def _next_job(self, path, report, panel, doc, jobs):
+    def _on_server_event(self, ev):
+        if type(ev).__name__ == "Done":
+            self.server_times[ev.job_id] = ev.timings.get("total_s")
+
+    def _next_job(self, path, report, panel, jobs):
         if not jobs:
+            report["dialogs"] = [w.windowTitle() for w in QApplication.topLevelWidgets()
+                                 if isinstance(w, (QMessageBox, QDialog)) and w.isVisible()]
             _write_json(path, report)
             return
         mode, setup = jobs.pop(0)
-        job = {"mode": mode, "notices": []}
+        job = {"mode": mode, "name": setup.get("name", mode), "notices": []}
         report["jobs"].append(job)
         try:
             from differential_diffusion.settings import MODES  # the installed plugin's own list
 
+            window = _window()
+            if setup.get("doc") == "big" and "big" not in self.docs:
+                self.docs["big"] = _big_document(window)
+            doc = self.docs[setup.get("doc", "demo")]
+            view = [v for v in window.views() if v.document() == doc]
+            if view:
+                window.showView(view[0])
             panel.mode.setCurrentIndex(MODES.index(mode))
             for widget, value in setup.get("widgets", {}).items():
                 getattr(panel, widget).setValue(value)
@@ -218,34 +313,122 @@ class GuiProbe(Extension):
                 chosen = Selection()
                 chosen.select(*selection, 255)
                 doc.setSelection(chosen)
+            if setup.get("during") == "stroke":
+                Krita.instance().action("deselect").trigger()  # a stroke outside a selection paints nothing
+                white = ManagedColor("RGBA", "U8", "")
+                white.setComponents([1.0, 1.0, 1.0, 1.0])
+                window.activeView().setForeGroundColor(white)
             job["selection_before"] = _selection_box(doc)
             job["before"] = _layers(doc)
+            job["active_before"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
             known = set(panel.controller.outcomes)
+            self.meter.start()
+            clicked = time.monotonic()
             panel.generate.click()
             job["message_after_click"] = panel.message.text()
-            self._follow(path, report, job, panel, doc, jobs, known, time.monotonic() + JOB_WAIT_S)
+            state = {"clicked": clicked, "during_done": False}
+            self._follow(path, report, job, panel, doc, jobs, known, clicked + JOB_WAIT_S, setup, state)
         except Exception:
             report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
-    def _follow(self, path, report, job, panel, doc, jobs, known, deadline):
+    def _during(self, job, panel, doc, setup, state):
+        """What the painter does while the job runs, once its preview is on the canvas."""
+        action = setup.get("during")
+        if action is None or state["during_done"]:
+            return
+        previews = [o for o in panel.controller.outcomes.values() if not o.finished and o.previews > 0]
+        if not previews:
+            return
+        state["during_done"] = True
+        job["status_at_action"] = panel.status.text()
+        if action == "stroke":
+            job["active_during"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
+            job["stroke_canvas"] = _paint_stroke(_window())
+        elif action == "close":
+            doc.setModified(False)
+            doc.close()
+            job["closed"] = True
+
+    def _follow(self, path, report, job, panel, doc, jobs, known, deadline, setup, state):
         try:
+            self._during(job, panel, doc, setup, state)
             new = [o for ref, o in panel.controller.outcomes.items() if ref not in known]
-            if (not new or not new[0].finished) and time.monotonic() < deadline:
-                QTimer.singleShot(200, lambda: self._follow(path, report, job, panel, doc, jobs, known, deadline))
+            if new and new[0].layer_ids and "click_to_layer_s" not in job:
+                job["click_to_layer_s"] = round(time.monotonic() - state["clicked"], 3)
+            if (not new or not new[0].finished or panel.controller.busy) and time.monotonic() < deadline:
+                QTimer.singleShot(10, lambda: self._follow(path, report, job, panel, doc, jobs, known, deadline,
+                                                           setup, state))
                 return
+            job["max_gap_ms"] = self.meter.stop()
+            job["docker_busy_after"] = panel.controller.busy
             if new:
                 outcome = new[0]
                 job["outcome"] = {"state": outcome.state, "message": outcome.message,
                                   "previews": outcome.previews, "layer_names": outcome.layer_names}
+                job["server_s"] = self.server_times.get(outcome.job_id)
+            if job.get("closed"):
+                job["history"] = panel.history.count()
+                QTimer.singleShot(500, lambda: self._next_job(path, report, panel, jobs))
+                return
+            if "settled" not in state:  # what the painter finds once the canvas settles after the job
+                state["settled"] = True
+                QTimer.singleShot(300, lambda: self._follow(path, report, job, panel, doc, jobs, known, deadline,
+                                                            setup, state))
+                return
             job["after"] = _layers(doc)
+            job["active_after"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
             job["selection_after"] = _selection_box(doc)
             job["history"] = panel.history.count()
+            job["kept_alpha"] = _kept_alpha(doc, job)
         except Exception:
             report["errors"].append(traceback.format_exc())
             _write_json(path, report)
             return
-        self._next_job(path, report, panel, doc, jobs)
+        self._next_job(path, report, panel, jobs)
+
+
+def _kept_alpha(doc, job):
+    """The largest alpha of the job's new layer where the map keeps the picture (its map is black
+    there): a result shows only what changed."""
+    before = {layer["id"] for layer in job["before"]}
+    maps = [n for n in doc.rootNode().childNodes() if n.name() == "Change Map"]
+    new = [n for n in doc.rootNode().childNodes() if n.uniqueId().toString() not in before]
+    if not maps or not new or job["mode"] != "change_map":
+        return None
+    w, h = doc.width(), doc.height()
+    step = max(w, h) // 200 or 1
+    m = bytes(maps[-1].pixelData(0, 0, w, h))
+    r = bytes(new[0].pixelData(0, 0, w, h))
+    worst = 0
+    for y in range(0, h, step):
+        for x in range(0, w, step):
+            i = (y * w + x) * 4
+            if m[i] == 0 and m[i + 1] == 0 and m[i + 2] == 0:
+                worst = max(worst, r[i + 3])
+    return worst
+
+
+def _fit_report(dock, panel):
+    """The docker floated at 260 x 300 px: what a painter sees without scrolling."""
+    from PyQt5.QtWidgets import QScrollArea
+
+    was_floating = dock.isFloating()
+    dock.setFloating(True)
+    dock.resize(260, 300)
+    QApplication.processEvents()
+    scroll = dock.widget() if isinstance(dock.widget(), QScrollArea) else None
+    viewport = scroll.viewport() if scroll is not None else dock.widget()
+    out = {"size": [dock.width(), dock.height()],
+           "horizontal_scroll": scroll.horizontalScrollBar().maximum() if scroll is not None else 0,
+           "viewport": [viewport.width(), viewport.height()]}
+    for name in ("prompt", "generate", "cancel", "progress", "status", "mode"):
+        widget = getattr(panel, name)
+        top_left = widget.mapTo(viewport, QPoint(0, 0))
+        out[name] = [top_left.x(), top_left.y(), widget.width(), widget.height()]
+    dock.setFloating(was_floating)
+    QApplication.processEvents()
+    return out
 
 
 Krita.instance().addExtension(GuiProbe(Krita.instance()))
