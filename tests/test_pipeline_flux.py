@@ -12,7 +12,7 @@ from PIL import Image
 
 from server.pipelines import Cancelled
 from server.pipelines.flux import FluxDifferentialPipeline, pack_latents, unpack_latents
-from server.pipelines.sd3 import make_flow_scheduler
+from server.pipelines.flow import make_flow_scheduler
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
@@ -39,7 +39,7 @@ def reference(pipe, scheduler: str | None = None) -> FluxImg2ImgPipeline:
 def test_loads_and_packs_2x2_cells_into_tokens(tiny_flux):
     assert isinstance(tiny_flux, FluxDifferentialPipeline)
     assert tiny_flux.family == "flux" and tiny_flux.native_resolution == 64
-    assert tiny_flux.pixel_multiple == 16
+    assert tiny_flux.pad_multiple == 16
     x = torch.arange(2 * 16 * 4 * 6, dtype=torch.float32).reshape(2, 16, 4, 6)
     packed = pack_latents(x)
     assert packed.shape == (2, 2 * 3, 64)

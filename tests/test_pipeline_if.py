@@ -36,7 +36,7 @@ run = make_run(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=
 def test_loads_through_load_pipeline(tiny_if):
     assert tiny_if.family == "if"
     assert tiny_if.native_resolution == 64  # stage II's size (stage I: 16)
-    assert tiny_if.options == {"stage_2": True, "stage_3": False}
+    assert tiny_if.stages == {"stage_2": True, "stage_3": False}
 
 
 # -- uniform map == IFImg2ImgPipeline (+ IFImg2ImgSuperResolutionPipeline) -----------------------
@@ -174,11 +174,11 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_if):
 
 def test_stage_3_upscales_stage_2s_result_as_usual(tiny_if):
     from server.pipelines.deepfloyd_if import DeepFloydIFDifferentialPipeline
-    from server.tiny_pixel import tiny_if_upscaler
+    from server.models.tiny import tiny_if_upscaler
 
     upscaler = tiny_if_upscaler()
     pipe = DeepFloydIFDifferentialPipeline(**tiny_if.components, upscaler=upscaler)
-    assert pipe.options == {"stage_2": True, "stage_3": True} and pipe.native_resolution == 256
+    assert pipe.stages == {"stage_2": True, "stage_3": True} and pipe.native_resolution == 256
     image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
     kwargs = dict(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=2,
                   guidance_scale=7.0, output_type="latent")
@@ -251,7 +251,7 @@ def test_saved_stage_folders_load_and_give_the_same_images(tiny_if, tmp_path):
 
     save_as_folders(tiny_if, tmp_path)
     loaded = load_pipeline(str(tmp_path))
-    assert loaded.family == "if" and loaded.options == {"stage_2": True, "stage_3": False}
+    assert loaded.family == "if" and loaded.stages == {"stage_2": True, "stage_3": False}
     image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
     a = run(tiny_if, image, change_map, num_inference_steps=4).images
     b = run(loaded, image, change_map, num_inference_steps=4).images

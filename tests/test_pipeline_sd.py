@@ -11,7 +11,7 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from server.pipelines import Cancelled, StepInfo
-from server.models import tiny_components
+from server.models.tiny import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image

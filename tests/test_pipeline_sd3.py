@@ -1,6 +1,6 @@
 """The flow-matching differential loop on tiny-sd3, against diffusers' SD3 img2img.
 
-The loop itself (``server.pipelines.sd3``) is shared with Flux; Flux's packing is tested in
+The loop itself (``server.pipelines.flow``) is shared with Flux; Flux's packing is tested in
 ``test_pipeline_flux.py``.
 """
 
@@ -16,11 +16,8 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPi
 from PIL import Image
 
 from server.pipelines import Cancelled
-from server.pipelines.sd3 import (
-    FLOW_SCHEDULER_NAMES,
-    StableDiffusion3DifferentialPipeline,
-    make_flow_scheduler,
-)
+from server.pipelines.flow import FLOW_SCHEDULER_NAMES, make_flow_scheduler
+from server.pipelines.sd3 import StableDiffusion3DifferentialPipeline
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
@@ -48,7 +45,7 @@ def test_loads_as_a_flow_matching_family(tiny_sd3):
     assert isinstance(tiny_sd3, StableDiffusion3DifferentialPipeline)
     assert tiny_sd3.family == "sd3" and tiny_sd3.native_resolution == 64
     assert tiny_sd3.components["text_encoder_3"] is None
-    assert tiny_sd3.vae.config.latent_channels == 16 and tiny_sd3.pixel_multiple == 16
+    assert tiny_sd3.vae.config.latent_channels == 16 and tiny_sd3.pad_multiple == 16
     assert tiny_sd3.to("cpu") is tiny_sd3
 
 
@@ -259,21 +256,20 @@ def test_dynamic_shifting_schedule_equals_img2img(tiny_sd3, image):
 
 # -- which ids are flow-matching models --------------------------------------------------------------
 def test_flow_families_are_recognised_and_pickled_weights_refused(tmp_path):
-    from server.models import ModelNotFoundError, load_pipeline
-    from server.tiny_flow import flow_family_of
+    from server.models import ModelNotFoundError, family_of, load_pipeline
 
-    assert flow_family_of("tiny-sd3") == "sd3" and flow_family_of("tiny-flux") == "flux"
-    assert flow_family_of("stabilityai/stable-diffusion-3.5-medium") == "sd3"
-    assert flow_family_of("black-forest-labs/FLUX.1-dev") == "flux"
-    assert flow_family_of("stable-diffusion-v1-5/stable-diffusion-v1-5") is None
-    assert flow_family_of("tiny-sd") is None
+    assert family_of("tiny-sd3") == "sd3" and family_of("tiny-flux") == "flux"
+    assert family_of("stabilityai/stable-diffusion-3.5-medium") == "sd3"
+    assert family_of("black-forest-labs/FLUX.1-dev") == "flux"
+    assert family_of("stable-diffusion-v1-5/stable-diffusion-v1-5") == "sd"
+    assert family_of("tiny-sd") == "sd"
     folder = tmp_path / "my-model"
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    assert flow_family_of(str(folder)) == "flux"
+    assert family_of(str(folder)) == "flux"
     (folder / "model_index.json").write_text(
         json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    assert flow_family_of(str(folder)) == "sd3"
+    assert family_of(str(folder)) == "sd3"
     (folder / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelNotFoundError, match="safetensors"):
         load_pipeline(str(folder))

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
 import server.pipelines as pipelines_module
-from server.models import tiny_components
+from server.models.tiny import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
