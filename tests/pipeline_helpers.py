@@ -1,4 +1,4 @@
-"""What the pipeline tests (tests/test_pipeline_*.py) share: the prompt, a model-call counter,
+"""What the pipeline tests (tests/server/test_pipeline_*.py) share: the prompt, a model-call counter,
 a seeded runner, diffusers reference pipelines, and a job over the real server."""
 
 from __future__ import annotations
