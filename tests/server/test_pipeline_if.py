@@ -7,14 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
+from diffusers import DDPMScheduler, IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
 
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.deepfloyd_if import NO_SAFETY
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    half_changed, kept_part_exact, make_run, quiet, server_job,
+    STRIPE_K, STRIPES, STRIPE_STEPS, ReinjectionProbe, assert_kept_cells_match, half_changed,
+    kept_part_exact, make_run, quiet, server_job, striped_map,
 )
 
 
@@ -235,6 +236,26 @@ def test_stage_sizes_fit_a_deeper_unet_on_a_wide_crop(tiny_if):
     out = run(pipe, image, change_map, num_inference_steps=2, stage_2=False, output_type="pil")
     assert out.images[0].size == (80, 48)
     assert np.array_equal(np.asarray(out.images[0])[:, :40], np.asarray(image)[:, :40])
+
+
+def test_kept_pixels_are_the_original_noised_to_each_steps_own_timestep(tiny_if, monkeypatch):
+    # Both differential stages: kept pixels are the stage's input noised (add_noise) to each
+    # step's own timestep. The 64 x 32 stripes are 8 px wide at stage I (32 x 16) and 32 px at
+    # stage II (128 x 64).
+    probe = ReinjectionProbe(monkeypatch, tiny_if, [tiny_if.unet, tiny_if.helper_2.unet])
+    run(tiny_if, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    assert len(probe.samples) == 2 * STRIPE_K
+    expected = []
+    for stage, (scheduler, stripe_px) in enumerate([(tiny_if.scheduler, 8),
+                                                   (tiny_if.helper_2.scheduler, 32)]):
+        reference = DDPMScheduler.from_config(scheduler.config)
+        reference.set_timesteps(STRIPE_K)
+        x_init, noise = probe.originals[stage * STRIPE_K]
+        n = torch.tensor(STRIPE_STEPS).repeat_interleave(stripe_px)[None, None, None]
+        expected += [(n <= STRIPE_K - i, reference.add_noise(x_init, noise, t[None]))
+                     for i, t in enumerate(reference.timesteps)]
+    assert_kept_cells_match([s[:, :3] for s in probe.samples], expected)  # (II: + condition)
 
 
 # -- loading real-model folders ----------------------------------------------------------------------

@@ -22,7 +22,8 @@ from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
-    kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
+    STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, kept_part_exact, make_run, quiet,
+    record_keeps, server_job, stripe_steps, striped_map,
 )
 from tests.test_server import async_test, of
 
@@ -252,6 +253,21 @@ def test_dynamic_shifting_schedule_equals_img2img(tiny_sd3, image):
     ).images
     np.testing.assert_array_equal(ours.images, theirs)
     assert not np.array_equal(ours.images, run(tiny_sd3, image, change_map, seed=2).images)
+
+
+def test_kept_cells_are_the_original_noised_to_each_steps_own_sigma(tiny_sd3, monkeypatch):
+    # scale_noise: kept cells must be sigma_i * noise + (1 - sigma_i) * z_init at every step i,
+    # with the sigma of that step (re-noising to the first sigma passed every other test).
+    probe = ReinjectionProbe(monkeypatch, tiny_sd3, [tiny_sd3.transformer])
+    run(tiny_sd3, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    reference = make_flow_scheduler(None, tiny_sd3.scheduler)
+    tiny_sd3.set_timesteps(reference, STRIPE_K, (4, 8))
+    z_init, noise = probe.originals[0]
+    n = stripe_steps(cells_per_stripe=2)
+    assert_kept_cells_match(probe.samples, [
+        (n <= STRIPE_K - i, reference.scale_noise(z_init, t[None], noise))  # by t: no begin index
+        for i, t in enumerate(reference.timesteps)])
 
 
 # -- which ids are flow-matching models --------------------------------------------------------------
