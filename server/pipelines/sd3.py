@@ -2,8 +2,9 @@
 
 The loop is the flow-matching one (``server.pipelines.flow``; the method: ``docs/method.md``);
 this file says how SD3 encodes its prompt (CLIP L + CLIP G, optional T5), sets its schedule (a
-static shift, or SD3.5's resolution-dependent one) and calls its transformer. A uniform map of value ``s`` (``s*k``
-whole) reproduces ``StableDiffusion3Img2ImgPipeline`` at ``strength=s`` exactly.
+static shift, or SD3.5's resolution-dependent one) and calls its transformer. A uniform map of
+value ``s`` (``s*k`` whole) reproduces ``StableDiffusion3Img2ImgPipeline`` at ``strength=s``
+exactly.
 """
 
 from __future__ import annotations
