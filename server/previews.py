@@ -1,4 +1,5 @@
-"""Cheap previews: latents -> RGB by a linear map per model family, no VAE decode.
+"""Cheap previews: latents -> RGB by a linear map per model family, no VAE decode, then
+composited over the input like the result will be.
 
 The factors are the widely used least-squares fits of RGB on latent channels for the SD 1.x/2.x
 and SDXL VAEs; a preview is one matrix product on the latent grid (1/8 of the image per side).
@@ -6,8 +7,11 @@ and SDXL VAEs; a preview is one matrix product on the latent grid (1/8 of the im
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 # family -> (4 x 3 factors, RGB bias)
 LATENT_RGB_FACTORS: dict[str, tuple[list[list[float]], list[float]]] = {
@@ -70,3 +74,35 @@ def latents_to_rgb(latents: torch.Tensor, family: str) -> np.ndarray:
     rgb = torch.einsum("chw,cr->hwr", lat, weight) + torch.tensor(bias)
     rgb = ((rgb + 1.0) / 2.0).clamp(0.0, 1.0)
     return (rgb * 255.0).round().to(torch.uint8).numpy()
+
+
+@dataclass
+class PreviewBackdrop:
+    """What a preview is composited over, so that it shows the picture as it will look: the
+    input (H x W x 3 floats in [0, 1]) and the weight the result gives the generated pixels
+    (H x W, 0 = the input exactly), both at the input's size."""
+
+    picture: np.ndarray
+    weight: np.ndarray
+    _at_size: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = field(
+        default_factory=dict, repr=False)
+
+    def composite(self, generated: np.ndarray) -> np.ndarray:
+        """``generated`` (uint8 h x w x 3, a preview) over the input scaled to its size, blended
+        with the weights scaled the same way (area averages); uint8 h x w x 3."""
+        height, width = generated.shape[:2]
+        picture, weight = self.at_size(width, height)
+        rgb = generated.astype(np.float64)
+        blended = rgb + (picture - rgb) * (1.0 - weight)[..., None]
+        return np.clip(np.round(blended), 0, 255).astype(np.uint8)
+
+    def at_size(self, width: int, height: int) -> tuple[np.ndarray, np.ndarray]:
+        """The input (0 ... 255) and the weights area-averaged to ``width`` x ``height``; once
+        per size (a run's previews all have one)."""
+        if (width, height) not in self._at_size:
+            both = np.concatenate([self.picture * 255.0, self.weight[..., None]], axis=-1)
+            tensor = torch.from_numpy(np.ascontiguousarray(both, np.float64)).permute(2, 0, 1)
+            small = F.adaptive_avg_pool2d(tensor[None], (height, width))[0].permute(1, 2, 0)
+            small = small.numpy()
+            self._at_size[(width, height)] = (small[..., :3], small[..., 3])
+        return self._at_size[(width, height)]

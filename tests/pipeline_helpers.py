@@ -1,4 +1,4 @@
-"""What the pipeline tests (tests/test_pipeline_*.py) share: the prompt, a model-call counter,
+"""What the pipeline tests (tests/server/test_pipeline_*.py) share: the prompt, a model-call counter,
 a seeded runner, diffusers reference pipelines, and a job over the real server."""
 
 from __future__ import annotations
@@ -137,3 +137,56 @@ def record_keeps(monkeypatch, pipe, view: Callable[[torch.Tensor], Any]) -> list
 
     monkeypatch.setattr(pipe, "reinject", recording)
     return keeps
+
+
+# -- re-injection, step by step --------------------------------------------------------------------
+# A map of four 16-px stripes; with k = 10 steps their cells receive 10, 5, 3 and 0 steps, so
+# at step i the kept cells (n <= k - i) are: none of the first stripe, the 0.5 stripe up to
+# step 5, the 0.3 stripe up to step 7 and the 0 stripe always.
+STRIPES = [1.0, 0.5, 0.3, 0.0]
+STRIPE_STEPS = [10, 5, 3, 0]
+STRIPE_K = 10
+
+
+def stripe_steps(cells_per_stripe: int) -> torch.Tensor:
+    """Steps each latent column of :data:`STRIPES` receives: 1 x 1 x 1 x W, for broadcasting."""
+    return torch.tensor(STRIPE_STEPS).repeat_interleave(cells_per_stripe)[None, None, None]
+
+
+class ReinjectionProbe:
+    """Records what the denoising model sees at every call (``samples``: the model input, the
+    CFG half of it dropped) and the original and noise each re-injection was given
+    (``originals``: ``(z_init, noise)`` per step)."""
+
+    def __init__(self, monkeypatch, pipe, models: list, batch: int = 1) -> None:
+        self.samples: list[torch.Tensor] = []
+        self.originals: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for model in models:
+            forward = model.forward
+
+            def recording_forward(*args, _forward=forward, **kwargs):
+                sample = kwargs.get("sample", kwargs.get("hidden_states"))
+                self.samples.append((args[0] if sample is None else sample)[:batch].clone())
+                return _forward(*args, **kwargs)
+
+            monkeypatch.setattr(model, "forward", recording_forward)
+        reinject = pipe.reinject
+
+        def recording(scheduler, latents, z_init, noise, t, keep):
+            self.originals.append((z_init.clone(), noise.clone()))
+            return reinject(scheduler, latents, z_init, noise, t, keep)
+
+        monkeypatch.setattr(pipe, "reinject", recording)
+
+
+def assert_kept_cells_match(samples: list[torch.Tensor],
+                            expected: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+    """At every step, the cells the step keeps (``keep``, broadcast) hold ``want`` there: the
+    original noised by the scheduler to that step's own timestep."""
+    # More than one step: re-injection after the first is what is pinned, not the noised start.
+    assert len(samples) == len(expected) > 1
+    for step, (sample, (keep, want)) in enumerate(zip(samples, expected, strict=True)):
+        keep = keep.expand_as(want)
+        assert keep.any(), step
+        torch.testing.assert_close(sample[keep], want[keep], rtol=0, atol=1e-5,
+                                   msg=lambda m, s=step: f"step {s}: {m}")

@@ -1,8 +1,8 @@
 """Differential diffusion for DeepFloyd IF (a pixel-space cascade).
 
-The paper (see /work/shared/paper-notes.md, "Other model families") applies the loop to IF's
-stage I (small square-ish image from the prompt) and stage II (x4 super-resolution conditioned
-on the upscaled stage-I image); stage III, when present, upscales as usual. Here the loop runs
+The method (``docs/method.md``, "How each family differs") applies the loop to IF's stage I
+(a small square-ish image from the prompt) and stage II (x4 super-resolution conditioned on the
+upscaled stage-I image); stage III, when present, upscales as usual. Here the loop runs
 on *pixels*: ``x_init`` is the input image resized to each stage's resolution and the change
 map is averaged down to that resolution (box filter, the pixel-space analogue of the latent-cell
 mean). Convention: **1 (white) = change fully, 0 (black) = keep**; ``mu_paper = 1 - change_map``.
@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,23 +34,23 @@ from PIL import Image
 
 from server.maps import to_change_map
 from server.pipelines import (
-    Cancelled,
     DifferentialDiffusionOutput,
+    DifferentialPipeline,
     Generator,
-    HelperPipeline,
+    Run,
     StepInfo,
     check_call_args,
     check_generators,
     check_image,
-    composite_unchanged,
+    clean_estimate,
     extra_step_kwargs,
-    output_images,
+    raise_if_cancelled,
     run_timesteps,
     steps_per_pixel,
     unchanged_output,
     uses_learned_variance,
 )
-from server.pipelines.kandinsky import model_index_class
+from shared import protocol as p
 
 NO_SAFETY = {"safety_checker": None, "feature_extractor": None, "watermarker": None,
              "requires_safety_checker": False}
@@ -64,7 +63,7 @@ class PixelStepInfo(StepInfo):
     stage: int = 1
     preview_size: tuple[int, int] | None = None  # (w, h): every preview at stage I's size
 
-    def preview(self, variant: int = 0) -> np.ndarray:
+    def generated_preview(self, variant: int = 0) -> np.ndarray:
         """A uint8 h x w x 3 preview: the clean estimate (or the noisy image), area-downscaled."""
         source = self.denoised if self.denoised is not None else self.latents
         x = source[variant : variant + 1].detach().to("cpu", torch.float32)
@@ -91,7 +90,7 @@ class Stage:
     noise_level: torch.Tensor | None = None  # stage II: its noise level (a class label)
 
 
-class DeepFloydIFDifferentialPipeline(HelperPipeline):
+class DeepFloydIFDifferentialPipeline(DifferentialPipeline):
     """DeepFloyd IF: the differential loop on stage I and on stage II; stage III as usual."""
 
     family = "if"
@@ -146,9 +145,25 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
         return self.helper.unet
 
     @property
-    def options(self) -> dict[str, bool]:
+    def stages(self) -> dict[str, bool]:
         """Which optional stages this model has (``stage_2`` / ``stage_3`` in a call)."""
         return {"stage_2": self.helper_2 is not None, "stage_3": self.upscaler is not None}
+
+    def options(self) -> list[p.OptionSpec]:
+        specs: list[p.OptionSpec] = []
+        if self.helper_2 is not None:
+            specs += [
+                p.OptionSpec("stage_2", "bool", True, label="Stage II (x4 upscale)",
+                             help="Off: stage I only, scaled up to the picture's size."),
+                p.OptionSpec("num_inference_steps_2", "int", None, 1, p.MAX_STEPS,
+                             label="Stage II steps", help="Default: the job's steps."),
+                p.OptionSpec("guidance_scale_2", "float", None, 0.0, p.MAX_GUIDANCE,
+                             label="Stage II guidance", help="Default: the job's guidance."),
+            ]
+        if self.upscaler is not None:
+            specs.append(p.OptionSpec("stage_3", "bool", True, label="Stage III (x4 upscaler)",
+                                      help="Runs after stage II, as usual (not differential)."))
+        return specs
 
     def to(self, device: str | torch.device | None = None, dtype: torch.dtype | None = None):
         for pipe in (self.helper, self.helper_2, self.upscaler):
@@ -206,7 +221,7 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
     def run_stage(
         self, stage: Stage, noise: torch.Tensor, embeds: torch.Tensor, generator: Generator,
         callback: Callable[[StepInfo], None] | None, cancel: threading.Event | None,
-        progress: list[int], preview_size: tuple[int, int],
+        progress: list[int], run: Run, preview_size: tuple[int, int],
     ) -> torch.Tensor:
         """Algorithms 1 + 2 in pixel space for one stage; returns B x 3 x h x w in [-1, 1].
 
@@ -224,12 +239,10 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
             class_labels = torch.cat([stage.noise_level] * 2) if do_cfg else stage.noise_level
         steps = stage.steps
         for j, t in enumerate(timesteps):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"Cancelled after {progress[0]} of {progress[1]} steps.")
+            raise_if_cancelled(cancel, progress[0], progress[1])
             i = start + j // sched.order
-            # Nested masks: not-yet-started regions go back to the original, noised to t.
-            noised = sched.add_noise(x_init, noise, t.repeat(x_init.shape[0]))
-            x = torch.where(steps <= k - i, noised, x)
+            # Nested masks: a region with n steps is re-injected up to and including step k-n.
+            x = self.reinject(sched, x, x_init, noise, t, keep=steps <= k - i)
             model_input = x if stage.condition is None else torch.cat([x, stage.condition], dim=1)
             model_input = torch.cat([model_input] * 2) if do_cfg else model_input
             model_input = sched.scale_model_input(model_input, t)
@@ -248,14 +261,15 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
             if callback is not None:
                 callback(PixelStepInfo(
                     step=progress[0], total=progress[1], latents=x,
-                    denoised=getattr(out, "pred_original_sample", None), family=self.family,
-                    stage=stage.number, preview_size=preview_size))
+                    denoised=clean_estimate(sched, out), family=self.family,
+                    backdrop=run.backdrop, stage=stage.number, preview_size=preview_size))
         return torch.where(steps == 0, x_init, x)  # strength 0 ends exactly on the original
 
     def upscale(
         self, x: torch.Tensor, prompt: str, negative_prompt: str | None, num_inference_steps: int,
         guidance_scale: float, generator: Generator, callback: Callable[[StepInfo], None] | None,
-        cancel: threading.Event | None, progress: list[int], preview_size: tuple[int, int],
+        cancel: threading.Event | None, progress: list[int], run: Run,
+        preview_size: tuple[int, int],
     ) -> torch.Tensor:
         """Stage III as usual (diffusers' x4 upscaler); B x 3 x 4h x 4w in [-1, 1].
 
@@ -267,9 +281,9 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
             progress[0] += 1
             if callback is not None:
                 callback(PixelStepInfo(step=progress[0], total=progress[1], latents=x,
-                                       family=self.family, stage=3, preview_size=preview_size))
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"Cancelled after {progress[0]} of {progress[1]} steps.")
+                                       family=self.family, backdrop=run.backdrop, stage=3,
+                                       preview_size=preview_size))
+            raise_if_cancelled(cancel, progress[0], progress[1])
 
         out = self.upscaler(
             prompt=[prompt] * batch,
@@ -312,10 +326,9 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
         stages (stage III: all its steps); ``steps_per_latent_pixel`` is the last differential
         stage's map. Steps are numbered across stages in ``StepInfo`` (``.stage`` says which).
         """
-        if refiner_split is not None:
-            raise ValueError("refiner_split is for SDXL with a refiner; this is DeepFloyd IF.")
         k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
                                    num_images_per_prompt)
+        self.check_refiner_split(refiner_split)
         check_image(image)
         k2 = k if num_inference_steps_2 is None else int(num_inference_steps_2)
         if k2 < 1:
@@ -351,16 +364,18 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
         total = sum(len(s.timesteps) for s in stages) + (k2 if use_3 else 0)
         progress = [0, total]
         preview_size = (stages[0].x_init.shape[-1], stages[0].x_init.shape[-2])
+        # The composite blends below 1/k of the stage with fewer steps (its coarsest strength).
+        run = Run(image, original, pixel_map, stages[-1].steps, min(k, k2), batch, output_type,
+                  keep_unchanged_exact)
 
         # 2. Prompt embeddings (T5, shared by both stages), one set per guidance setting.
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Cancelled before the first step.")
+        raise_if_cancelled(cancel, 0, total)
         embeds = {cfg: self.encode_prompt(prompt, negative_prompt, batch, cfg)
                   for cfg in {s.guidance_scale > 1.0 for s in stages}}
 
         # 3. Stage I, then stage II conditioned on stage I's result. Random draws in diffusers'
         #    order: each stage's image noise, then (stage II) the conditioning noise.
-        last, x = stages[0], stages[0].x_init
+        x = stages[0].x_init
         for stage in stages:
             noise = randn_tensor(stage.x_init.shape, generator=generator, device=self.device,
                                  dtype=stage.x_init.dtype)
@@ -368,91 +383,21 @@ class DeepFloydIFDifferentialPipeline(HelperPipeline):
                 stage.condition, stage.noise_level = self.stage_2_condition(
                     x, tuple(stage.x_init.shape[-2:]), generator)
             x = self.run_stage(stage, noise, embeds[stage.guidance_scale > 1.0], generator,
-                               callback, cancel, progress, preview_size)
-            last = stage
+                               callback, cancel, progress, run, preview_size)
         if use_3:
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"Cancelled after {progress[0]} of {progress[1]} steps.")
+            raise_if_cancelled(cancel, progress[0], progress[1])
             x = self.upscale(x, prompt, negative_prompt, k2, guidance_scale, generator,
-                             callback, cancel, progress, preview_size)
+                             callback, cancel, progress, run, preview_size)
 
         # 4. Output at the input's size, kept pixels put back exactly.
-        if output_type == "latent":
-            return DifferentialDiffusionOutput(x, total, last.steps)
-        rgb = (x.float() / 2.0 + 0.5).clamp(0.0, 1.0)
+        return self.finish_run(run, x, total)
+
+    def generated_pixels(self, run: Run, latents: torch.Tensor) -> np.ndarray:
+        """The last stage's pixels (B x 3 x h x w in [-1, 1]) -> B x H x W x 3 floats in [0, 1]
+        at the input's size (the last stage's size is IF's own)."""
+        rgb = (latents.float() / 2.0 + 0.5).clamp(0.0, 1.0)
+        height, width = run.original.shape[:2]
         if tuple(rgb.shape[-2:]) != (height, width):
             rgb = F.interpolate(rgb, size=(height, width), mode="bicubic", antialias=True,
                                 align_corners=False).clamp(0.0, 1.0)
-        generated = rgb.permute(0, 2, 3, 1).cpu().numpy()
-        if keep_unchanged_exact:
-            generated = composite_unchanged(generated, original, pixel_map, min(k, k2))
-        return DifferentialDiffusionOutput(output_images(generated, output_type), total,
-                                           last.steps)
-
-
-
-# -- loading -------------------------------------------------------------------------------------
-def is_deepfloyd_if(model: str) -> bool:
-    """Whether ``model`` names a DeepFloyd IF model (built-in id, hub id or local folder)."""
-    if model == "tiny-if":
-        return True
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "stage_1").is_dir():
-            return True
-        return model_index_class(path).startswith("IF")
-    return not path.exists() and model.lower().startswith("deepfloyd/if-i-")
-
-
-def stage_2_id(stage_1: str) -> str:
-    """The hub's stage II for a stage-I id: IF-I-XL / IF-I-L go with IF-II-L, IF-I-M with IF-II-M."""
-    owner, _, name = stage_1.partition("/")
-    size = "M" if name.upper().startswith("IF-I-M") else "L"
-    return f"{owner}/IF-II-{size}-v1.0"
-
-
-def load_deepfloyd_if(model: str, dtype: torch.dtype = torch.float32, stage_2: str | None = None,
-                      stage_3: str | None = None) -> DeepFloydIFDifferentialPipeline:
-    """``tiny-if``; a local folder holding ``stage_1/`` (and optionally ``stage_2/``, and
-    ``stage_3/`` for the x4 upscaler) diffusers folders; or a stage-I folder / hub id, with
-    stage II from ``stage_2`` (default: the hub's matching IF-II, cached) and stage III from
-    ``stage_3`` (default: none). Safetensors only; no safety checker or watermarker."""
-    if model == "tiny-if":
-        from server.tiny_pixel import tiny_if_components
-
-        first, second = tiny_if_components()
-        return DeepFloydIFDifferentialPipeline(
-            **first, unet_2=second["unet"], scheduler_2=second["scheduler"],
-            image_noising_scheduler=second["image_noising_scheduler"])
-    from server.models import _check_safetensors_folder
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        _check_safetensors_folder(path)  # a clear refusal of pickled weights
-    source_1, source_2 = model, stage_2
-    if path.is_dir() and (path / "stage_1").is_dir():
-        source_1 = str(path / "stage_1")
-        if source_2 is None and (path / "stage_2").is_dir():
-            source_2 = str(path / "stage_2")
-        if stage_3 is None and (path / "stage_3").is_dir():
-            stage_3 = str(path / "stage_3")
-    elif source_2 is None and not path.exists():
-        source_2 = stage_2_id(model)
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True, **NO_SAFETY}
-    first_pipe = IFImg2ImgPipeline.from_pretrained(source_1, **kwargs)
-    parts: dict[str, Any] = {}
-    if source_2 is not None:
-        second_pipe = IFImg2ImgSuperResolutionPipeline.from_pretrained(
-            source_2, text_encoder=None, tokenizer=None, **kwargs)
-        parts = {"unet_2": second_pipe.unet, "scheduler_2": second_pipe.scheduler,
-                 "image_noising_scheduler": second_pipe.image_noising_scheduler}
-        if stage_3 is not None:
-            from diffusers import StableDiffusionUpscalePipeline
-
-            parts["upscaler"] = StableDiffusionUpscalePipeline.from_pretrained(
-                stage_3, dtype=dtype, use_safetensors=True, safety_checker=None,
-                feature_extractor=None, watermarker=None)
-    return DeepFloydIFDifferentialPipeline(
-        tokenizer=first_pipe.tokenizer, text_encoder=first_pipe.text_encoder,
-        unet=first_pipe.unet, scheduler=first_pipe.scheduler, **parts)
-
+        return rgb.permute(0, 2, 3, 1).cpu().numpy()

@@ -1,7 +1,7 @@
 """Differential diffusion for Flux (FLUX.1 dev / schnell and fine-tunes).
 
-The loop is the flow-matching one in ``server.pipelines.sd3`` (noised originals from the
-scheduler's ``scale_noise``). What Flux changes:
+The loop is the flow-matching one in ``server.pipelines.flow`` (noised originals from the
+scheduler's ``scale_noise``; the method: ``docs/method.md``). What Flux changes:
 
 - **Packed latents.** The transformer takes each 2 x 2 block of 16-channel latent cells as one
   token of 64 channels (B x h/2*w/2 x 64). ``z_init``, the noise *and the per-cell step counts*
@@ -27,7 +27,8 @@ import torch
 from diffusers import FluxImg2ImgPipeline
 from diffusers.pipelines.flux.pipeline_flux_img2img import calculate_shift
 
-from server.pipelines.sd3 import FlowConditioning, FlowMatchingDifferentialPipeline
+from server.pipelines.flow import FlowConditioning, FlowMatchingDifferentialPipeline
+from shared import protocol as p
 
 
 def pack_latents(x: torch.Tensor) -> torch.Tensor:
@@ -72,6 +73,12 @@ class FluxDifferentialPipeline(FlowMatchingDifferentialPipeline):
             text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer,
         )
         self._init_common(native_resolution, patch_size=2)
+
+    def options(self) -> list[p.OptionSpec]:
+        return [p.OptionSpec(
+            "true_cfg_scale", "float", 1.0, 1.0, p.MAX_GUIDANCE, label="True CFG",
+            help="Above 1: real classifier-free guidance, so the negative prompt counts "
+                 "(two model calls per step).")]
 
     def encode_prompt(self, prompt: str, negative_prompt: str | None, num_images: int,
                       guidance_scale: float, true_cfg_scale: float) -> FlowConditioning:

@@ -1,7 +1,7 @@
 """Differential diffusion for Kandinsky 2.2 (prior + decoder, MoVQ latent space).
 
-The paper's loop fits unchanged (see /work/shared/paper-notes.md, "Other model families"): the
-prompt goes through the unCLIP *prior*, which samples a CLIP image embedding; the decoder UNet
+The method's loop fits unchanged (``docs/method.md``, "How each family differs"): the prompt
+goes through the unCLIP *prior*, which samples a CLIP image embedding; the decoder UNet
 is conditioned on that embedding (no text states) and denoises MoVQ latents with the per-pixel
 change map. Convention: **1 (white) = change fully, 0 (black) = keep**; the paper's map is
 ``mu_paper = 1 - change_map``.
@@ -14,11 +14,9 @@ exactly (same generator, drawn in the same order: prior first, then the decoder'
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,26 +26,20 @@ from diffusers import KandinskyV22Img2ImgPipeline, KandinskyV22PriorPipeline
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from server.maps import to_change_map
 from server.pipelines import (
-    Cancelled,
     DifferentialDiffusionOutput,
+    DifferentialPipeline,
     Generator,
-    HelperPipeline,
     StepInfo,
-    check_call_args,
     check_generators,
-    composite_unchanged,
+    clean_estimate,
     extra_step_kwargs,
-    output_images,
     padded_pixels,
-    prepare_steps,
-    run_timesteps,
-    unchanged_output,
+    raise_if_cancelled,
     uses_learned_variance,
 )
+from shared import protocol as p
 
-DEFAULT_PRIOR = "kandinsky-community/kandinsky-2-2-prior"
 PRIOR_COMPONENTS = ("prior", "image_encoder", "text_encoder", "tokenizer", "scheduler",
                     "image_processor")
 
@@ -58,7 +50,7 @@ class KandinskyStepInfo(StepInfo):
 
     rgb_fit: torch.Tensor | None = None  # (C + 1) x 3: latent channels and a bias -> RGB
 
-    def preview(self, variant: int = 0) -> np.ndarray:
+    def generated_preview(self, variant: int = 0) -> np.ndarray:
         source = self.denoised if self.denoised is not None else self.latents
         lat = source[variant].detach().to("cpu", torch.float32)
         if self.rgb_fit is None:  # no fit: show the first three channels, centred
@@ -71,7 +63,7 @@ class KandinskyStepInfo(StepInfo):
         return np.ascontiguousarray((rgb.clamp(0, 1) * 255).round().to(torch.uint8).numpy())
 
 
-class KandinskyV22DifferentialPipeline(HelperPipeline):
+class KandinskyV22DifferentialPipeline(DifferentialPipeline):
     """Kandinsky 2.2: text -> prior -> image embedding -> differential loop on the decoder."""
 
     family = "kandinsky22"
@@ -101,8 +93,6 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
         for pipe in (self.prior_pipe, self.helper):
             pipe.set_progress_bar_config(disable=True)
         self.vae_scale_factor: int = 2 ** (len(movq.config.block_out_channels) - 1)
-        # Kandinsky's resnet up/down blocks need latents divisible by every downsampling too.
-        self.pad_multiple = self.vae_scale_factor * 2 ** (len(unet.config.block_out_channels) - 1)
         self.native_resolution: int = native_resolution or int(
             unet.config.sample_size * self.vae_scale_factor)
         self.prior_num_inference_steps = prior_num_inference_steps
@@ -122,6 +112,11 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
         return self.helper.unet
 
     @property
+    def pad_multiple(self) -> int:
+        # Kandinsky's resnet up/down blocks need latents divisible by every downsampling too.
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
+    @property
     def movq(self) -> Any:
         return self.helper.movq
 
@@ -133,6 +128,15 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
             pipe.to(device=device, dtype=None if same else dtype)
         self._rgb_fit = None
         return self
+
+    def options(self) -> list[p.OptionSpec]:
+        return [
+            p.OptionSpec("prior_num_inference_steps", "int", int(self.prior_num_inference_steps),
+                         1, p.MAX_STEPS, label="Prior steps",
+                         help="Steps of the prior (prompt to image embedding)."),
+            p.OptionSpec("prior_guidance_scale", "float", float(self.prior_guidance_scale), 0.0,
+                         p.MAX_GUIDANCE, label="Prior guidance"),
+        ]
 
     # -- steps of a run --------------------------------------------------------------------------
     def image_embeddings(
@@ -231,32 +235,21 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
         like diffusers' combined pipeline). ``negative_prompt`` steers both: the prior samples an
         image embedding for it, which is the decoder's unconditional branch.
         """
-        if refiner_split is not None:
-            raise ValueError("refiner_split is for SDXL with a refiner; this is Kandinsky 2.2.")
-        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
-                                   num_images_per_prompt)
         prior_steps = int(prior_num_inference_steps or self.prior_num_inference_steps)
         prior_guidance = self.prior_guidance_scale if prior_guidance_scale is None \
             else float(prior_guidance_scale)
 
-        # 1. Image and map; the map is averaged over each latent cell ("locality").
-        image_tensor, original = self.prepare_image(image)
-        height, width = original.shape[:2]
-        pixel_map = to_change_map(change_map, (width, height))
-        steps = prepare_steps(pixel_map, self.pad_multiple, self.vae_scale_factor, k, self.device)
-        longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
-        if longest == 0:  # an all-zero map: nothing may change, so no model (not even the prior) runs
-            if output_type == "latent":
-                z_init, _ = self.prepare_latents(image_tensor, batch, None, self.unet.dtype)
-                return DifferentialDiffusionOutput(z_init, 0, steps)
-            return unchanged_output(image, original, batch, output_type)
+        # 1. Image and map: steps per latent pixel; Algorithm 2 skips what changes nothing (an
+        #    all-zero map runs no model at all, not even the prior).
+        run = self.prepare_run(image, change_map, num_inference_steps, num_images_per_prompt,
+                               output_type, keep_unchanged_exact, refiner_split)
+        if run.longest == 0:
+            return self.unchanged_result(run, generator)
+        raise_if_cancelled(cancel, 0, run.longest)
+        sched, start, timesteps = self.prepare_timesteps(run, scheduler)
+        k, batch, steps = run.k, run.batch, run.steps
 
-        # 2. Scheduler (a fresh one per run) and the timesteps that will run.
-        sched, start, timesteps = run_timesteps(scheduler, self.scheduler, k, longest, self.device)
-
-        # 3. Prior -> image embeddings (drawn first, like diffusers' combined pipeline).
-        if cancel is not None and cancel.is_set():
-            raise Cancelled("Cancelled before the first step.")
+        # 2. Prior -> image embeddings (drawn first, like diffusers' combined pipeline).
         do_cfg = guidance_scale > 1.0
         embeds, negative = self.image_embeddings(prompt, negative_prompt, batch, generator,
                                                  prior_steps, prior_guidance)
@@ -265,20 +258,19 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
         embeds = embeds.to(device=self.device, dtype=self.unet.dtype)
         dtype = embeds.dtype
 
-        # 4. Latents and the one noise tensor.
-        z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
+        # 3. Latents and the one noise tensor.
+        z_init, noise = self.prepare_latents(run.image_tensor, batch, generator, dtype)
         latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
         step_kwargs = extra_step_kwargs(sched, generator)
         learned_variance = uses_learned_variance(sched)
         channels = latents.shape[1]
-        latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
         rgb_fit = self.rgb_fit() if callback is not None else None
 
-        # 5. The loop. Step index i runs from `start` (noisiest) to k-1.
+        # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
         for j, t in enumerate(timesteps):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"Cancelled after {j} of {len(timesteps)} steps.")
+            raise_if_cancelled(cancel, j, len(timesteps))
             i = start + j // sched.order
+            # Nested masks: a region with n steps is re-injected up to and including step k-n.
             latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i)
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = sched.scale_model_input(model_input, t)
@@ -298,69 +290,10 @@ class KandinskyV22DifferentialPipeline(HelperPipeline):
             if callback is not None:
                 callback(KandinskyStepInfo(
                     step=j + 1, total=len(timesteps), latents=latents,
-                    denoised=getattr(out, "pred_original_sample", None), family=self.family,
-                    latent_size=latent_size, rgb_fit=rgb_fit))
+                    denoised=clean_estimate(sched, out), family=self.family,
+                    latent_size=run.latent_size, backdrop=run.backdrop, rgb_fit=rgb_fit))
+        # Strength-0 regions end exactly on the original latent.
         latents = torch.where(steps == 0, z_init, latents)
 
-        # 6. Decode, crop the padding, put the kept pixels back exactly.
-        if output_type == "latent":
-            return DifferentialDiffusionOutput(latents, len(timesteps), steps)
-        generated = self.decode_latents(latents)[:, :height, :width]
-        if keep_unchanged_exact:
-            generated = composite_unchanged(generated, original, pixel_map, k)
-        return DifferentialDiffusionOutput(output_images(generated, output_type), len(timesteps),
-                                           steps)
-
-
-# -- loading -------------------------------------------------------------------------------------
-def is_kandinsky22(model: str) -> bool:
-    """Whether ``model`` names a Kandinsky 2.2 model (built-in id, hub id or local folder)."""
-    if model == "tiny-kandinsky22":
-        return True
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if (path / "prior").is_dir() and (path / "decoder").is_dir():
-            return True
-        return model_index_class(path).startswith("KandinskyV22")
-    return not path.exists() and "kandinsky-2-2" in model.lower()
-
-
-def load_kandinsky22(model: str, dtype: torch.dtype = torch.float32,
-                     prior: str | None = None) -> KandinskyV22DifferentialPipeline:
-    """``tiny-kandinsky22``; a local folder holding ``prior/`` and ``decoder/`` diffusers
-    folders; a local decoder folder or a hub decoder id (the prior then comes from ``prior``, by
-    default the hub's ``kandinsky-community/kandinsky-2-2-prior``, cached). Safetensors only."""
-    if model == "tiny-kandinsky22":
-        from server.tiny_pixel import tiny_kandinsky22_components
-
-        prior_parts, decoder_parts = tiny_kandinsky22_components()
-        return KandinskyV22DifferentialPipeline(
-            **{n: prior_parts[n] for n in PRIOR_COMPONENTS if n != "scheduler"},
-            prior_scheduler=prior_parts["scheduler"], **decoder_parts)
-    from server.models import _check_safetensors_folder
-
-    path = Path(model).expanduser()
-    if path.is_dir():
-        _check_safetensors_folder(path)  # a clear refusal of pickled weights
-    prior_source = prior or DEFAULT_PRIOR
-    decoder_source = model
-    if path.is_dir() and (path / "prior").is_dir() and (path / "decoder").is_dir():
-        prior_source, decoder_source = str(path / "prior"), str(path / "decoder")
-    kwargs: dict[str, Any] = {"dtype": dtype, "use_safetensors": True}
-    prior_pipe = KandinskyV22PriorPipeline.from_pretrained(prior_source, **kwargs)
-    decoder = KandinskyV22Img2ImgPipeline.from_pretrained(decoder_source, **kwargs)
-    parts = {n: getattr(prior_pipe, n) for n in PRIOR_COMPONENTS}
-    parts["prior_scheduler"] = parts.pop("scheduler")
-    return KandinskyV22DifferentialPipeline(
-        **parts, unet=decoder.unet, scheduler=decoder.scheduler, movq=decoder.movq)
-
-
-def model_index_class(path: Path) -> str:
-    """The ``_class_name`` a diffusers folder's model_index.json gives, or "" if none."""
-    index = path / "model_index.json"
-    if not index.is_file():
-        return ""
-    try:
-        return str(json.loads(index.read_text()).get("_class_name", ""))
-    except (OSError, ValueError):
-        return ""
+        # 5. Decode, crop the padding, put the kept pixels back exactly.
+        return self.finish_run(run, latents, len(timesteps))

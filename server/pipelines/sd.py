@@ -1,8 +1,8 @@
 """Differential diffusion for Stable Diffusion 1.x / 2.x and SDXL (incl. base + refiner).
 
-Algorithm 1 + 2 of the paper (see /work/shared/paper-notes.md) on diffusers components. The
-change map uses the painter's convention: **1 (white) = change fully, 0 (black) = keep**; the
-paper's map is ``mu_paper = 1 - change_map``.
+The method (``docs/method.md``) on diffusers components. The change map uses the painter's
+convention: **1 (white) = change fully, 0 (black) = keep**; the paper's map is
+``mu_paper = 1 - change_map``.
 
 Prompt encoding, image pre/post-processing and SDXL's extra conditioning are borrowed from the
 diffusers img2img pipelines by composition (``self.helper``), so a uniform map of value ``s``
@@ -25,23 +25,18 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion_img2img impo
 from diffusers.utils.torch_utils import randn_tensor
 from PIL import Image
 
-from server.maps import to_change_map
 from server.pipelines import (
-    Cancelled,
     DifferentialDiffusionOutput,
+    DifferentialPipeline,
     Generator,
-    HelperPipeline,
     StepInfo,
-    check_call_args,
     check_generators,
-    composite_unchanged,
+    clean_estimate,
     extra_step_kwargs,
-    output_images,
     padded_pixels,
-    prepare_steps,
-    run_timesteps,
-    unchanged_output,
+    raise_if_cancelled,
 )
+from shared import protocol as p
 
 
 @dataclass
@@ -61,7 +56,7 @@ class Denoiser:
     cond: Conditioning
 
 
-class StableDiffusionDifferentialPipeline(HelperPipeline):
+class StableDiffusionDifferentialPipeline(DifferentialPipeline):
     """SD 1.x / 2.x (epsilon or v-prediction) with a per-pixel change map."""
 
     family = "sd"
@@ -95,7 +90,7 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
             self.unet.config.sample_size * self.vae_scale_factor
         )
 
-    # -- components (scheduler, device, to: HelperPipeline) --------------------------------------
+    # -- components (scheduler, device, to: DifferentialPipeline) -----------------------------------
     @property
     def vae(self) -> Any:
         return self.helper.vae
@@ -120,8 +115,6 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
         self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
         size: tuple[int, int], scheduler: Any, refiner_split: float | None,
     ) -> list[Denoiser]:
-        if refiner_split is not None:
-            raise ValueError(f"refiner_split is for SDXL with a refiner; this is a {self.family} model.")
         cond = self.encode_prompt(prompt, negative_prompt, num_images, do_cfg, size)
         return [Denoiser(0, self.unet, cond)]
 
@@ -208,40 +201,28 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
         ``refiner_split`` (SDXL with a refiner): fraction of the schedule run on the base,
         like diffusers' ``denoising_end``; the rest runs on the refiner.
         """
-        k, batch = check_call_args(image, change_map, output_type, num_inference_steps,
-                                   num_images_per_prompt)
+        # 1. Image and map: steps per latent pixel; Algorithm 2 skips what changes nothing.
+        run = self.prepare_run(image, change_map, num_inference_steps, num_images_per_prompt,
+                               output_type, keep_unchanged_exact, refiner_split)
+        if run.longest == 0:
+            return self.unchanged_result(run, generator)
+        raise_if_cancelled(cancel, 0, run.longest)
+        sched, start, timesteps = self.prepare_timesteps(run, scheduler)
+        k, batch, steps = run.k, run.batch, run.steps
 
-        # 1. Image and map; the map is averaged over each latent cell ("locality").
-        image_tensor, original = self.prepare_image(image)
-        height, width = original.shape[:2]
-        pixel_map = to_change_map(change_map, (width, height))
-        steps = prepare_steps(pixel_map, self.vae_scale_factor, self.vae_scale_factor, k,
-                              self.device)  # n = floor(m*k + tiny) per latent pixel
-        longest = int(steps.max())  # Algorithm 2: only the last `longest` steps can change anything
-        if longest == 0:  # nothing may change: no prompt, no UNet
-            if output_type == "latent":  # the input, encoded
-                z_init, _ = self.prepare_latents(image_tensor, batch, generator, self.unet.dtype)
-                return DifferentialDiffusionOutput(z_init, 0, steps)
-            return unchanged_output(image, original, batch, output_type)
-
-        # 2. Scheduler (a fresh one per run) and the timesteps that will run.
-        sched, start, timesteps = run_timesteps(scheduler, self.scheduler, k, longest, self.device)
-
-        # 3. Prompt(s), latents and the one noise tensor.
+        # 2. Prompt(s), latents and the one noise tensor.
         do_cfg = guidance_scale > 1.0
-        padded_size = (image_tensor.shape[-2], image_tensor.shape[-1])
+        padded_size = (run.image_tensor.shape[-2], run.image_tensor.shape[-1])
         denoisers = self.prepare_denoisers(prompt, negative_prompt, batch, do_cfg, padded_size,
                                            sched, refiner_split)
         dtype = denoisers[0].cond.prompt_embeds.dtype
-        z_init, noise = self.prepare_latents(image_tensor, batch, generator, dtype)
+        z_init, noise = self.prepare_latents(run.image_tensor, batch, generator, dtype)
         latents = sched.add_noise(z_init, noise, timesteps[:1].repeat(batch))
         step_kwargs = extra_step_kwargs(sched, generator)
-        latent_size = (-(-width // self.vae_scale_factor), -(-height // self.vae_scale_factor))
 
-        # 4. The loop. Step index i runs from `start` (noisiest) to k-1.
+        # 3. The loop. Step index i runs from `start` (noisiest) to k-1.
         for j, t in enumerate(timesteps):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"Cancelled after {j} of {len(timesteps)} steps.")
+            raise_if_cancelled(cancel, j, len(timesteps))
             i = start + j // sched.order
             # Nested masks: a region with n steps is re-injected up to and including step k-n.
             # At the first step every region is the noised original already (a no-op there).
@@ -260,19 +241,13 @@ class StableDiffusionDifferentialPipeline(HelperPipeline):
             latents = out.prev_sample
             if callback is not None:
                 callback(StepInfo(step=j + 1, total=len(timesteps), latents=latents,
-                                  denoised=_clean_estimate(sched, out),
-                                  family=self.family, latent_size=latent_size))
+                                  denoised=clean_estimate(sched, out), family=self.family,
+                                  latent_size=run.latent_size, backdrop=run.backdrop))
         # Strength-0 regions end exactly on the original latent.
         latents = torch.where(steps == 0, z_init, latents)
 
-        # 5. Decode, crop the padding, put the kept pixels back exactly.
-        if output_type == "latent":
-            return DifferentialDiffusionOutput(latents, len(timesteps), steps)
-        generated = self.decode_latents(latents)[:, :height, :width]
-        if keep_unchanged_exact:
-            generated = composite_unchanged(generated, original, pixel_map, k)
-        return DifferentialDiffusionOutput(output_images(generated, output_type), len(timesteps),
-                                           steps)
+        # 4. Decode, crop the padding, put the kept pixels back exactly.
+        return self.finish_run(run, latents, len(timesteps))
 
 
 class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline):
@@ -345,20 +320,32 @@ class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline)
         added = {"text_embeds": pooled.to(self.device), "time_ids": time_ids.to(self.device)}
         return Conditioning(embeds.to(self.device), added)
 
+    def options(self) -> list[p.OptionSpec]:
+        if self.refiner is None:
+            return []
+        return [p.OptionSpec(
+            "refiner_split", "float", float(self.default_refiner_split), 0.0, 1.0,
+            min_exclusive=True, label="Refiner split",
+            help="Fraction of the steps run on the base model; the refiner does the rest "
+                 "(1 = no refiner).")]
+
+    def check_refiner_split(self, refiner_split: float | None) -> None:
+        if refiner_split is None:
+            return
+        if self.refiner is None:
+            if refiner_split < 1.0:
+                raise ValueError("refiner_split needs a refiner; load the model with refiner=...")
+        elif not 0.0 < float(refiner_split) <= 1.0:
+            raise ValueError(f"refiner_split must be in (0, 1], got {refiner_split}.")
+
     def prepare_denoisers(
         self, prompt: str, negative_prompt: str | None, num_images: int, do_cfg: bool,
         size: tuple[int, int], scheduler: Any, refiner_split: float | None,
     ) -> list[Denoiser]:
         base = Denoiser(0, self.unet, self.encode_prompt(prompt, negative_prompt, num_images,
                                                          do_cfg, size))
-        if self.refiner is None:
-            if refiner_split is not None and refiner_split < 1.0:
-                raise ValueError("refiner_split needs a refiner; load the model with refiner=...")
-            return [base]
         split = self.default_refiner_split if refiner_split is None else float(refiner_split)
-        if not 0.0 < split <= 1.0:
-            raise ValueError(f"refiner_split must be in (0, 1], got {refiner_split}.")
-        if split == 1.0:
+        if self.refiner is None or split == 1.0:
             return [base]
         # Same cut as diffusers' denoising_end / denoising_start: timesteps >= cutoff go to base.
         train_steps = scheduler.config.num_train_timesteps
@@ -394,19 +381,3 @@ class StableDiffusionXLDifferentialPipeline(StableDiffusionDifferentialPipeline)
             mean, std = stats
             return z * std / scaling + mean
         return z / scaling
-
-
-def _clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
-    """The scheduler's estimate of the finished latents after a step (previews show it)."""
-    estimate = getattr(out, "pred_original_sample", None)
-    if estimate is not None:  # DDIM, Euler (a), LMS
-        return estimate
-    # DPM-Solver++ and UniPC (predict_x0) keep their clean-latent prediction as the last model
-    # output; the default scheduler would otherwise preview pure noise for most of the run.
-    config = scheduler.config
-    predicts_x0 = config.get("algorithm_type") in ("dpmsolver++", "sde-dpmsolver++") or (
-        config.get("predict_x0") is True)
-    outputs = getattr(scheduler, "model_outputs", None)
-    if predicts_x0 and outputs and outputs[-1] is not None:
-        return outputs[-1]
-    return None

@@ -1,6 +1,6 @@
 """The flow-matching differential loop on tiny-sd3, against diffusers' SD3 img2img.
 
-The loop itself (``server.pipelines.sd3``) is shared with Flux; Flux's packing is tested in
+The loop itself (``server.pipelines.flow``) is shared with Flux; Flux's packing is tested in
 ``test_pipeline_flux.py``.
 """
 
@@ -16,16 +16,14 @@ from diffusers import FlowMatchEulerDiscreteScheduler, StableDiffusion3Img2ImgPi
 from PIL import Image
 
 from server.pipelines import Cancelled
-from server.pipelines.sd3 import (
-    FLOW_SCHEDULER_NAMES,
-    StableDiffusion3DifferentialPipeline,
-    make_flow_scheduler,
-)
+from server.pipelines.flow import FLOW_SCHEDULER_NAMES, make_flow_scheduler
+from server.pipelines.sd3 import StableDiffusion3DifferentialPipeline
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
-    kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
+    STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, kept_part_exact, make_run, quiet,
+    record_keeps, server_job, stripe_steps, striped_map,
 )
 from tests.test_server import async_test, of
 
@@ -48,7 +46,7 @@ def test_loads_as_a_flow_matching_family(tiny_sd3):
     assert isinstance(tiny_sd3, StableDiffusion3DifferentialPipeline)
     assert tiny_sd3.family == "sd3" and tiny_sd3.native_resolution == 64
     assert tiny_sd3.components["text_encoder_3"] is None
-    assert tiny_sd3.vae.config.latent_channels == 16 and tiny_sd3.pixel_multiple == 16
+    assert tiny_sd3.vae.config.latent_channels == 16 and tiny_sd3.pad_multiple == 16
     assert tiny_sd3.to("cpu") is tiny_sd3
 
 
@@ -257,23 +255,37 @@ def test_dynamic_shifting_schedule_equals_img2img(tiny_sd3, image):
     assert not np.array_equal(ours.images, run(tiny_sd3, image, change_map, seed=2).images)
 
 
+def test_kept_cells_are_the_original_noised_to_each_steps_own_sigma(tiny_sd3, monkeypatch):
+    # scale_noise: kept cells must be sigma_i * noise + (1 - sigma_i) * z_init at every step i,
+    # with the sigma of that step (re-noising to the first sigma passed every other test).
+    probe = ReinjectionProbe(monkeypatch, tiny_sd3, [tiny_sd3.transformer])
+    run(tiny_sd3, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    reference = make_flow_scheduler(None, tiny_sd3.scheduler)
+    tiny_sd3.set_timesteps(reference, STRIPE_K, (4, 8))
+    z_init, noise = probe.originals[0]
+    n = stripe_steps(cells_per_stripe=2)
+    assert_kept_cells_match(probe.samples, [
+        (n <= STRIPE_K - i, reference.scale_noise(z_init, t[None], noise))  # by t: no begin index
+        for i, t in enumerate(reference.timesteps)])
+
+
 # -- which ids are flow-matching models --------------------------------------------------------------
 def test_flow_families_are_recognised_and_pickled_weights_refused(tmp_path):
-    from server.models import ModelNotFoundError, load_pipeline
-    from server.tiny_flow import flow_family_of
+    from server.models import ModelNotFoundError, family_of, load_pipeline
 
-    assert flow_family_of("tiny-sd3") == "sd3" and flow_family_of("tiny-flux") == "flux"
-    assert flow_family_of("stabilityai/stable-diffusion-3.5-medium") == "sd3"
-    assert flow_family_of("black-forest-labs/FLUX.1-dev") == "flux"
-    assert flow_family_of("stable-diffusion-v1-5/stable-diffusion-v1-5") is None
-    assert flow_family_of("tiny-sd") is None
+    assert family_of("tiny-sd3") == "sd3" and family_of("tiny-flux") == "flux"
+    assert family_of("stabilityai/stable-diffusion-3.5-medium") == "sd3"
+    assert family_of("black-forest-labs/FLUX.1-dev") == "flux"
+    assert family_of("stable-diffusion-v1-5/stable-diffusion-v1-5") == "sd"
+    assert family_of("tiny-sd") == "sd"
     folder = tmp_path / "my-model"
     (folder / "transformer").mkdir(parents=True)
     (folder / "model_index.json").write_text(json.dumps({"_class_name": "FluxPipeline"}))
-    assert flow_family_of(str(folder)) == "flux"
+    assert family_of(str(folder)) == "flux"
     (folder / "model_index.json").write_text(
         json.dumps({"_class_name": "StableDiffusion3Pipeline"}))
-    assert flow_family_of(str(folder)) == "sd3"
+    assert family_of(str(folder)) == "sd3"
     (folder / "transformer" / "diffusion_pytorch_model.bin").write_bytes(b"not loaded")
     with pytest.raises(ModelNotFoundError, match="safetensors"):
         load_pipeline(str(folder))

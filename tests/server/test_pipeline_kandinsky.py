@@ -14,7 +14,8 @@ from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    half_changed, kept_part_exact, make_run, quiet, server_job,
+    STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, half_changed, kept_part_exact,
+    make_run, quiet, server_job, stripe_steps, striped_map,
 )
 
 PRIOR_STEPS = 3
@@ -214,3 +215,17 @@ def test_pickled_weights_are_refused(tiny_k22, tmp_path):
     save_as_folders(tiny_k22, tmp_path, safe=False)
     with pytest.raises(ModelNotFoundError, match="safetensors"):
         load_pipeline(str(tmp_path))
+
+
+def test_kept_cells_are_the_original_noised_to_each_steps_own_timestep(tiny_k22, monkeypatch):
+    # The decoder's loop: kept MoVQ cells are the original noised (add_noise) to each step's t.
+    probe = ReinjectionProbe(monkeypatch, tiny_k22, [tiny_k22.unet])
+    run(tiny_k22, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    reference = make_scheduler("DDIM", tiny_k22.scheduler.config)
+    reference.set_timesteps(STRIPE_K)
+    z_init, noise = probe.originals[0]
+    n = stripe_steps(cells_per_stripe=2)
+    assert_kept_cells_match(probe.samples, [
+        (n <= STRIPE_K - i, reference.add_noise(z_init, noise, t[None]))
+        for i, t in enumerate(reference.timesteps)])

@@ -11,13 +11,14 @@ from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from server.pipelines import Cancelled, StepInfo
-from server.models import tiny_components
+from server.models.tiny import tiny_components
 from server.pipelines.sd import StableDiffusionDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    make_run, quiet, record_keeps, striped_map,
+    STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, make_run, quiet, record_keeps,
+    stripe_steps, striped_map,
 )
 
 
@@ -224,6 +225,22 @@ def test_each_region_gets_exactly_its_last_steps_with_nested_masks(tiny_sd, monk
             assert kept_at == list(range(last + 1)) and k - last == expected
     assert torch.equal(out.steps_per_latent_pixel[0, 0, 0], torch.tensor([0] * 2 + [2] * 2 + [5] * 2
                                                                          + [7] * 2 + [10] * 2))
+
+
+def test_kept_cells_are_the_original_noised_to_each_steps_own_timestep(tiny_sd, monkeypatch):
+    # Counting re-injections is not enough: re-noising the kept cells to the *first* timestep
+    # at every step kept every count right. Here each step's model input is compared with the
+    # scheduler's own add_noise of the original at that step's timestep, on four strengths.
+    probe = ReinjectionProbe(monkeypatch, tiny_sd, [tiny_sd.unet])
+    run(tiny_sd, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K, scheduler="DDIM")
+    reference = make_scheduler("DDIM", tiny_sd.scheduler.config)
+    reference.set_timesteps(STRIPE_K)
+    z_init, noise = probe.originals[0]
+    n = stripe_steps(cells_per_stripe=2)
+    assert_kept_cells_match(probe.samples, [
+        (n <= STRIPE_K - i, reference.add_noise(z_init, noise, t[None]))
+        for i, t in enumerate(reference.timesteps)])
 
 
 def test_strength_zero_latents_end_on_the_original(tiny_sd, test_image):

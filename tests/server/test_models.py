@@ -20,7 +20,8 @@ from diffusers import (
 from safetensors.torch import load_file, save_file
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-from server.models import ModelNotFoundError, load_pipeline, tiny_components, tiny_tokenizer
+from server.models import ModelNotFoundError, load_pipeline
+from server.models.tiny import tiny_components, tiny_tokenizer
 from server.pipelines.sd import StableDiffusionDifferentialPipeline, StableDiffusionXLDifferentialPipeline
 from server.schedulers import SCHEDULER_NAMES, make_scheduler
 from tests.conftest import make_test_image

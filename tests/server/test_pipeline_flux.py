@@ -12,12 +12,13 @@ from PIL import Image
 
 from server.pipelines import Cancelled
 from server.pipelines.flux import FluxDifferentialPipeline, pack_latents, unpack_latents
-from server.pipelines.sd3 import make_flow_scheduler
+from server.pipelines.flow import make_flow_scheduler
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
-    kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
+    STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, kept_part_exact, make_run, quiet,
+    record_keeps, server_job, stripe_steps, striped_map,
 )
 from tests.test_server import async_test, of
 
@@ -39,7 +40,7 @@ def reference(pipe, scheduler: str | None = None) -> FluxImg2ImgPipeline:
 def test_loads_and_packs_2x2_cells_into_tokens(tiny_flux):
     assert isinstance(tiny_flux, FluxDifferentialPipeline)
     assert tiny_flux.family == "flux" and tiny_flux.native_resolution == 64
-    assert tiny_flux.pixel_multiple == 16
+    assert tiny_flux.pad_multiple == 16
     x = torch.arange(2 * 16 * 4 * 6, dtype=torch.float32).reshape(2, 16, 4, 6)
     packed = pack_latents(x)
     assert packed.shape == (2, 2 * 3, 64)
@@ -189,3 +190,18 @@ async def test_a_job_through_the_server_returns_the_pipelines_result_at_full_siz
     assert events[-1].steps_run == 3 and got.shape[0] == 48
     assert of(events, p.Preview)  # cheap latent previews went out
     assert np.abs(got[:, kept + 8:].astype(int) - source[:, kept + 8:]).mean() > 10
+
+
+def test_kept_cells_are_the_original_noised_to_each_steps_own_sigma(tiny_flux, monkeypatch):
+    # Packed latents: kept cells (unpacked) must be the original noised to each step's own sigma
+    # of Flux's resolution-shifted schedule.
+    probe = ReinjectionProbe(monkeypatch, tiny_flux, [tiny_flux.transformer])
+    run(tiny_flux, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    reference = make_flow_scheduler(None, tiny_flux.scheduler)
+    tiny_flux.set_timesteps(reference, STRIPE_K, (4, 8))
+    z_init, noise = (unpack_latents(x, (4, 8)) for x in probe.originals[0])
+    n = stripe_steps(cells_per_stripe=2)
+    assert_kept_cells_match([unpack_latents(s, (4, 8)) for s in probe.samples], [
+        (n <= STRIPE_K - i, reference.scale_noise(z_init, t[None], noise))
+        for i, t in enumerate(reference.timesteps)])

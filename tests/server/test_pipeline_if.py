@@ -7,14 +7,15 @@ import math
 import numpy as np
 import pytest
 import torch
-from diffusers import IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
+from diffusers import DDPMScheduler, IFImg2ImgPipeline, IFImg2ImgSuperResolutionPipeline
 
 from server.pipelines import Cancelled, StepInfo
 from server.pipelines.deepfloyd_if import NO_SAFETY
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when,
-    half_changed, kept_part_exact, make_run, quiet, server_job,
+    STRIPE_K, STRIPES, STRIPE_STEPS, ReinjectionProbe, assert_kept_cells_match, half_changed,
+    kept_part_exact, make_run, quiet, server_job, striped_map,
 )
 
 
@@ -36,7 +37,7 @@ run = make_run(negative_prompt=NEGATIVE, num_inference_steps=10, guidance_scale=
 def test_loads_through_load_pipeline(tiny_if):
     assert tiny_if.family == "if"
     assert tiny_if.native_resolution == 64  # stage II's size (stage I: 16)
-    assert tiny_if.options == {"stage_2": True, "stage_3": False}
+    assert tiny_if.stages == {"stage_2": True, "stage_3": False}
 
 
 # -- uniform map == IFImg2ImgPipeline (+ IFImg2ImgSuperResolutionPipeline) -----------------------
@@ -174,11 +175,11 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_if):
 
 def test_stage_3_upscales_stage_2s_result_as_usual(tiny_if):
     from server.pipelines.deepfloyd_if import DeepFloydIFDifferentialPipeline
-    from server.tiny_pixel import tiny_if_upscaler
+    from server.models.tiny import tiny_if_upscaler
 
     upscaler = tiny_if_upscaler()
     pipe = DeepFloydIFDifferentialPipeline(**tiny_if.components, upscaler=upscaler)
-    assert pipe.options == {"stage_2": True, "stage_3": True} and pipe.native_resolution == 256
+    assert pipe.stages == {"stage_2": True, "stage_3": True} and pipe.native_resolution == 256
     image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
     kwargs = dict(prompt=PROMPT, image=image, change_map=change_map, num_inference_steps=2,
                   guidance_scale=7.0, output_type="latent")
@@ -237,6 +238,26 @@ def test_stage_sizes_fit_a_deeper_unet_on_a_wide_crop(tiny_if):
     assert np.array_equal(np.asarray(out.images[0])[:, :40], np.asarray(image)[:, :40])
 
 
+def test_kept_pixels_are_the_original_noised_to_each_steps_own_timestep(tiny_if, monkeypatch):
+    # Both differential stages: kept pixels are the stage's input noised (add_noise) to each
+    # step's own timestep. The 64 x 32 stripes are 8 px wide at stage I (32 x 16) and 32 px at
+    # stage II (128 x 64).
+    probe = ReinjectionProbe(monkeypatch, tiny_if, [tiny_if.unet, tiny_if.helper_2.unet])
+    run(tiny_if, make_test_image(64, 32), striped_map(STRIPES, 16, height=32),
+        num_inference_steps=STRIPE_K)
+    assert len(probe.samples) == 2 * STRIPE_K
+    expected = []
+    for stage, (scheduler, stripe_px) in enumerate([(tiny_if.scheduler, 8),
+                                                   (tiny_if.helper_2.scheduler, 32)]):
+        reference = DDPMScheduler.from_config(scheduler.config)
+        reference.set_timesteps(STRIPE_K)
+        x_init, noise = probe.originals[stage * STRIPE_K]
+        n = torch.tensor(STRIPE_STEPS).repeat_interleave(stripe_px)[None, None, None]
+        expected += [(n <= STRIPE_K - i, reference.add_noise(x_init, noise, t[None]))
+                     for i, t in enumerate(reference.timesteps)]
+    assert_kept_cells_match([s[:, :3] for s in probe.samples], expected)  # (II: + condition)
+
+
 # -- loading real-model folders ----------------------------------------------------------------------
 def save_as_folders(pipe, root, safe: bool = True) -> None:
     first, second = reference(pipe)
@@ -251,7 +272,7 @@ def test_saved_stage_folders_load_and_give_the_same_images(tiny_if, tmp_path):
 
     save_as_folders(tiny_if, tmp_path)
     loaded = load_pipeline(str(tmp_path))
-    assert loaded.family == "if" and loaded.options == {"stage_2": True, "stage_3": False}
+    assert loaded.family == "if" and loaded.stages == {"stage_2": True, "stage_3": False}
     image, change_map = make_test_image(), np.full((64, 64), 0.5, np.float32)
     a = run(tiny_if, image, change_map, num_inference_steps=4).images
     b = run(loaded, image, change_map, num_inference_steps=4).images

@@ -16,7 +16,7 @@ import torch
 
 from server.app import ServerConfig, run_server
 from server.families import FAMILIES, describe, guess_info
-from server.pipelines.sd3 import FLOW_SCHEDULER_NAMES
+from server.pipelines.flow import FLOW_SCHEDULER_NAMES
 from server.schedulers import SCHEDULER_NAMES
 from shared import protocol as p
 from tests.conftest import make_test_image

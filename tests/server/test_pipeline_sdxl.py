@@ -10,11 +10,14 @@ import torch
 from diffusers import StableDiffusionXLImg2ImgPipeline
 
 import server.pipelines as pipelines_module
-from server.models import tiny_components
+from server.models.tiny import tiny_components
 from server.pipelines.sd import StableDiffusionXLDifferentialPipeline
 from server.schedulers import make_scheduler
 from tests.conftest import make_test_image
-from tests.pipeline_helpers import NEGATIVE, PROMPT, ForwardCalls, quiet, record_keeps
+from tests.pipeline_helpers import (
+    NEGATIVE, PROMPT, STRIPE_K, STRIPES, ForwardCalls, ReinjectionProbe, assert_kept_cells_match,
+    quiet, record_keeps, stripe_steps, striped_map,
+)
 
 SCHEDULERS = ("DDIM", "Euler", "Euler a", "DPM++ 2M Karras", "UniPC")
 FIRST_ORDER = ("DDIM", "Euler", "Euler a")  # one step uses only the current model output
@@ -283,3 +286,22 @@ def test_sdxl_preview_hook(tiny_sdxl, test_image):
     assert len(previews) == 5
     assert all(family == "sdxl" and p.shape == (8, 8, 3) and p.dtype == np.uint8
                for family, p in previews)
+
+
+def test_kept_cells_are_the_original_noised_to_each_steps_own_timestep(tiny_sdxl, monkeypatch):
+    # Euler noises by sigma and scales the model input by 1 / sqrt(sigma^2 + 1): each step's
+    # kept cells must be the original noised to that step's own sigma (not the first one's).
+    probe = ReinjectionProbe(monkeypatch, tiny_sdxl, [tiny_sdxl.unet])
+    tiny_sdxl(prompt=PROMPT, image=make_test_image(64, 32), change_map=striped_map(STRIPES, 16, 32),
+              num_inference_steps=STRIPE_K, generator=torch.Generator().manual_seed(0),
+              scheduler="Euler", output_type="latent")
+    reference = make_scheduler("Euler", tiny_sdxl.scheduler.config)
+    reference.set_timesteps(STRIPE_K)
+    z_init, noise = probe.originals[0]
+    n = stripe_steps(cells_per_stripe=2)
+    expected = []
+    for i, t in enumerate(reference.timesteps):
+        sigma = reference.sigmas[i]
+        noised = reference.add_noise(z_init, noise, t[None])  # looked up by t: no begin index
+        expected.append((n <= STRIPE_K - i, noised / ((sigma**2 + 1) ** 0.5)))
+    assert_kept_cells_match(probe.samples, expected)
