@@ -19,7 +19,7 @@ from tests.pipeline_helpers import (
     NEGATIVE, PROMPT, ForwardCalls, StepRecorder, cancel_when, half_changed,
     kept_part_exact, make_run, quiet, record_keeps, server_job, striped_map,
 )
-from tests.test_server import async_test, of
+from tests.server.server_harness import async_test, of
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from server_harness import GatedPipe
+from tests.server.server_harness import GatedPipe
 
 
 @pytest.fixture

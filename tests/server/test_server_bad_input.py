@@ -8,7 +8,7 @@ import asyncio
 import json
 
 import pytest
-from server_harness import (
+from tests.server.server_harness import (
     TIMEOUT_S,
     Client,
     async_test,

@@ -10,7 +10,7 @@ import logging
 from types import SimpleNamespace
 
 import pytest
-from server_harness import (
+from tests.server.server_harness import (
     TIMEOUT_S,
     Client,
     async_test,

@@ -10,7 +10,7 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from server_harness import (
+from tests.server.server_harness import (
     Client,
     async_test,
     decode,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from server_harness import (
+from tests.server.server_harness import (
     Client,
     async_test,
     decode,

@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from protocol_helpers import caps, png, server_says
+from tests.shared.protocol_helpers import caps, png, server_says
 
 from shared import protocol as p
 

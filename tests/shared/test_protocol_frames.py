@@ -6,7 +6,7 @@ import json
 import struct
 
 import pytest
-from protocol_helpers import png, raises
+from tests.shared.protocol_helpers import png, raises
 
 from shared import protocol as p
 

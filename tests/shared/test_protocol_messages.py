@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from protocol_helpers import caps, png
+from tests.shared.protocol_helpers import caps, png
 
 from shared import protocol as p
 

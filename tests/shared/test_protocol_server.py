@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from protocol_helpers import caps, png, raises, submit_msg
+from tests.shared.protocol_helpers import caps, png, raises, submit_msg
 
 from shared import protocol as p
 
