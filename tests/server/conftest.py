@@ -7,5 +7,5 @@ from tests.server.server_harness import GatedPipe
 
 
 @pytest.fixture
-def pipe(tiny_sd) -> GatedPipe:
+def gated_pipe(tiny_sd) -> GatedPipe:
     return GatedPipe(tiny_sd)

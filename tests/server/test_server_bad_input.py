@@ -78,11 +78,11 @@ BAD_TEXT = [
 
 
 @async_test
-async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_on(pipe):
+async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_on(gated_pipe):
     image = make_test_image()
-    async with serving(pipe, max_pixels=128 * 128, max_message_bytes=400_000) as server:
+    async with serving(gated_pipe, max_pixels=128 * 128, max_message_bytes=400_000) as server:
         a, b = await Client.connect(server), await Client.connect(server)
-        pipe.hold(1)
+        gated_pipe.hold(1)
         await b.submit(image, mode="uniform", strength=1.0, steps=3)
         job_b = await b.accepted()
         await b.until(lambda e: isinstance(e, p.Progress))
@@ -130,7 +130,7 @@ async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_o
         await a.submit(image, gradient_map(), steps=3)
         job_a = await a.accepted()
         assert job_a.position == 1
-        pipe.release()
+        gated_pipe.release()
         events_b = await b.until_end(job_b.job_id)
         events_a = await a.until_end(job_a.job_id)
         assert isinstance(events_b[-1], p.Done) and isinstance(events_a[-1], p.Done)
@@ -145,12 +145,12 @@ async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_o
         events = await b.until_end((await b.accepted()).job_id)
         assert isinstance(events[-1], p.Done)
         assert not of(b.seen, p.Error)
-    assert len(pipe.runs) == 3
+    assert len(gated_pipe.runs) == 3
 
 
 @async_test
-async def test_a_client_that_never_says_hello_is_closed(pipe):
-    async with serving(pipe, handshake_timeout_s=0.2) as server:
+async def test_a_client_that_never_says_hello_is_closed(gated_pipe):
+    async with serving(gated_pipe, handshake_timeout_s=0.2) as server:
         async with connect(server.url) as ws:
             with pytest.raises(ConnectionClosed) as closed:
                 await asyncio.wait_for(ws.recv(), TIMEOUT_S)
@@ -173,8 +173,8 @@ async def refused(server: DiffusionServer, hello: str | bytes) -> tuple[p.Error,
 
 
 @async_test
-async def test_wrong_or_missing_token_is_refused_and_the_right_one_accepted(pipe):
-    async with serving(pipe, token="s3cret") as server:
+async def test_wrong_or_missing_token_is_refused_and_the_right_one_accepted(gated_pipe):
+    async with serving(gated_pipe, token="s3cret") as server:
         for hello in (p.hello(), p.hello("guess"), {**p.hello(), "token": 5}):
             error, code = await refused(server, p.dumps(hello))
             assert error.code == p.E_UNAUTHORIZED and "token" in error.message
@@ -187,8 +187,8 @@ async def test_wrong_or_missing_token_is_refused_and_the_right_one_accepted(pipe
 
 
 @async_test
-async def test_protocol_version_mismatch_and_missing_hello_get_clear_errors(pipe):
-    async with serving(pipe) as server:
+async def test_protocol_version_mismatch_and_missing_hello_get_clear_errors(gated_pipe):
+    async with serving(gated_pipe) as server:
         error, code = await refused(server, p.dumps({"type": "hello", "protocol": 99}))
         assert error.code == p.E_BAD_VERSION and "99" in error.message and "1" in error.message
         assert code == p.CLOSE_POLICY_VIOLATION

@@ -38,11 +38,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @async_test
-async def test_clients_see_their_queue_positions_and_cancel_their_own_jobs(pipe):
+async def test_clients_see_their_queue_positions_and_cancel_their_own_jobs(gated_pipe):
     image = make_test_image()
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         a, b, c = [await Client.connect(server) for _ in range(3)]
-        pipe.hold(2)  # a's job, then c's first job, wait at their first step
+        gated_pipe.hold(2)  # a's job, then c's first job, wait at their first step
         await a.submit(image, mode="uniform", strength=1.0, steps=4)
         job_a = (await a.accepted()).job_id
         await a.until(lambda e: isinstance(e, p.Progress))
@@ -73,23 +73,23 @@ async def test_clients_see_their_queue_positions_and_cancel_their_own_jobs(pipe)
         started = await c.until(lambda e: isinstance(e, p.Started))
         assert started[-1].job_id == job_c1.job_id
         assert (job_c2.job_id, 1) in [(e.job_id, e.position) for e in of(started, p.QueuePosition)]
-        pipe.release()
+        gated_pipe.release()
         await c.until_end(job_c1.job_id)
         events = await c.until_end(job_c2.job_id)
         assert isinstance(events[-1], p.Done)
 
-    run_a = pipe.runs[0]
+    run_a = gated_pipe.runs[0]
     assert run_a.cancelled and run_a.steps <= 1  # stopped at the first step boundary
-    assert len(pipe.runs) == 3  # b's job never ran
+    assert len(gated_pipe.runs) == 3  # b's job never ran
     assert not of(a.seen + b.seen, p.Error)
 
 
 @async_test
-async def test_disconnect_cancels_the_clients_jobs_and_frees_the_worker_within_a_step(pipe):
+async def test_disconnect_cancels_the_clients_jobs_and_frees_the_worker_within_a_step(gated_pipe):
     image = make_test_image()
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         a, b = await Client.connect(server), await Client.connect(server)
-        pipe.hold(1)
+        gated_pipe.hold(1)
         await a.submit(image, mode="uniform", strength=1.0, steps=20)
         await a.accepted()
         await a.until(lambda e: isinstance(e, p.Progress))
@@ -106,17 +106,17 @@ async def test_disconnect_cancels_the_clients_jobs_and_frees_the_worker_within_a
         assert all(e.position == 1 for e in of(events, p.QueuePosition))
         assert len(server.sessions) == 1
 
-    first = pipe.runs[0]
+    first = gated_pipe.runs[0]
     assert first.cancelled and first.steps == 1 and first.cancel_seen_at == 1
-    assert len(pipe.runs) == 2  # a's second job never ran; b's did
+    assert len(gated_pipe.runs) == 2  # a's second job never ran; b's did
 
 
 @async_test
-async def test_too_many_jobs_from_one_client_is_refused(pipe):
+async def test_too_many_jobs_from_one_client_is_refused(gated_pipe):
     image = make_test_image()
-    async with serving(pipe, max_jobs_per_client=2) as server:
+    async with serving(gated_pipe, max_jobs_per_client=2) as server:
         client = await Client.connect(server)
-        pipe.hold(1)
+        gated_pipe.hold(1)
         for _ in range(2):
             await client.submit(image, mode="uniform", strength=1.0)
             await client.accepted()
@@ -125,7 +125,7 @@ async def test_too_many_jobs_from_one_client_is_refused(pipe):
         assert error.code == p.E_QUEUE_FULL and error.ref == 3
         # Its frames, which arrived after the refusal, are refused too.
         assert (await client.error()).code == p.E_BAD_FRAME
-        pipe.release()
+        gated_pipe.release()
         # Submits still waiting for their frames count too (another client, nothing queued yet).
         other = await Client.connect(server)
         for ref in (1, 2):
@@ -136,13 +136,13 @@ async def test_too_many_jobs_from_one_client_is_refused(pipe):
 
 
 @async_test
-async def test_stopping_the_server_cancels_every_job_tells_the_client_then_closes(pipe):
+async def test_stopping_the_server_cancels_every_job_tells_the_client_then_closes(gated_pipe):
     image = make_test_image()
-    server = DiffusionServer(ServerConfig(model="tiny-sd", port=0), lambda name: pipe)
+    server = DiffusionServer(ServerConfig(model="tiny-sd", port=0), lambda name: gated_pipe)
     await server.start()
     try:
         client = await Client.connect(server)
-        pipe.hold(1)
+        gated_pipe.hold(1)
         await client.submit(image, mode="uniform", strength=1.0, steps=10)
         running = await client.accepted()
         await client.until(lambda e: isinstance(e, p.Progress))
@@ -158,7 +158,7 @@ async def test_stopping_the_server_cancels_every_job_tells_the_client_then_close
     cancelled = of(events, p.Cancelled)
     assert sorted(e.job_id for e in cancelled) == [running.job_id, queued.job_id]
     assert all(e.reason == "the server is shutting down" for e in cancelled)
-    assert pipe.runs[0].cancelled and pipe.runs[0].steps == 1 and len(pipe.runs) == 1
+    assert gated_pipe.runs[0].cancelled and gated_pipe.runs[0].steps == 1 and len(gated_pipe.runs) == 1
 
 
 @async_test
@@ -205,15 +205,15 @@ async def test_previews_for_a_slow_client_are_dropped_but_nothing_else():
 
 
 @async_test
-async def test_one_log_line_per_job_and_a_console_progress_bar(pipe, caplog, capsys):
+async def test_one_log_line_per_job_and_a_console_progress_bar(gated_pipe, caplog, capsys):
     caplog.set_level(logging.INFO, logger="server")
     image = make_test_image()
-    async with serving(pipe, console_progress=True) as server:
+    async with serving(gated_pipe, console_progress=True) as server:
         client = await Client.connect(server)
         await client.submit(image, mode="uniform", strength=1.0, steps=4)
         job_done = (await client.accepted()).job_id
         await client.until_end(job_done)
-        pipe.hold(1)
+        gated_pipe.hold(1)
         await client.submit(image, mode="uniform", strength=1.0, steps=4)
         job_cancelled = (await client.accepted()).job_id
         await client.until(lambda e: isinstance(e, p.Progress))

@@ -33,10 +33,10 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @async_test
-async def test_full_job_streams_progress_previews_and_the_pipelines_exact_result(pipe, tiny_sd):
+async def test_full_job_streams_progress_previews_and_the_pipelines_exact_result(gated_pipe, tiny_sd):
     image = make_test_image(64, 64, seed=3)
     change = gradient_map()
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(image, change, steps=4, seed=1234, scheduler="Euler",
                             preview_every=1)
@@ -78,7 +78,7 @@ async def test_full_job_streams_progress_previews_and_the_pipelines_exact_result
 
 @pytest.mark.parametrize("mode", ["soft_inpaint", "fan", "uniform"])
 @async_test
-async def test_every_mode_gives_the_pipelines_exact_result(pipe, tiny_sd, mode):
+async def test_every_mode_gives_the_pipelines_exact_result(gated_pipe, tiny_sd, mode):
     image = make_test_image(64, 64, seed=4)
     mask = np.zeros((64, 64), np.uint8)
     mask[20:40, 24:44] = 255
@@ -89,7 +89,7 @@ async def test_every_mode_gives_the_pipelines_exact_result(pipe, tiny_sd, mode):
                 fan_map(64, 64, fan_strengths(4, 0.25, 1.0))),
         "uniform": ({"strength": 0.7}, None, np.full((64, 64), 0.7, np.float32)),
     }[mode]
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(image, gray, mode=mode, seed=99, **fields)
         accepted = await client.accepted()
@@ -101,8 +101,8 @@ async def test_every_mode_gives_the_pipelines_exact_result(pipe, tiny_sd, mode):
 
 
 @async_test
-async def test_the_servers_preview_interval_applies_when_the_client_names_none(pipe):
-    async with serving(pipe, preview_every=2) as server:
+async def test_the_servers_preview_interval_applies_when_the_client_names_none(gated_pipe):
+    async with serving(gated_pipe, preview_every=2) as server:
         client = await Client.connect(server)
         await client.submit(make_test_image(), mode="uniform", strength=1.0, steps=5, preview_every=None)
         events = await client.until_end((await client.accepted()).job_id)
@@ -112,9 +112,9 @@ async def test_the_servers_preview_interval_applies_when_the_client_names_none(p
     assert of(quiet, p.Preview) == []  # 0 from the client: none at all
 
 @async_test
-async def test_variants_use_seeds_s_plus_i(pipe, tiny_sd):
+async def test_variants_use_seeds_s_plus_i(gated_pipe, tiny_sd):
     image = make_test_image(64, 64, seed=5)
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(image, mode="uniform", strength=0.8, seed=40, variants=2)
         accepted = await client.accepted()
@@ -133,14 +133,14 @@ async def test_variants_use_seeds_s_plus_i(pipe, tiny_sd):
 
 
 @async_test
-async def test_server_picks_a_seed_when_the_client_leaves_it_out(pipe):
-    async with serving(pipe) as server:
+async def test_server_picks_a_seed_when_the_client_leaves_it_out(gated_pipe):
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(make_test_image(), mode="uniform", strength=0.5, seed=None)
         accepted = await client.accepted()
         events = await client.until_end(accepted.job_id)
     (result,) = of(events, p.Result)
-    assert result.seed == accepted.seed and pipe.runs[0].kwargs["generator"][0].initial_seed() \
+    assert result.seed == accepted.seed and gated_pipe.runs[0].kwargs["generator"][0].initial_seed() \
         == accepted.seed
 
 
@@ -148,11 +148,11 @@ async def test_server_picks_a_seed_when_the_client_leaves_it_out(pipe):
 
 
 @async_test
-async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(pipe, tiny_sd):
+async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(gated_pipe, tiny_sd):
     canvas = make_test_image(320, 256, seed=6)
     change = np.zeros((256, 320), np.uint8)
     change[150:162, 210:224] = 255
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(canvas, change, steps=3, seed=11)
         events = await client.until_end((await client.accepted()).job_id)
@@ -164,7 +164,7 @@ async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(pipe, tiny_s
     assert (crop.width, crop.height) == (result.width, result.height) == (64, 64)
     assert crop.x <= 210 and crop.y <= 150 and crop.x + 64 >= 224 and crop.y + 64 >= 162
     # The model saw only the region, at native resolution.
-    assert pipe.runs[0].kwargs["image"].size == (64, 64)
+    assert gated_pipe.runs[0].kwargs["image"].size == (64, 64)
 
     pasted = np.asarray(regions.paste(canvas, Image.open(io.BytesIO(result.png)), crop))
     before = np.asarray(canvas)
@@ -178,24 +178,24 @@ async def test_small_edit_on_a_large_canvas_runs_on_its_region_only(pipe, tiny_s
 
 
 @async_test
-async def test_the_region_pixel_budget_downscales_the_run_and_the_result_comes_back_full_size(pipe):
+async def test_the_region_pixel_budget_downscales_the_run_and_the_result_comes_back_full_size(gated_pipe):
     image = make_test_image(64, 64, seed=9)
     change = gradient_map()  # the left quarter is kept
-    async with serving(pipe, max_region_pixels=32 * 32) as server:
+    async with serving(gated_pipe, max_region_pixels=32 * 32) as server:
         client = await Client.connect(server)
         await client.submit(image, change, steps=3, seed=2)
         events = await client.until_end((await client.accepted()).job_id)
     (started,) = of(events, p.Started)
     (result,) = of(events, p.Result)
-    assert (started.width, started.height) == (32, 32) and pipe.runs[0].kwargs["image"].size == (32, 32)
+    assert (started.width, started.height) == (32, 32) and gated_pipe.runs[0].kwargs["image"].size == (32, 32)
     assert (result.width, result.height) == (64, 64) and result.region == p.Region(0, 0, 64, 64)
     np.testing.assert_array_equal(decode(result.png)[:, :16], np.asarray(image)[:, :16])  # kept exactly
 
 @async_test
-async def test_a_region_confines_a_uniform_job_on_a_large_canvas(pipe):
+async def test_a_region_confines_a_uniform_job_on_a_large_canvas(gated_pipe):
     canvas = make_test_image(200, 160, seed=8)
     area = p.Region(90, 70, 30, 20)
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
         await client.submit(canvas, mode="uniform", strength=1.0, region=area)
         events = await client.until_end((await client.accepted()).job_id)

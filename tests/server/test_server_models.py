@@ -28,11 +28,11 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @async_test
-async def test_out_of_memory_fails_that_job_clearly_and_the_next_one_runs(pipe, tiny_sd):
+async def test_out_of_memory_fails_that_job_clearly_and_the_next_one_runs(gated_pipe, tiny_sd):
     image = make_test_image()
-    async with serving(pipe) as server:
+    async with serving(gated_pipe) as server:
         client = await Client.connect(server)
-        pipe.fail = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        gated_pipe.fail = torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
         await client.submit(image, mode="uniform", strength=0.5, variants=2)
         job = await client.accepted()
         events = await client.until_end(job.job_id)
@@ -41,7 +41,7 @@ async def test_out_of_memory_fails_that_job_clearly_and_the_next_one_runs(pipe, 
         assert "out of memory" in error.message and "64x64" in error.message
         assert "variant" in error.message  # says what to try
 
-        pipe.fail = RuntimeError("a bug in a pipeline")
+        gated_pipe.fail = RuntimeError("a bug in a pipeline")
         await client.submit(image, mode="uniform", strength=0.5)
         events = await client.until_end((await client.accepted()).job_id)
         assert events[-1].code == p.E_JOB_FAILED and "a bug in a pipeline" in events[-1].message
@@ -55,13 +55,13 @@ async def test_out_of_memory_fails_that_job_clearly_and_the_next_one_runs(pipe, 
 
 
 @async_test
-async def test_out_of_memory_while_loading_a_model_fails_that_job_and_keeps_the_old_one(pipe):
+async def test_out_of_memory_while_loading_a_model_fails_that_job_and_keeps_the_old_one(gated_pipe):
     def loader(name: str) -> Any:
         if name == "tiny-sd-huge":
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
-        return pipe
+        return gated_pipe
 
-    async with serving(pipe, loader, extra_models=("tiny-sd-huge",)) as server:
+    async with serving(gated_pipe, loader, extra_models=("tiny-sd-huge",)) as server:
         client = await Client.connect(server)
         assert client.session.capabilities.models == ["tiny-sd", "tiny-sd-huge"]
         await client.submit(make_test_image(), mode="uniform", strength=0.5,
@@ -81,14 +81,14 @@ async def test_out_of_memory_while_loading_a_model_fails_that_job_and_keeps_the_
 
 
 @async_test
-async def test_list_and_load_models(pipe):
+async def test_list_and_load_models(gated_pipe):
     loaded = []
 
     def loader(name: str) -> Any:
         loaded.append(name)
-        return pipe
+        return gated_pipe
 
-    async with serving(pipe, loader, extra_models=("tiny-sd-2",)) as server:
+    async with serving(gated_pipe, loader, extra_models=("tiny-sd-2",)) as server:
         client = await Client.connect(server)
         await client.ws.send(client.session.list_models())
         models = await client.next()
