@@ -7,7 +7,7 @@ Server -> client messages are :class:`Event` subclasses: the server builds one a
 gives both, and the client pairs them again (``with_frame``).
 
 The lower-case functions at the end (``started(...)``, ``error(...)``) build the same messages
-as plain dicts, for callers that write JSON themselves (tests, tools).
+as plain dicts, for callers that write JSON themselves.
 """
 
 from __future__ import annotations
@@ -78,10 +78,6 @@ class ListModels:
 
     def to_dict(self) -> dict[str, Any]:
         return {"type": "list_models"}
-
-    @classmethod
-    def from_dict(cls, m: dict[str, Any]) -> ListModels:
-        return cls()
 
 
 @dataclass

@@ -187,7 +187,7 @@ class ServerSession:
         if kind == "cancel":
             return self._cancel(Cancel.from_dict(message))
         if kind == "list_models":
-            return [ListModels.from_dict(message)]
+            return [ListModels()]
         if kind == "load_model":
             return [self._load_model(LoadModel.from_dict(message))]
         if kind == "hello":
