@@ -51,8 +51,8 @@ screenshot: system-deps setup
 	DIFFDIFF_SCREENSHOT=docs/docker.png $(PY) -m pytest -q -m gui tests/test_gui.py
 
 bench: setup
-	$(PY) bench/pipeline.py --quick
-	$(PY) bench/server.py --quick
+	$(PY) bench/pipeline_cost.py --quick
+	$(PY) bench/server_overhead.py --quick
 
 eval: setup
 	$(PY) -m eval.adherence

@@ -1,10 +1,12 @@
 """Websocket sessions: the handshake, each client's messages, and frames back to the client.
 
 One :class:`DiffusionServer` owns the model host and the worker (``server.jobs``); every
-connection is a :class:`Session`. Sessions parse what arrives with ``shared.protocol``, turn a
-complete submit into a :class:`~server.jobs.Job` (decoding the PNG and building the change map off
-the event loop), and send what the worker posts back, in order. A bad message gets an ``error``
-to that client only; nothing a client sends can stop the server or another client's job.
+connection is a :class:`Session`. What arrives is parsed by the connection's sans-I/O
+``shared.protocol.ServerSession`` into requests; the server acts on them (a complete submit
+becomes a :class:`~server.jobs.Job`, its PNG decoded and its change map built off the event
+loop) and the session serialises the typed messages the worker posts back, in order. A bad
+message gets an ``error`` to that client only; nothing a client sends can stop the server or
+another client's job.
 
 Start it in-process (tests, tools)::
 
@@ -49,8 +51,8 @@ def _close_reason(text: str) -> str:
 
 
 class Session:
-    """One client connection: its outbox (frames leave in the order they were posted) and its
-    pending submits."""
+    """One client connection: its protocol state (:class:`~shared.protocol.ServerSession`) and
+    its outbox (messages leave in the order they were posted)."""
 
     _ids = itertools.count(1)
 
@@ -59,8 +61,10 @@ class Session:
         self.server = server
         self.connection = connection
         self.loop = asyncio.get_running_loop()
-        self.collector = p.SubmitCollector(server.capabilities)
-        self.job_by_ref: dict[int, int] = {}
+        self.protocol = p.ServerSession(
+            server.capabilities, token=server.config.token, server_name=SERVER_NAME,
+            max_jobs=server.config.max_jobs_per_client,
+            jobs_in_queue=lambda: server.worker.count(self))
         self._outbox: asyncio.Queue[tuple[list[str | bytes], bool]] = asyncio.Queue()
         self._queued_previews = 0
         self.closed = False
@@ -68,15 +72,20 @@ class Session:
     def __repr__(self) -> str:
         return f"<client {self.id} {self.connection.remote_address}>"
 
-    # Frames from any thread; the worker calls this.
-    def post(self, frames: list[str | bytes], droppable: bool = False) -> None:
+    def post(self, message: p.Event) -> None:
+        """Queue ``message`` for this client, from any thread (the worker's, mostly)."""
+        # Serialised on the caller's thread: a result's PNG frame is a copy worth keeping off
+        # the event loop.
+        frames = message.frames()
+        droppable = isinstance(message, p.Preview)  # a newer preview replaces it anyway
         try:
             self.loop.call_soon_threadsafe(self._enqueue, frames, droppable)
         except RuntimeError:  # the loop is closed: the server is gone, nobody to tell
             pass
 
-    def send_message(self, message: dict[str, Any]) -> None:
-        self._enqueue([p.dumps(message)], False)
+    def send(self, message: p.Event) -> None:
+        """Queue ``message`` for this client, from the event loop."""
+        self._enqueue(message.frames(), False)
 
     def _enqueue(self, frames: list[str | bytes], droppable: bool) -> None:
         if self.closed:
@@ -192,11 +201,11 @@ class DiffusionServer:
         caps.schedulers = list(info.schedulers)
         caps.native_resolution = int(pipe.native_resolution)
         caps.current_model = model
-        message = p.dumps(p.model_loaded(model, info.family, caps.native_resolution, info))
+        message = p.ModelLoaded(model, info.family, caps.native_resolution, info)
         owner = task.owner if isinstance(task, ModelLoad) else None
         for session in list(self.sessions):
             if session is not owner:
-                session.post([message])
+                session.post(message)
 
     # --- one connection -----------------------------------------------------------------------
 
@@ -232,95 +241,54 @@ class DiffusionServer:
         except ConnectionClosed:
             return False
         try:
-            if not isinstance(first, str):
-                raise p.ProtocolError(p.E_HANDSHAKE_REQUIRED, "The first message must be a "
-                                                              "'hello' text frame.")
-            p.check_hello(p.loads(first), self.config.token)
+            welcome = session.protocol.receive_hello(first)
         except p.ProtocolError as exc:
             log.warning("refused %s: %s", connection.remote_address, exc.message)
             with contextlib.suppress(ConnectionClosed):
-                await connection.send(p.dumps(p.error_from(exc)))
+                for frame in p.Error.from_exception(exc).frames():
+                    await connection.send(frame)
                 await connection.close(p.CLOSE_POLICY_VIOLATION, _close_reason(exc.message))
             return False
-        # A copy: the worker may update the live one while this is serialised.
-        caps = p.Capabilities.from_dict(self.capabilities.to_dict())
         with contextlib.suppress(ConnectionClosed):
-            await connection.send(p.dumps(p.welcome(caps, SERVER_NAME)))
+            for frame in welcome.frames():
+                await connection.send(frame)
             return True
         return False
 
     async def _dispatch(self, session: Session, data: str | bytes) -> None:
         try:
-            if isinstance(data, str):
-                await self._on_message(session, p.loads(data))
-            else:
-                await self._on_frame(session, p.decode_frame(data))
+            for request in session.protocol.receive(data):
+                await self._serve(session, request)
         except p.ProtocolError as exc:
             log.info("client %d: %s: %s", session.id, exc.code, exc.message)
-            session.send_message(p.error_from(exc))
+            session.send(p.Error.from_exception(exc))
         except Exception as exc:  # a bug must cost one request, not the connection
             log.exception("client %d: unexpected error", session.id)
-            session.send_message(p.error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
+            session.send(p.Error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
 
-    async def _on_message(self, session: Session, message: dict[str, Any]) -> None:
-        kind = message["type"]
-        if kind == "submit":
-            if self.worker.count(session) + len(session.collector.pending_refs) >= \
-                    self.config.max_jobs_per_client:
-                ref = message.get("ref")
-                raise p.ProtocolError(p.E_QUEUE_FULL, f"You already have "
-                                                      f"{self.config.max_jobs_per_client} jobs "
-                                                      f"waiting; wait for one to finish or "
-                                                      f"cancel one.",
-                                      ref=ref if type(ref) is int and 0 <= ref <= p.MAX_REF else None)
-            session.collector.add_submit(message)
-        elif kind == "cancel":
-            self._on_cancel(session, message)
-        elif kind == "list_models":
+    async def _serve(self, session: Session, request: p.ClientRequest) -> None:
+        if isinstance(request, p.CompleteSubmit):
+            await self._queue_job(session, request)
+        elif isinstance(request, p.Cancel):
+            if not self.worker.cancel(session, request.job_id):
+                raise p.ProtocolError(p.E_UNKNOWN_JOB, f"No job {request.job_id} of yours is "
+                                                       f"queued or running (it may have "
+                                                       f"finished).", job_id=request.job_id)
+        elif isinstance(request, p.ListModels):
             caps = self.capabilities
-            session.send_message(p.models(caps.models, caps.current_model, caps.model_info))
-        elif kind == "load_model":
-            model = p.read_str(message, "model", max_len=1000, required=True, where="load_model")
-            if model not in self.capabilities.models:
-                raise p.ProtocolError(p.E_UNKNOWN_MODEL, f"Unknown model {model!r}; this server "
-                                                         f"offers: "
-                                                         f"{', '.join(self.capabilities.models)}.")
-            task = ModelLoad(next(self._ids), session, model, session.post)
-            self.worker.submit(task)
-        elif kind == "hello":
-            raise p.ProtocolError(p.E_BAD_MESSAGE, "Already connected: 'hello' is sent once.")
-        else:
-            raise p.ProtocolError(p.E_UNKNOWN_TYPE, f"Unknown message type {kind!r}; expected "
-                                                    f"one of {', '.join(p.CLIENT_MESSAGE_TYPES)}.")
+            session.send(p.Models(list(caps.models), caps.current_model, caps.model_info))
+        elif isinstance(request, p.LoadModel):
+            self.worker.submit(ModelLoad(next(self._ids), session, request.model, session.post))
 
-    def _on_cancel(self, session: Session, message: dict[str, Any]) -> None:
-        job_id = p.read_int(message, "job_id", lo=0, hi=p.MAX_REF, where="cancel")
-        ref = p.read_int(message, "ref", lo=0, hi=p.MAX_REF, where="cancel")
-        if job_id is None and ref is not None:
-            if session.collector.drop(ref):
-                return  # its frames never all arrived: nothing was queued
-            job_id = session.job_by_ref.get(ref)
-        if job_id is None:
-            raise p.ProtocolError(p.E_BAD_MESSAGE, "cancel needs a 'job_id' (or the submit's "
-                                                   "'ref').", ref=ref)
-        if not self.worker.cancel(session, job_id):
-            raise p.ProtocolError(p.E_UNKNOWN_JOB, f"No job {job_id} of yours is queued or "
-                                                   f"running (it may have finished).",
-                                  job_id=job_id)
-
-    async def _on_frame(self, session: Session, frame: p.Frame) -> None:
-        complete = session.collector.add_frame(frame)
-        if complete is None:
-            return
+    async def _queue_job(self, session: Session, complete: p.CompleteSubmit) -> None:
         # Decoding a big PNG and blurring a mask take a while: off the loop, so other clients'
         # progress keeps flowing. Awaited here, so one client's jobs keep their order.
         job = await asyncio.to_thread(self._make_job, session, complete)
         request = complete.request
-        session.job_by_ref[request.ref] = job.id
-        self.worker.submit(job, p.accepted(request.ref, job.id, 0, job.seed))
+        self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
         log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
-                 session.id, request.mode, request.width, request.height, request.steps,
-                 request.variants)
+                  session.id, request.mode, request.width, request.height, request.steps,
+                  request.variants)
 
     def _make_job(self, session: Session, complete: p.CompleteSubmit) -> Job:
         request = complete.request

@@ -1,8 +1,10 @@
 """The job queue and the one worker thread that runs jobs on the device, in arrival order.
 
 The pipeline is synchronous torch code, so it runs here, off the event loop. Nothing in this module
-touches a socket: every job carries a thread-safe ``send`` callable (provided by ``server.app``)
-that posts wire frames back to its client, in order.
+touches a socket or writes wire frames: every job carries a thread-safe ``send`` callable
+(provided by ``server.app``) that takes a typed message (``shared.protocol``'s ``Started``,
+``Progress``, ``Result``...) and posts it to the job's client, in order; the session there
+serialises it.
 
 A job's life: ``accepted`` (with its queue position) -> ``queue`` updates -> ``started`` ->
 ``progress`` (+ ``preview``) per step -> one ``result`` per variant -> ``done``; or ``cancelled``,
@@ -11,7 +13,6 @@ or an ``error`` carrying the job id. Exactly one of ``done``/``cancelled``/``err
 
 from __future__ import annotations
 
-import gc
 import io
 import logging
 import sys
@@ -19,23 +20,24 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 
+from server.device import free_device_memory, is_out_of_memory
 from server.families import describe
 from server.pipelines import Cancelled
-from server.regions import CanvasMap, crop_inputs, paste_back, plan_region
+from server.regions import CanvasMap, RegionPlan, crop_inputs, paste_back, plan_region
 from shared import protocol as p
 
 log = logging.getLogger("server.jobs")
 
-# Thread-safe: posts frames to the job's client. ``droppable`` frames (previews) may be skipped
-# when that client reads slower than the job runs.
-Send = Callable[..., None]
+# Thread-safe: posts one message to the task's client (the session may skip a preview for a
+# client that reads slower than the job runs; nothing else).
+Send = Callable[[p.Event], None]
 
 
 @dataclass(eq=False)
@@ -114,27 +116,11 @@ class ModelHost:
         return self.pipe
 
 
-def free_device_memory() -> None:
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
-    mps = getattr(torch, "mps", None)
-    if mps is not None and torch.backends.mps.is_available():
-        mps.empty_cache()
-
-
-def is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)):
-        return True
-    # MPS and some CUDA paths raise a plain RuntimeError.
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-
-
 def _cancel_waiting(task: Task, reason: str) -> None:
     """End a task that never ran: one log line, and ``cancelled`` to its client."""
     what = "job" if isinstance(task, Job) else "model load"
     log.info("%s %d cancelled (%s) before it started", what, task.id, reason)
-    task.send([p.dumps(p.cancelled(task.id, reason))])
+    task.send(p.Cancelled(task.id, reason))
 
 
 def load_failure(model: str | None, exc: BaseException) -> str:
@@ -143,6 +129,13 @@ def load_failure(model: str | None, exc: BaseException) -> str:
         return (f"Not enough device memory to load model {model!r} ({exc}). Close other "
                 f"programs using the GPU, or restart the server with --dtype float16.")
     return f"Could not load model {model!r}: {exc}"
+
+
+def out_of_memory_advice(plan: RegionPlan, variants: int) -> str:
+    """What to tell the painter when a job ran out of device memory."""
+    return (f"The device ran out of memory on a {plan.size[0]}x{plan.size[1]} job "
+            f"with {variants} variant(s). Try fewer variants or a smaller "
+            f"region, or restart the server with --dtype float16.")
 
 
 def encode_png(image: Image.Image | np.ndarray, compress_level: int = 1) -> bytes:
@@ -197,7 +190,7 @@ class Worker:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, task: Task, accepted_message: dict[str, Any] | None = None) -> int:
+    def submit(self, task: Task, accepted: p.Accepted | None = None) -> int:
         """Queue a task; sends ``accepted`` (when given, with the position filled in) through
         the task's own channel so it precedes everything the worker sends about it."""
         with self._cv:
@@ -206,8 +199,8 @@ class Worker:
             self._pending.append(task)
             position = len(self._pending) - 1 + (self._running is not None)
             task.last_position = position
-            if accepted_message is not None:
-                task.send([p.dumps({**accepted_message, "position": position})])
+            if accepted is not None:
+                task.send(replace(accepted, position=position))
             self._cv.notify()
         return position
 
@@ -307,7 +300,7 @@ class Worker:
                     task.last_position = position
                     updates.append((task, position))
         for task, position in updates:
-            task.send([p.dumps(p.queue_position(task.id, position))])
+            task.send(p.QueuePosition(task.id, position))
 
     def _run_load(self, task: ModelLoad) -> None:
         started = time.monotonic()
@@ -317,75 +310,75 @@ class Worker:
             if is_out_of_memory(exc):
                 free_device_memory()
             log.error("load %s failed: %s", task.model, exc)
-            task.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED, load_failure(task.model, exc),
-                                       job_id=task.id))])
+            task.send(p.Error(p.E_MODEL_LOAD_FAILED, load_failure(task.model, exc), job_id=task.id))
             return
         log.info("model %s loaded in %.1fs", task.model, time.monotonic() - started)
         if self.on_model_changed is not None:
             self.on_model_changed(self.host.name, pipe, task)
-        task.send([p.dumps(p.model_loaded(self.host.name, pipe.family,
-                                          int(pipe.native_resolution), describe(pipe)))])
+        task.send(p.ModelLoaded(self.host.name, pipe.family, int(pipe.native_resolution),
+                                describe(pipe)))
 
-    def _check_model_fields(self, request: p.SubmitRequest, pipe: Any) -> dict[str, Any]:
-        """The job's scheduler and options checked against the pipeline that will run it; the
-        options as keyword arguments for its call."""
-        info = describe(pipe)
-        model = self.host.name
-        if request.scheduler is not None and request.scheduler not in info.schedulers:
-            raise p.ProtocolError(p.E_UNKNOWN_SCHEDULER,
-                                  f"Unknown scheduler {request.scheduler!r} for model {model!r} "
-                                  f"({info.family}); it takes: {', '.join(info.schedulers)}.")
-        return p.check_options(request.options or {}, info.options, model)
+    # --- one job, step by step ----------------------------------------------------------------
 
     def _run_job(self, job: Job) -> None:
-        request = job.request
-        started = time.monotonic()
-        queued_s = started - job.created
+        """Load its model, check its fields against it, plan its region, run the pipeline and send
+        the results, then ``done``. A step that ends the job early raises :class:`_JobEnded`
+        with the job's last message (an error, or ``cancelled``)."""
         if job.cancel_event.is_set():
             _cancel_waiting(job, job.cancel_reason)
             return
+        started = time.monotonic()
+        try:
+            pipe = self._pipeline_for(job)
+            options = self._model_options(job, pipe)
+            plan = plan_region(job.change, int(pipe.native_resolution), self.max_region_pixels)
+            inputs = crop_inputs(job.image, job.change, plan)
+            job.send(p.Started(job.id, plan.size[0], plan.size[1], plan.crop))
+            output, run_s = self._generate(job, pipe, options, plan, inputs, started)
+        except _JobEnded as ended:
+            job.send(ended.message)
+            return
+        self._finish(job, output, plan, run_s, started - job.created)
+
+    def _pipeline_for(self, job: Job) -> Any:
+        """The job's model, loaded (and every other client told) if another one was."""
         try:
             previous_model = self.host.name
-            pipe = self.host.ensure(request.model)
+            pipe = self.host.ensure(job.request.model)
             if self.host.name != previous_model and self.on_model_changed is not None:
                 self.on_model_changed(self.host.name, pipe, job)
+            return pipe
         except Exception as exc:
             free_device_memory()
-            log.error("job %d: could not load %s: %s", job.id, request.model, exc)
-            job.send([p.dumps(p.error(p.E_MODEL_LOAD_FAILED, load_failure(request.model, exc),
-                                      job_id=job.id))])
-            return
+            log.error("job %d: could not load %s: %s", job.id, job.request.model, exc)
+            raise _JobEnded(p.Error(p.E_MODEL_LOAD_FAILED, load_failure(job.request.model, exc),
+                                    job_id=job.id)) from None
 
+    def _model_options(self, job: Job, pipe: Any) -> dict[str, Any]:
+        """The job's scheduler and options checked against the pipeline that will run it; the
+        options as keyword arguments for its call."""
+        # Checked on submit against what the server knew then; another model may have been
+        # loaded since (or this one was not loaded yet), so check again against this one.
+        request, info, model = job.request, describe(pipe), self.host.name
         try:
-            options = self._check_model_fields(request, pipe)
+            if request.scheduler is not None and request.scheduler not in info.schedulers:
+                raise p.ProtocolError(p.E_UNKNOWN_SCHEDULER,
+                                      f"Unknown scheduler {request.scheduler!r} for model "
+                                      f"{model!r} ({info.family}); it takes: "
+                                      f"{', '.join(info.schedulers)}.")
+            return p.check_options(request.options or {}, info.options, model)
         except p.ProtocolError as exc:
-            # Checked on submit against what the server knew then; another model may have been
-            # loaded since (or this one was not loaded yet), so check again against this one.
             log.info("job %d refused: %s", job.id, exc.message)
-            job.send([p.dumps(p.error(exc.code, exc.message, job_id=job.id))])
-            return
+            raise _JobEnded(p.Error(exc.code, exc.message, job_id=job.id)) from None
 
-        plan = plan_region(job.change, int(pipe.native_resolution), self.max_region_pixels)
-        source, source_map, model_image, model_map = crop_inputs(job.image, job.change, plan)
-        job.send([p.dumps(p.started(job.id, plan.size[0], plan.size[1], plan.crop))])
-
-        def on_step(info: Any) -> None:
-            elapsed = time.monotonic() - started
-            eta = elapsed / info.step * (info.total - info.step) if info.step else None
-            frames: list[str | bytes] = [p.dumps(p.progress(job.id, info.step, info.total,
-                                                            elapsed, eta))]
-            job.send(frames)
-            every = job.preview_every
-            if every and info.step % every == 0 and info.step < info.total:
-                rgb = info.preview()
-                job.send([p.dumps(p.preview(job.id, info.step, plan.crop)),
-                          p.encode_frame(p.FRAME_PREVIEW_PNG, job.id, 0, rgb.shape[1],
-                                         rgb.shape[0], encode_png(rgb))], droppable=True)
-            self.console.update(job.id, info.step, info.total, elapsed)
-
+    def _generate(self, job: Job, pipe: Any, options: dict[str, Any], plan: RegionPlan,
+                  inputs: tuple[Any, ...], started: float) -> tuple[Any, float]:
+        """Run the pipeline on the planned region (``inputs`` from ``crop_inputs``) and send one
+        result per variant, pasted back; returns the pipeline's output and its seconds."""
+        request = job.request
+        source, source_map, model_image, model_map = inputs
         generators = [torch.Generator("cpu").manual_seed(job.seed + i)
                       for i in range(request.variants)]
-        out_of_memory = False
         try:
             output = pipe(
                 prompt=request.prompt,
@@ -398,49 +391,73 @@ class Worker:
                 num_images_per_prompt=request.variants,
                 scheduler=request.scheduler,
                 output_type="pil",
-                callback=on_step,
+                callback=self._step_reporter(job, plan, started),
                 cancel=job.cancel_event,
                 **options,
             )
             run_s = time.monotonic() - started
+            timings = {"queued_s": started - job.created, "run_s": run_s}
             for index, image in enumerate(output.images):
                 final = paste_back(source, image, source_map, request.steps)
-                timings = {"queued_s": queued_s, "run_s": run_s}
-                job.send([p.dumps(p.result(job.id, index, job.seed + index, plan.crop, timings)),
-                          p.encode_frame(p.FRAME_RESULT_PNG, job.id, index, final.width,
-                                         final.height, encode_png(final))])
+                job.send(p.Result(job.id, index, job.seed + index, plan.crop, encode_png(final),
+                                  final.width, final.height, timings))
+            return output, run_s
         except Cancelled:
             self.console.finish()
             log.info("job %d cancelled (%s) after %.1fs", job.id, job.cancel_reason,
                      time.monotonic() - started)
-            job.send([p.dumps(p.cancelled(job.id, job.cancel_reason))])
-            return
+            raise _JobEnded(p.Cancelled(job.id, job.cancel_reason)) from None
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as exc:
             self.console.finish()
-            out_of_memory = is_out_of_memory(exc)
-            if not out_of_memory:
+            if not is_out_of_memory(exc):
                 log.exception("job %d failed", job.id)
-                job.send([p.dumps(p.error(p.E_JOB_FAILED, f"The job failed: {exc}",
-                                          job_id=job.id))])
-                return
-        if out_of_memory:
-            # Outside the except block, so the traceback (and the tensors its frames hold) is gone.
-            free_device_memory()
-            log.error("job %d: out of memory at %dx%d", job.id, *plan.size)
-            message = (f"The device ran out of memory on a {plan.size[0]}x{plan.size[1]} job "
-                       f"with {request.variants} variant(s). Try fewer variants or a smaller "
-                       f"region, or restart the server with --dtype float16.")
-            job.send([p.dumps(p.error(p.E_OUT_OF_MEMORY, message, job_id=job.id))])
-            return
+                raise _JobEnded(p.Error(p.E_JOB_FAILED, f"The job failed: {exc}",
+                                        job_id=job.id)) from None
+        # Out of memory: freed here, outside the except block, so the traceback (and the tensors
+        # its frames hold) is gone.
+        free_device_memory()
+        log.error("job %d: out of memory at %dx%d", job.id, *plan.size)
+        raise _JobEnded(p.Error(p.E_OUT_OF_MEMORY, out_of_memory_advice(plan, request.variants),
+                                job_id=job.id))
+
+    def _step_reporter(self, job: Job, plan: RegionPlan, started: float) -> Callable[[Any], None]:
+        """The pipeline's per-step callback: progress, a preview every ``preview_every`` steps
+        (never for the last: the result follows), and the operator's console bar."""
+
+        def on_step(info: Any) -> None:
+            elapsed = time.monotonic() - started
+            eta = elapsed / info.step * (info.total - info.step) if info.step else None
+            job.send(p.Progress(job.id, info.step, info.total, elapsed, eta))
+            every = job.preview_every
+            if every and info.step % every == 0 and info.step < info.total:
+                rgb = info.preview()
+                job.send(p.Preview(job.id, info.step, plan.crop, encode_png(rgb), rgb.shape[1],
+                                   rgb.shape[0]))
+            self.console.update(job.id, info.step, info.total, elapsed)
+
+        return on_step
+
+    def _finish(self, job: Job, output: Any, plan: RegionPlan, run_s: float,
+                queued_s: float) -> None:
+        """``done``, and the job's one log line."""
         self.console.finish()
+        request = job.request
         total_s = time.monotonic() - job.created
-        job.send([p.dumps(p.done(job.id, len(output.images), int(output.steps_run),
-                                 {"queued_s": queued_s, "run_s": run_s, "total_s": total_s}))])
+        job.send(p.Done(job.id, len(output.images), int(output.steps_run),
+                        {"queued_s": queued_s, "run_s": run_s, "total_s": total_s}))
         c = plan.crop
         log.info("job %d: %s %dx%d, region %dx%d at (%d,%d) run at %dx%d, %d/%d steps, "
                  "%d variant(s), seed %d, %.2fs (queued %.2fs)", job.id, request.mode,
                  request.width, request.height, c.width, c.height, c.x, c.y, plan.size[0],
                  plan.size[1], int(output.steps_run), request.steps, request.variants,
                  job.seed, run_s, queued_s)
+
+
+class _JobEnded(Exception):
+    """A step ended its job early; ``message`` is the job's last message to its client."""
+
+    def __init__(self, message: p.Event) -> None:
+        super().__init__(message)
+        self.message = message

@@ -15,7 +15,7 @@ from server.app import ServerConfig, run_server
 from server.pipelines import StepInfo
 from shared import protocol as p
 from tests.conftest import make_test_image
-from tests.test_server import Client, decode, of
+from tests.server.server_harness import Client, decode, of
 
 PROMPT = "a red boat on a lake"
 NEGATIVE = "blurry"

@@ -91,7 +91,8 @@ def test_install_command_puts_the_plugin_into_a_profile(tmp_path: Path, capsys) 
     name = build_plugin.PLUGIN_NAME
     assert (pykrita / f"{name}.desktop").is_file()
     assert (pykrita / name / "__init__.py").is_file()
-    assert (pykrita / name / "vendor" / "shared" / "protocol.py").is_file()
+    assert (pykrita / name / "vendor" / "shared" / "protocol" / "__init__.py").is_file()
+    assert (pykrita / name / "vendor" / "shared" / "protocol" / "client.py").is_file()
     assert f"enable_{name}=true" in kritarc.read_text()
     assert "restart Krita" in capsys.readouterr().out
     # Installing again replaces the package (no stale files from an older version survive).

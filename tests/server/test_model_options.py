@@ -20,7 +20,7 @@ from server.pipelines.flow import FLOW_SCHEDULER_NAMES
 from server.schedulers import SCHEDULER_NAMES
 from shared import protocol as p
 from tests.conftest import make_test_image
-from tests.test_server import NEGATIVE, PROMPT, Client, async_test, decode, gradient_map, of
+from tests.server.server_harness import NEGATIVE, PROMPT, Client, async_test, decode, gradient_map, of
 
 pytestmark = pytest.mark.timeout(120)
 

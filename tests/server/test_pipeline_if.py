@@ -160,7 +160,7 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_if):
     import asyncio
 
     from shared import protocol as p
-    from tests.test_server import decode, of
+    from tests.server.server_harness import decode, of
 
     image, change = half_changed(seed=2)
     events, families = asyncio.run(server_job(tiny_if, "tiny-if", image, change, steps=4,

@@ -169,7 +169,7 @@ def test_a_job_over_the_real_server_returns_the_right_size(tiny_k22):
     import asyncio
 
     from shared import protocol as p
-    from tests.test_server import of
+    from tests.server.server_harness import of
 
     image, change = half_changed(seed=2)
     events, families = asyncio.run(server_job(tiny_k22, "tiny-kandinsky22", image, change, steps=4,

@@ -25,7 +25,7 @@ from tests.pipeline_helpers import (
     STRIPE_K, STRIPES, ReinjectionProbe, assert_kept_cells_match, kept_part_exact, make_run, quiet,
     record_keeps, server_job, stripe_steps, striped_map,
 )
-from tests.test_server import async_test, of
+from tests.server.server_harness import async_test, of
 
 
 @pytest.fixture(scope="module")

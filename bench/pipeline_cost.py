@@ -1,8 +1,8 @@
 """What the differential pipeline costs, as ratios measured in one run.
 
-    python bench/pipeline.py --quick            # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
-    python bench/pipeline.py                    # tiny-sd, bigger and more repetitions
-    python bench/pipeline.py --model stabilityai/stable-diffusion-2-1-base --device cuda
+    python bench/pipeline_cost.py --quick            # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
+    python bench/pipeline_cost.py                    # tiny-sd, bigger and more repetitions
+    python bench/pipeline_cost.py --model stabilityai/stable-diffusion-2-1-base --device cuda
 
 - overhead:  differential run with a uniform map of strength s / diffusers' StableDiffusionImg2ImgPipeline
              (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.02).
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python bench/pipeline.py` from anywhere
+if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, progress, torch_threads  # noqa: E402
@@ -360,7 +360,7 @@ def format_report(report: Report) -> str:
 
     extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
     lines = [
-        f"bench/pipeline.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
+        f"bench/pipeline_cost.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
         f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
         f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds; load average "
         f"{report.load_average:.1f} on {os.cpu_count()} CPUs",

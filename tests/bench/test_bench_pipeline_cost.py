@@ -1,4 +1,4 @@
-"""bench/pipeline.py runs end to end on tiny-sd and prints what scripts read (no timing is asserted:
+"""bench/pipeline_cost.py runs end to end on tiny-sd and prints what scripts read (no timing is asserted:
 the ratios depend on the machine; only their presence, the step counts and the exactness check are)."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import re
 import pytest
 import torch
 
-from bench import pipeline as bench
+from bench import pipeline_cost as bench
 from bench.common import read_summary_line
 
 pytestmark = pytest.mark.timeout(300)

@@ -21,7 +21,7 @@ from tests.conftest import make_test_image
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 TIMEOUT_S = 60  # safety net for a hung server; none of these waits comes near it
 
 

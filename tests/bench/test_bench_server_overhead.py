@@ -1,4 +1,4 @@
-"""bench/server.py runs a job through the real websocket server and prints what scripts read (no
+"""bench/server_overhead.py runs a job through the real websocket server and prints what scripts read (no
 timing is asserted: only that the figures are there and the served result equals the direct call)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from bench import server as bench
+from bench import server_overhead as bench
 from bench.common import read_summary_line
 
 pytestmark = pytest.mark.timeout(300)

@@ -1,8 +1,8 @@
 """What the websocket server adds to a job, as a ratio measured in one run.
 
-    python bench/server.py --quick              # tiny-sd on the CPU, 1 thread, well under a minute on 2 cores
-    python bench/server.py                      # tiny-sd, bigger and more repetitions
-    python bench/server.py --model stabilityai/stable-diffusion-2-1-base --device cuda --size 512 --steps 30
+    python bench/server_overhead.py --quick              # tiny-sd on the CPU, 1 thread, well under a minute on 2 cores
+    python bench/server_overhead.py                      # tiny-sd, bigger and more repetitions
+    python bench/server_overhead.py --model stabilityai/stable-diffusion-2-1-base --device cuda --size 512 --steps 30
 
 A server (server.app.run_server, the real websocket listener and job worker) runs in this process on
 a free loopback port. A real websocket client in a child process (Krita is another process too; no torch
@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run as `python bench/server.py` from anywhere
+if str(ROOT) not in sys.path:  # run as `python bench/server_overhead.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
 from bench.common import load_average, progress, torch_threads  # noqa: E402
@@ -101,7 +101,7 @@ class Report:
 
     @property
     def server_overhead(self) -> float:
-        """The median of the per-round ratios (the two ran back to back; see bench/pipeline.py)."""
+        """The median of the per-round ratios (the two ran back to back; see bench/pipeline_cost.py)."""
         return statistics.median(self.round_ratios())
 
     @property
@@ -146,7 +146,7 @@ class Client:
         from shared import protocol as p
 
         self.p = p
-        self.session = p.ClientSession(client="bench/server.py")
+        self.session = p.ClientSession(client="bench/server_overhead.py")
 
     async def connect(self) -> None:
         from websockets.asyncio.client import connect
@@ -349,7 +349,7 @@ def format_report(report: Report) -> str:
         return f"{label:<40}{median}{_spread(values):>16}{ratio:>8}{rounds:>15}{of_medians:>11}  {goal}".rstrip()
 
     lines = [
-        f"bench/server.py: model {s.model} on {s.device} ({report.threads} torch threads), {s.size}x{s.size} "
+        f"bench/server_overhead.py: model {s.model} on {s.device} ({report.threads} torch threads), {s.size}x{s.size} "
         f"change-map job (gradient), {s.steps} steps, scheduler {s.scheduler}, guidance {s.guidance_scale:g}, "
         f"preview every {s.preview_every} steps, median of {s.repeats} alternating rounds; load average "
         f"{report.load_average:.1f} on {os.cpu_count()} CPUs; client "
