@@ -284,5 +284,10 @@ class ServerClient(QObject):
         except InvalidURI:
             text = f"'{url}' is not a websocket address; it looks like ws://127.0.0.1:7860."
             return text, text
-        except (OSError, asyncio.TimeoutError, InvalidHandshake, ConnectionClosed) as exc:
-            return refused, f"Cannot reach the server at {url} ({exc.__class__.__name__}: {exc}). Is it running?"
+        except asyncio.TimeoutError:
+            return refused, f"The server at {url} does not answer. Is it busy, or is the address right?"
+        except InvalidHandshake:
+            return refused, f"{url} answered, but not as a Differential Diffusion server: check the address."
+        except (OSError, ConnectionClosed):
+            # The painter needs what to do, not the socket's errno: the log has no more to say either.
+            return refused, f"Cannot reach the server at {url}. Is it running? (It reconnects by itself.)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 # Tests never reach the Hugging Face hub: set before huggingface_hub is imported (it reads the
 # variable once), so a model that is not local fails at once instead of trying the network.
@@ -50,3 +51,27 @@ def make_test_image(width: int = 64, height: int = 64, seed: int = 0) -> Image.I
 @pytest.fixture
 def test_image() -> Image.Image:
     return make_test_image()
+
+
+# PyQt5 aborts the whole process on an exception raised inside a Qt slot (a timer, a queued
+# signal) unless sys.excepthook is replaced: record it instead and fail the test it happened in,
+# with its traceback, rather than losing the suite to "Fatal Python error: Aborted".
+_SLOT_ERRORS: list[str] = []
+
+
+def _record_slot_error(kind, value, tb) -> None:
+    import traceback
+
+    _SLOT_ERRORS.append("".join(traceback.format_exception(kind, value, tb)))
+
+
+sys.excepthook = _record_slot_error
+
+
+@pytest.fixture(autouse=True)
+def _no_exception_in_qt_slots():
+    _SLOT_ERRORS.clear()
+    yield
+    if _SLOT_ERRORS:
+        errors, _SLOT_ERRORS[:] = list(_SLOT_ERRORS), []
+        pytest.fail("an exception was raised inside a Qt slot:\n" + "\n".join(errors))

@@ -302,3 +302,22 @@ def test_an_address_that_is_not_a_websocket_url_is_refused_not_retried():
         assert [s for s, _ in states].count("connecting") == 1 and client.state == "refused"
     finally:
         client.close(timeout_s=5)
+
+
+def test_the_client_keeps_retrying_after_its_list_of_delays_runs_out():
+    qapp()
+    with socket.socket() as probe:  # a port where nothing listens
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    client = ServerClient(reconnect_delays=(0.01, 0.02))
+    states: list[tuple[str, str]] = []
+    client.state_changed.connect(lambda state, text: states.append((state, text)))
+    try:
+        client.connect_to(f"ws://127.0.0.1:{port}")
+        # Many more attempts than delays listed: the last delay repeats, the loop never dies.
+        assert pump_events(lambda: [s for s, _ in states].count("connecting") >= 6, 20), states
+        assert client._thread is not None and client._thread.is_alive()
+        text = next(t for s, t in states if s == "disconnected")
+        assert "Is it running?" in text and "Errno" not in text  # the painter's words, not the socket's
+    finally:
+        client.close(timeout_s=5)

@@ -10,7 +10,7 @@ from server.previews import LATENT_RGB_FACTORS, latents_to_rgb
 from shared import protocol as p
 from tests.conftest import make_test_image
 from tests.pipeline_helpers import server_job
-from tests.test_server import async_test, decode, of
+from tests.server.server_harness import async_test, decode, of
 
 FAMILIES = sorted(LATENT_RGB_FACTORS)
 

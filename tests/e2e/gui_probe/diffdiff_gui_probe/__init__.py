@@ -290,7 +290,16 @@ class GuiProbe(Extension):
         if not jobs:
             report["dialogs"] = [w.windowTitle() for w in QApplication.topLevelWidgets()
                                  if isinstance(w, (QMessageBox, QDialog)) and w.isVisible()]
-            _write_json(path, report)
+            try:  # last, the docker's own 'Create Change Map layer' on the demo document
+                doc = self.docs["demo"]
+                before = _layers(doc)
+                active = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
+                panel.mode.setCurrentIndex(0)
+                panel.create_map.click()
+                QTimer.singleShot(800, lambda: self._after_create_map(path, report, doc, before, active))
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
             return
         mode, setup = jobs.pop(0)
         job = {"mode": mode, "name": setup.get("name", mode), "notices": []}
@@ -301,6 +310,11 @@ class GuiProbe(Extension):
             window = _window()
             if setup.get("doc") == "big" and "big" not in self.docs:
                 self.docs["big"] = _big_document(window)
+                # Krita draws the new 3000 x 2000 view first (seconds): not part of the job's figures.
+                jobs.insert(0, (mode, setup))
+                report["jobs"].pop()
+                QTimer.singleShot(3000, lambda: self._next_job(path, report, panel, jobs))
+                return
             doc = self.docs[setup.get("doc", "demo")]
             view = [v for v in window.views() if v.document() == doc]
             if view:
@@ -332,6 +346,18 @@ class GuiProbe(Extension):
             report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
+    def _after_create_map(self, path, report, doc, before, active):
+        try:
+            after = _layers(doc)
+            known = {layer["id"] for layer in before}
+            report["create_map"] = {
+                "added": [layer["name"] for layer in after if layer["id"] not in known],
+                "active_kept": (doc.activeNode().uniqueId().toString() if doc.activeNode() else None) == active,
+            }
+        except Exception:
+            report["errors"].append(traceback.format_exc())
+        _write_json(path, report)
+
     def _during(self, job, panel, doc, setup, state):
         """What the painter does while the job runs, once its preview is on the canvas."""
         action = setup.get("during")
@@ -346,6 +372,7 @@ class GuiProbe(Extension):
             job["active_during"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
             job["stroke_canvas"] = _paint_stroke(_window())
         elif action == "close":
+            job["max_gap_before_close_ms"] = self.meter.stop()  # closing a view is the painter's own wait
             doc.setModified(False)
             doc.close()
             job["closed"] = True
