@@ -7,8 +7,8 @@ pixel and a small edit on a 4K canvas costs a small edit at both ends of the soc
 
 from __future__ import annotations
 
-from shared.fan import LATENT_CELL_PX
-from shared.protocol import Region
+from .fan import LATENT_CELL_PX
+from .protocol import Region
 
 __all__ = ["CONTEXT", "LATENT_CELL_PX", "context_crop"]
 CONTEXT = 0.25  # context around the change, as a fraction of its larger side
