@@ -72,6 +72,7 @@ class ActiveJob:
     outcome: JobOutcome | None = None
     cancel_requested: bool = False
     preview_id: str | None = None
+    preview_region: Region | None = None
     pending_preview: Any = None  # the newest preview not drawn yet (older ones are skipped)
 
 

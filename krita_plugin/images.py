@@ -10,6 +10,7 @@ from __future__ import annotations
 from .qt import (
     COMPOSITION_DESTINATION_IN,
     FORMAT_ARGB32,
+    FORMAT_ARGB32_PREMULTIPLIED,
     FORMAT_INDEXED8,
     KEEP_ASPECT,
     FORMAT_GRAY8,
@@ -114,10 +115,11 @@ def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:
     White = change fully, black = keep (the painter's convention; the paper's mu is 1 - map).
     Transparent pixels count as keep, half-transparent white as half change.
     """
-    image = bgra_image(bgra, width, height)
-    # Premultiplied RGB is exactly "the colour over black"; read back as RGB32 the alpha byte is
-    # ignored, and Qt's RGB32 -> Grayscale8 conversion gives the luminance.
-    premultiplied = image.convertToFormat(QImage.Format_ARGB32_Premultiplied)
-    over_black = QImage(_image_bytes(premultiplied, 4), width, height, width * 4, FORMAT_RGB32)
-    return _image_bytes(over_black.convertToFormat(FORMAT_GRAY8), 1)
-
+    if len(bgra) != width * height * 4:
+        raise ImageError(f"expected {width}x{height}x4 bytes of pixels, got {len(bgra)}")
+    # Premultiplied RGB is exactly "the colour over black"; read as RGB32 the alpha byte is
+    # ignored, and Qt's RGB32 -> Grayscale8 conversion gives the luminance. No copy is kept of
+    # `bgra` (alive for this call): a 4K map is 64 MB, and each copy costs the UI thread.
+    premultiplied = QImage(bgra, width, height, width * 4, FORMAT_ARGB32).convertToFormat(FORMAT_ARGB32_PREMULTIPLIED)
+    premultiplied.reinterpretAsFormat(FORMAT_RGB32)
+    return _image_bytes(premultiplied.convertToFormat(FORMAT_GRAY8), 1)

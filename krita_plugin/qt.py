@@ -77,6 +77,7 @@ globals().update(
 _Qt = _modules["QtCore"].Qt
 _QImage = _modules["QtGui"].QImage
 FORMAT_ARGB32 = _QImage.Format.Format_ARGB32
+FORMAT_ARGB32_PREMULTIPLIED = _QImage.Format.Format_ARGB32_Premultiplied
 FORMAT_RGB32 = _QImage.Format.Format_RGB32
 FORMAT_GRAY8 = _QImage.Format.Format_Grayscale8
 FORMAT_INDEXED8 = _QImage.Format.Format_Indexed8

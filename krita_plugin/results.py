@@ -75,6 +75,7 @@ class ResultsMixin:
             pixels = self._safely(lambda e=ev, j=job: shown_pixels(j.layer, e.region, event_pixels(e)), job.canvas)
             if pixels is None:
                 continue
+            job.preview_region = region
             if job.preview_id is not None and self._safely(
                     lambda j=job, r=region, p=pixels: j.canvas.write_layer(j.preview_id, r, p), job.canvas):
                 drawn = True
@@ -96,10 +97,15 @@ class ResultsMixin:
         job = self.jobs.get(ev.job_id)
         if job is None:
             return
-        if job.results == 0:
-            self._remove_preview(job)
-        job.results += 1
         region = on_canvas(job.layer, ev.region)
+        if job.results == 0:
+            if job.preview_id is not None and job.preview_region == region and job.layer.layer_id is None:
+                # The preview's layer becomes the result's: rewritten in place, no layer removed or
+                # added (each of those costs Krita a layer-box refresh, long on a big canvas).
+                job.layer.layer_id, job.preview_id, job.pending_preview = job.preview_id, None, None
+            else:
+                self._remove_preview(job)
+        job.results += 1
         name = result_layer_name(job.prompt, ev.seed, job.label)
         bgra = self._safely(lambda: event_pixels(ev), job.canvas)
         if bgra is None:
@@ -107,7 +113,7 @@ class ResultsMixin:
         entry = self.history.add(job_id=ev.job_id, index=ev.index, seed=ev.seed, name=name, region=region,
                                  png=ev.png, job_layer=job.layer,
                                  thumbnail=thumbnail(bgra, ev.region.width, ev.region.height, THUMBNAIL_PX))
-        if job.layer.layer_id is None and not self._show(entry, bgra):
+        if job.layer.shown_key is None and not self._show(entry, bgra):  # the first variant shows
             self.history.remove(entry)
             return
         if job.outcome is not None:

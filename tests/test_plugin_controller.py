@@ -369,12 +369,16 @@ def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it
     client.feed(protocol.Preview(12, 1, region, rgba_png(solid), W, H))
     settle(c)
     assert len(preview_layers(canvas)) == 1
+    (preview,) = preview_layers(canvas)
     client.feed(result(12, 0, 11, region, np.full((H, W, 4), 5, np.uint8)))
-    # The first variant is in: the preview has gone already, before the job is done.
+    # The first variant is in: the preview has gone already, before the job is done. Its layer
+    # became the result's, rewritten in place: no layer removed and added (Krita redraws its
+    # layer box for each, which is long on a big canvas).
     assert preview_layers(canvas) == [] and c.busy
+    assert canvas.plugin_layers() == [preview] and (preview.bgra == 5).all() and canvas.writes == 1
     client.feed(protocol.Preview(12, 2, region, rgba_png(solid), W, H))  # overtaken by the result
     settle(c)
-    assert preview_layers(canvas) == [] and canvas.writes == 0
+    assert preview_layers(canvas) == [] and canvas.writes == 1 and (preview.bgra == 5).all()
     client.feed(result(12, 1, 12, region, np.full((H, W, 4), 6, np.uint8)), protocol.Done(12, 2, 9, {}))
     assert [la.owner for la in canvas.layers_] == ["painter", "plugin"] and not c.busy
     assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].previews == 1
