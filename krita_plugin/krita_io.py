@@ -19,7 +19,7 @@ from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 from shared.protocol import Region
 
 from .jobs import DocumentGone, JobInputError, LayerInfo
-from .qt import SCROLL_OFF, QScrollArea, QTimer
+from .qt import SCROLL_OFF, QApplication, QScrollArea, QTimer
 from .settings import SETTINGS_GROUP
 
 RGBA8 = ("RGBA", "U8")
@@ -361,6 +361,7 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             self.panel.controller.connect_server()  # returns at once; retries in the background
             # Say goodbye to the server when Krita quits (it then cancels this client's jobs at once).
             Krita.instance().notifier().applicationClosing.connect(self.panel.controller.shutdown)
+            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)  # also when Krita skips the above
 
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
