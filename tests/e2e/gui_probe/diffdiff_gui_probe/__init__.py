@@ -68,6 +68,7 @@ JOBS = [
     ("change_map", {"name": "stroke", "widgets": {"steps": 150}, "during": "stroke"}),
     ("change_map", {"name": "big", "doc": "big", "widgets": {"steps": 30}}),
     ("change_map", {"name": "close", "doc": "big", "widgets": {"steps": 200}, "during": "close"}),
+    ("change_map", {"name": "cancel", "widgets": {"steps": 200}, "during": "cancel"}),
 ]
 BIG = (3000, 2000)
 TICK_MS = 20  # the event-loop probe: a timer this often; a late tick is a gap the painter feels
@@ -283,8 +284,13 @@ class GuiProbe(Extension):
             _write_json(path, report)
 
     def _on_server_event(self, ev):
-        if type(ev).__name__ == "Done":
+        kind = type(ev).__name__
+        if kind == "Done":
             self.server_times[ev.job_id] = ev.timings.get("total_s")
+        elif kind == "Progress":
+            self.last_step = ev.step
+        elif kind == "Cancelled":
+            self.stopped_at = (self.last_step, time.monotonic())
 
     def _next_job(self, path, report, panel, jobs):
         if not jobs:
@@ -371,6 +377,12 @@ class GuiProbe(Extension):
         if action == "stroke":
             job["active_during"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
             job["stroke_canvas"] = _paint_stroke(_window())
+        elif action == "cancel":
+            job["cancel_shown"] = panel.status.text()  # "Step N/T…": what the painter saw when pressing
+            job["cancel_server_step"] = getattr(self, "last_step", None)
+            self.stopped_at = None
+            state["cancel_clicked"] = time.monotonic()
+            panel.cancel.click()
         elif action == "close":
             job["max_gap_before_close_ms"] = self.meter.stop()  # closing a view is the painter's own wait
             doc.setModified(False)
@@ -389,6 +401,10 @@ class GuiProbe(Extension):
                 return
             job["max_gap_ms"] = self.meter.stop()
             job["docker_busy_after"] = panel.controller.busy
+            if "cancel_clicked" in state and getattr(self, "stopped_at", None):
+                step, at = self.stopped_at
+                job["cancel_stopped_step"] = step
+                job["cancel_reply_ms"] = round((at - state["cancel_clicked"]) * 1000, 1)
             if new:
                 outcome = new[0]
                 job["outcome"] = {"state": outcome.state, "message": outcome.message,
