@@ -16,6 +16,7 @@ from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
 from krita_plugin.controller import Controller, pump_events
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import PREVIEW_LAYER_NAME, JobInputError
+from krita_plugin.qt import ECHO_PASSWORD
 from krita_plugin.settings import MODES, DictStore, Settings, load_settings, save_settings
 from shared import protocol
 from shared.fan import fan_strengths
@@ -584,11 +585,37 @@ def test_softness_and_strength_sliders_follow_their_boxes():
     assert panel.strength_slider.value() == 80
 
 
-def test_panel_fits_a_docker_column():
+def test_panel_fits_a_260_by_300_docker_slot():
     # Long hints wrap and combos elide: an unwrapped sentence made the panel 580 px wide once.
-    c, *_ = make(mode="change_map")
+    c, client, *_ = make(mode="change_map", prompt="a very long prompt " * 20)
+    client.feed(protocol.Welcome(caps(models=["a-model-with-a-very-long-name/and-a-path"])))
+    c.notice.emit("error", "A long error message that has to wrap inside the narrow docker " * 3)
     panel = DiffDiffPanel(c.host, controller=c)
-    assert panel.minimumSizeHint().width() <= 360
+    assert panel.minimumSizeHint().width() <= 260
+    panel.resize(260, 300)
+    panel.show()
+    qapp().processEvents()
+    for widget in (panel.prompt, panel.generate, panel.cancel, panel.progress, panel.mode):
+        g = widget.geometry()
+        assert g.x() >= 0 and g.right() < 260 and g.bottom() < 300, (widget, g)
+    assert not panel.advanced.isVisible()  # folded until asked for
+    panel.advanced_toggle.click()
+    assert panel.advanced.isVisible() and panel.steps.isVisible()
+    panel.close()
+
+
+def test_the_server_dialog_sets_address_and_token():
+    c, client, *_ = make(mode="uniform")
+    calls: list[tuple[str, str]] = []
+    client.connect_to = lambda url, token="": calls.append((url, token))
+    panel = DiffDiffPanel(c.host, controller=c)
+    dialog = panel.server_dialog()
+    assert dialog.url.text() == c.settings.server_url and dialog.token.echoMode() == ECHO_PASSWORD
+    dialog.url.setText(" ws://10.0.0.5:7860 ")
+    dialog.token.setText("s3cret")
+    panel.apply_server_dialog(dialog)
+    assert (c.settings.server_url, c.settings.token) == ("ws://10.0.0.5:7860", "s3cret")
+    assert calls[-1] == ("ws://10.0.0.5:7860", "s3cret")
 
 
 def test_confirming_the_url_reconnects_only_when_not_connected():
