@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .controller import Controller
-from .option_controls import OptionsBox
+from .option_controls import OptionsBox, decimal_box
 from .qt import (
     ARROW_DOWN,
     ARROW_RIGHT,
@@ -30,7 +30,6 @@ from .qt import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QIcon,
@@ -61,15 +60,6 @@ def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
     box.setValue(value)
     if suffix:
         box.setSuffix(suffix)
-    return box
-
-
-def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setDecimals(2)
-    box.setValue(value)
     return box
 
 
@@ -186,15 +176,15 @@ class DiffDiffPanel(QWidget):
         page.setLayout(row)
         row.setContentsMargins(0, 0, 0, 0)
         self.fan_columns = _spin(2, limits["fan_columns"], s.fan_columns)
-        self.fan_low = _dspin(0.0, 1.0, s.fan_low, 0.05)
-        self.fan_high = _dspin(0.0, 1.0, s.fan_high, 0.05)
+        self.fan_low = decimal_box(0.0, 1.0, s.fan_low, 0.05)
+        self.fan_high = decimal_box(0.0, 1.0, s.fan_high, 0.05)
         self.fan_columns.setToolTip("Columns, each with its own strength")
         for widget in (self.fan_columns, QLabel("×"), self.fan_low, QLabel("→"), self.fan_high):
             row.addWidget(widget)
         self.mode_pages.addWidget(page)
         page, form = QWidget(), _form()
         page.setLayout(form)
-        self.strength = _dspin(0.0, 1.0, s.strength, 0.05)
+        self.strength = decimal_box(0.0, 1.0, s.strength, 0.05)
         strength_row, self.strength_slider = _slider_row(self.strength, 100, 1.0)
         form.addRow("Strength", strength_row)
         self.mode_pages.addWidget(page)
@@ -218,7 +208,7 @@ class DiffDiffPanel(QWidget):
         self.model = _combo()
         self.scheduler = _combo()
         self.steps = _spin(1, limits["steps"], s.steps)
-        self.guidance = _dspin(0.0, limits["guidance"], s.guidance, 0.5)
+        self.guidance = decimal_box(0.0, limits["guidance"], s.guidance, 0.5)
         self.variants = _spin(1, limits["variants"], s.variants)
         seed_row = QHBoxLayout()
         self.seed = _spin(0, limits["seed"], min(s.seed, limits["seed"]))

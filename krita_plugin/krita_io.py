@@ -361,7 +361,7 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             self.panel.controller.connect_server()  # returns at once; retries in the background
             # Say goodbye to the server when Krita quits (it then cancels this client's jobs at once).
             Krita.instance().notifier().applicationClosing.connect(self.panel.controller.shutdown)
-            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)  # also when Krita skips the above
+            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)  # when the above is skipped
 
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
