@@ -142,3 +142,19 @@ def _choose(krita_says: str | None, krita6_guard: bool) -> str:
 ])
 def test_the_binding_is_the_one_krita_names(krita_says, krita6_guard, binding) -> None:
     assert _choose(krita_says, krita6_guard) == binding
+
+
+def test_the_change_map_is_the_same_number_under_both_bindings() -> None:
+    """Qt 6 converts to gray colour-managed (pure red: 127, Qt 5: 87): the map must not depend on
+    the binding, so it is Qt 5's qGray of the colour over black, in both sessions."""
+    import numpy as np
+
+    from krita_plugin.images import change_map_from_bgra
+
+    bgra = np.random.default_rng(3).integers(0, 256, (23, 37, 4), dtype=np.uint8)
+    bgra[0, :4] = [(0, 0, 255, 255), (255, 255, 255, 255), (255, 255, 255, 0), (255, 255, 255, 128)]
+    over_black = (2 * bgra[..., :3].astype(np.int64) * bgra[..., 3:] + 255) // 510
+    expected = (5 * over_black[..., 0] + 16 * over_black[..., 1] + 11 * over_black[..., 2]) // 32
+    got = np.frombuffer(change_map_from_bgra(bgra.tobytes(), 37, 23), np.uint8).reshape(23, 37)
+    np.testing.assert_array_equal(got, expected)
+    assert list(got[0, :4]) == [87, 255, 0, 128]
