@@ -1,4 +1,4 @@
-"""Stand-ins for Krita in the plugin's logic tests (no Krita needed, PyQt5 offscreen).
+"""Stand-ins for Krita in the plugin's logic tests (no Krita needed; Qt offscreen, PyQt5 or PyQt6).
 
 `FakeCanvas` keeps layers as numpy arrays and offers only krita_io.DocumentCanvas's primitives
 (read a layer, read the picture without some layers, add/rewrite/remove a layer); the plugin's
