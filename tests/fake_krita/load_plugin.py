@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 
 sys.path[:0] = sys.argv[1:4]
 
@@ -46,8 +47,12 @@ panel.mode.setCurrentIndex(2)
 QTimer.singleShot(0, lambda: QApplication.activeModalWidget().accept())
 panel.settings_button.click()  # the modal server dialog, answered by the timer above
 panel.generate.click()  # disabled while not connected: nothing happens
-for _ in range(20):
+# The client imports websockets on its own thread when it first connects: wait for that attempt.
+for _ in range(1000):
     app.processEvents()
+    if "websockets" in sys.modules:
+        break
+    time.sleep(0.01)
 Krita.instance().notifier().applicationClosing.emit()
 
 vendor = sys.modules["shared"].__file__, sys.modules["websockets"].__file__
