@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 # DIFFDIFF_TEST_QT=PyQt6 runs the plugin's tests the way Krita 6 runs the plugin: importing PyQt5
-# raises, so krita_plugin.qt must fall back to PyQt6 (tests/test_plugin_bindings.py starts this run).
+# raises, so krita_plugin.qt must fall back to PyQt6 (tests/plugin/test_plugin_bindings.py starts this run).
 TEST_QT = os.environ.get("DIFFDIFF_TEST_QT", "PyQt5")
 if TEST_QT == "PyQt6":
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fake_krita"))

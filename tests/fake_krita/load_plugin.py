@@ -2,7 +2,7 @@
 
     python -S -E load_plugin.py <fake_krita dir> <folder with one Qt binding> <pykrita dir>
 
-Run in a clean interpreter (no site-packages) by tests/test_plugin_bindings.py: the only things
+Run in a clean interpreter (no site-packages) by tests/plugin/test_plugin_bindings.py: the only things
 importable are this fake Krita, one binding and the unpacked plugin (with its vendor/). The last
 line printed is a JSON report.
 """

@@ -22,9 +22,9 @@ import pytest
 
 from krita_plugin import qt
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PLUGIN = ROOT / "krita_plugin"
-FAKE_KRITA = Path(__file__).resolve().parent / "fake_krita"
+FAKE_KRITA = ROOT / "tests" / "fake_krita"
 TEST_QT = os.environ.get("DIFFDIFF_TEST_QT", "PyQt5")  # the binding conftest set this session up for
 
 # Gone or renamed in Qt 6 / PyQt6 (the binding-neutral spelling in brackets).
@@ -108,7 +108,7 @@ def test_the_plugin_runs_on_the_binding_this_session_chose() -> None:
 
 @pytest.mark.skipif(TEST_QT != "PyQt5", reason="this is the PyQt6 session itself")
 def test_the_plugins_tests_pass_under_pyqt6_as_in_krita6() -> None:
-    tests = sorted(str(p) for p in (ROOT / "tests").glob("test_plugin_*.py") if p.name != "test_plugin_krita.py")
+    tests = sorted(str(p) for p in (ROOT / "tests" / "plugin").glob("test_plugin_*.py"))
     env = dict(os.environ, DIFFDIFF_TEST_QT="PyQt6", QT_QPA_PLATFORM="offscreen")
     command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not krita and not gui",
                "-k", "not pass_under_pyqt6", *tests]
