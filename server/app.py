@@ -34,6 +34,7 @@ from server import regions
 from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
+from server.users import check_user_model, studio_user, user_welcome
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
@@ -61,16 +62,22 @@ class Session:
         self.server = server
         self.connection = connection
         self.loop = asyncio.get_running_loop()
+        self.user: Any = None  # server.users.User, once the handshake named one (--users)
         self.protocol = p.ServerSession(
             server.capabilities, token=server.config.token, server_name=SERVER_NAME,
             max_jobs=server.config.max_jobs_per_client,
-            jobs_in_queue=lambda: server.worker.count(self))
+            jobs_in_queue=lambda: server.jobs_of(self))
         self._outbox: asyncio.Queue[tuple[list[str | bytes], bool]] = asyncio.Queue()
         self._queued_previews = 0
         self.closed = False
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.connection.remote_address}>"
+
+    @property
+    def name(self) -> str:
+        """How the log names this client: its number, and its studio user when it has one."""
+        return f"{self.id} ({self.user.name})" if self.user is not None else str(self.id)
 
     def post(self, message: p.Event) -> None:
         """Queue ``message`` for this client, from any thread (the worker's, mostly)."""
@@ -118,7 +125,8 @@ class DiffusionServer:
     """The model host, the worker and the websocket listener."""
 
     def __init__(self, config: ServerConfig, loader: Callable[[str], Any] | None = None) -> None:
-        check_bind(config.host, config.token)
+        # A users file is a token per user: the bind check counts it as one.
+        check_bind(config.host, config.token or ("users" if config.users else None))
         self.config = config
         self.host = ModelHost(loader or self._default_loader, config.model)
         self.capabilities: p.Capabilities | None = None
@@ -139,21 +147,31 @@ class DiffusionServer:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        pipe = await asyncio.to_thread(self.host.load_initial)
         c = self.config
+        if c.engine == "ray":  # the studio pool: the default model loads on a replica
+            from server.ray_engine import PoolOptions, RayEngine
+
+            self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas),
+                                    on_model_info=self._model_described)
+            current, native = await self.worker.start_pool()
+            device = f"ray ({self.worker.slots} replica(s))"
+        else:
+            pipe = await asyncio.to_thread(self.host.load_initial)
+            current, native, device = describe(pipe), int(pipe.native_resolution), str(c.device)
         # Every model: its family and schedulers guessed from its id; the loaded one described
         # by its pipeline (options included), and so is each model once it has been loaded.
         info = {name: guess_info(name) for name in c.models}
-        current = info[self.host.name] = describe(pipe)
+        info[self.host.name] = current
         self.capabilities = p.Capabilities(
             models=c.models, current_model=self.host.name, schedulers=list(current.schedulers),
-            families=list(FAMILIES), native_resolution=int(pipe.native_resolution),
+            families=list(FAMILIES), native_resolution=native,
             max_pixels=c.max_pixels, max_message_bytes=c.max_message_bytes,
             max_steps=p.MAX_STEPS, max_variants=p.MAX_VARIANTS,
-            token_required=bool(c.token), device=str(c.device), model_info=info)
-        self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
-                             console=ConsoleProgress(enabled=c.console_progress),
-                             on_model_changed=self._model_changed)
+            token_required=bool(c.token or c.users), device=device, model_info=info)
+        if self.worker is None:
+            self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
+                                 console=ConsoleProgress(enabled=c.console_progress),
+                                 on_model_changed=self._model_changed)
         self.worker.start()
         self._listener = await serve(
             self._handle, c.host, c.port, max_size=c.max_message_bytes,
@@ -187,6 +205,18 @@ class DiffusionServer:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{self.port}"
 
+    def jobs_of(self, session: Session) -> int:
+        """Jobs counted against ``session``'s cap: its own, or all its studio user's."""
+        if session.user is None:
+            return self.worker.count(session)
+        return sum(self.worker.count(s) for s in {session, *self.sessions} if s.user is session.user)
+
+    def _model_described(self, model: str, info: p.ModelInfo, native: int) -> None:
+        """A pool replica loaded ``model``: later handshakes describe it from its pipeline. (The
+        pool has no single current model: each job names its own, or runs the default.)"""
+        caps = self.capabilities
+        caps.model_info = {**caps.model_info, model: info}
+
     def _model_changed(self, model: str, pipe: Any, task: Any = None) -> None:
         """Another model is loaded (by ``task``, a load or a job): new handshakes and submits see
         its schedulers and options, and every other client is told (the task's own client hears
@@ -214,13 +244,13 @@ class DiffusionServer:
         if not await self._handshake(session):
             return
         self.sessions.add(session)
-        log.info("client %d connected from %s", session.id, connection.remote_address)
+        log.info("client %s connected from %s", session.name, connection.remote_address)
         pump = asyncio.create_task(session.pump())
         try:
             async for data in connection:
                 await self._dispatch(session, data)
         except ConnectionClosed as exc:
-            log.info("client %d: connection closed (%s)", session.id, exc)
+            log.info("client %s: connection closed (%s)", session.name, exc)
         finally:
             session.closed = True
             self.sessions.discard(session)
@@ -228,7 +258,7 @@ class DiffusionServer:
             pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                 await pump
-            log.info("client %d disconnected%s", session.id,
+            log.info("client %s disconnected%s", session.name,
                      f"; cancelled {cancelled} job(s)" if cancelled else "")
 
     async def _handshake(self, session: Session) -> bool:
@@ -241,7 +271,13 @@ class DiffusionServer:
         except ConnectionClosed:
             return False
         try:
+            if self.config.users:
+                session.user = studio_user(self.config.users, first)
+                if session.user.max_jobs is not None:
+                    session.protocol.max_jobs = session.user.max_jobs
             welcome = session.protocol.receive_hello(first)
+            if session.user is not None:
+                welcome = user_welcome(welcome, session.user)
         except p.ProtocolError as exc:
             log.warning("refused %s: %s", connection.remote_address, exc.message)
             with contextlib.suppress(ConnectionClosed):
@@ -260,13 +296,15 @@ class DiffusionServer:
             for request in session.protocol.receive(data):
                 await self._serve(session, request)
         except p.ProtocolError as exc:
-            log.info("client %d: %s: %s", session.id, exc.code, exc.message)
+            log.info("client %s: %s: %s", session.name, exc.code, exc.message)
             session.send(p.Error.from_exception(exc))
         except Exception as exc:  # a bug must cost one request, not the connection
-            log.exception("client %d: unexpected error", session.id)
+            log.exception("client %s: unexpected error", session.name)
             session.send(p.Error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
 
     async def _serve(self, session: Session, request: p.ClientRequest) -> None:
+        if session.user is not None:
+            check_user_model(session.user, request, self.capabilities.current_model)
         if isinstance(request, p.CompleteSubmit):
             await self._queue_job(session, request)
         elif isinstance(request, p.Cancel):
@@ -286,8 +324,8 @@ class DiffusionServer:
         job = await asyncio.to_thread(self._make_job, session, complete)
         request = complete.request
         self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
-        log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
-                  session.id, request.mode, request.width, request.height, request.steps,
+        log.debug("job %d queued for client %s: %s %dx%d, %d steps, %d variant(s)", job.id,
+                  session.name, request.mode, request.width, request.height, request.steps,
                   request.variants)
 
     def _make_job(self, session: Session, complete: p.CompleteSubmit) -> Job:

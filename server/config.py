@@ -32,6 +32,11 @@ class ServerConfig:
     max_jobs_per_client: int = 8
     handshake_timeout_s: float = 10.0
     console_progress: bool | None = False  # None: when stderr is a terminal
+    # --- studio (issue 17): the engine running jobs, and who may connect ---
+    engine: str = "inprocess"  # or "ray": workers on a Ray Serve deployment (server.ray_engine)
+    ray_address: str | None = None  # None: start a local Ray instance
+    replicas: int | str = "auto"  # ray: a number, or "auto" (one per GPU; one CPU replica without)
+    users: Any = None  # server.users.Users (--users FILE): per-user tokens, caps and models
 
     @property
     def models(self) -> list[str]:
