@@ -129,6 +129,7 @@ class DiffusionServer:
         check_bind(config.host, config.token or ("users" if config.users else None))
         self.config = config
         self.host = ModelHost(loader or self._default_loader, config.model)
+        self._custom_loader = loader  # the Ray engine's replicas load with it too (tests)
         self.capabilities: p.Capabilities | None = None
         self.worker: Worker | None = None
         self._listener: Any = None
@@ -152,7 +153,8 @@ class DiffusionServer:
             from server.ray_engine import PoolOptions, RayEngine
 
             self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas),
-                                    on_model_info=self._model_described)
+                                    on_model_info=self._model_described,
+                                    loader=self._custom_loader)
             current, native = await self.worker.start_pool()
             device = f"ray ({self.worker.slots} replica(s))"
         else:

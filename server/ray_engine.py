@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -62,17 +63,20 @@ def replica_resources(count: int, gpus: float, cpus: float,
 
 class RayEngine:
     def __init__(self, config: Any, pool: PoolOptions | None = None,
-                 on_model_info: ModelInfoCallback | None = None) -> None:
+                 on_model_info: ModelInfoCallback | None = None,
+                 loader: Callable[[str], Any] | None = None) -> None:
         self.config = config
         self.pool = pool or PoolOptions()
         self.on_model_info = on_model_info
+        self.loader = loader  # replaces load_pipeline in the replicas (tests); must pickle
         self.slots = 1
         self.handle: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._pending: FairQueue[Task] = FairQueue()
         self._running: dict[Task, asyncio.Task] = {}
         self._responses: dict[Task, Any] = {}
-        self.runs_on: dict[int, Any] = {}  # job id -> RunsOn (the replica's process)
+        self.runs_on: dict[int, Any] = {}  # running job id -> RunsOn (the replica's process)
+        self.jobs_by_replica: Counter[int] = Counter()  # replica pid -> jobs it started
         self._stopping = False
         self._started_ray = False
 
@@ -116,7 +120,8 @@ class RayEngine:
 
             dtype = torch.float16
         settings = ReplicaSettings(default_model=c.model, device=device, dtype=dtype,
-                                   refiner=c.refiner, max_region_pixels=c.max_region_pixels)
+                                   refiner=c.refiner, max_region_pixels=c.max_region_pixels,
+                                   loader=self.loader)
         log.info("deploying %d %s replica(s) (%s) on Ray", self.slots, device, actor)
         app = DiffusionReplica.options(num_replicas=self.slots,
                                        ray_actor_options=actor).bind(settings)
@@ -258,14 +263,15 @@ class RayEngine:
             async for event in response:
                 if isinstance(event, RunsOn):
                     self.runs_on[job.id] = event
+                    self.jobs_by_replica[event.pid] += 1
                     log.info("job %d runs on replica pid %d (%s)", job.id, event.pid, event.node)
                     continue
                 if job.cancel_event.is_set():
                     break  # its 'cancelled' is ours to send, below
                 job.send(event)
-                if isinstance(event, ENDS):
-                    ended = True
-                    break
+                # Read on to the stream's end, not just this job's last message: the replica
+                # counts as busy (to Serve's router) until its generator has returned.
+                ended = ended or isinstance(event, ENDS)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

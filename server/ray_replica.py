@@ -19,7 +19,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,7 @@ class ReplicaSettings:
     dtype: Any = None  # a torch dtype; None: float32
     refiner: str | None = None  # for ``default_model`` only, as in the single-process server
     max_region_pixels: int | None = None
+    loader: Callable[[str], Any] | None = None  # model name -> pipeline; None: load_pipeline
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ class RunsOn:
     node: str
 
 
-@serve.deployment(max_ongoing_requests=1)
+# One job at a time per replica (the front queues the rest, fairly); a dead replica is noticed
+# within seconds, and replaced.
+@serve.deployment(max_ongoing_requests=1, health_check_period_s=2, health_check_timeout_s=30)
 class DiffusionReplica:
     def __init__(self, settings: ReplicaSettings) -> None:
         self.settings = settings
@@ -78,15 +81,18 @@ class DiffusionReplica:
     # --- models -----------------------------------------------------------------------------
 
     def _load(self, model: str) -> Any:
-        from server.models import load_pipeline
-
         s = self.settings
-        import torch
-
-        refiner = s.refiner if model == s.default_model else None
         started = time.monotonic()
-        pipe = load_pipeline(model, device=s.device, dtype=s.dtype or torch.float32,
-                             refiner=refiner)
+        if s.loader is not None:
+            pipe = s.loader(model)
+        else:
+            import torch
+
+            from server.models import load_pipeline
+
+            refiner = s.refiner if model == s.default_model else None
+            pipe = load_pipeline(model, device=s.device, dtype=s.dtype or torch.float32,
+                                 refiner=refiner)
         self.models_loaded.append(model)
         log.info("replica %d loaded %s in %.1fs", os.getpid(), model, time.monotonic() - started)
         return pipe
