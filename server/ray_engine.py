@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -54,9 +55,10 @@ def replica_count(replicas: int | str, gpus: float, cpus: float) -> int:
 
 def replica_resources(count: int, gpus: float, cpus: float,
                       cpus_per_replica: float | None) -> dict[str, float]:
-    """Ray actor options: a whole GPU each when the cluster has enough, else a CPU share."""
-    if gpus >= count:
-        return {"num_gpus": 1, "num_cpus": 1}
+    """Ray actor options: a GPU each (or a share of one, with more replicas than GPUs), else a
+    share of the CPUs."""
+    if gpus > 0:
+        return {"num_gpus": min(1.0, gpus / count), "num_cpus": 1}
     share = cpus_per_replica if cpus_per_replica is not None else max(0.1, min(1.0, cpus / count))
     return {"num_cpus": share}
 
@@ -79,6 +81,8 @@ class RayEngine:
         self.jobs_by_replica: Counter[int] = Counter()  # replica pid -> jobs it started
         self._stopping = False
         self._started_ray = False
+        # A client's load_model makes that model its default (the pool has no single current one).
+        self._model_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -243,8 +247,11 @@ class RayEngine:
             events = [p.Error(p.E_MODEL_LOAD_FAILED, f"Could not load model {task.model!r}: "
                                                      f"{_reason(exc)}", job_id=task.id)]
         for event in events:
-            if isinstance(event, p.ModelLoaded) and self.on_model_info is not None:
-                self.on_model_info(event.model, event.info, event.native_resolution)
+            if isinstance(event, p.ModelLoaded):
+                if task.owner is not None:
+                    self._model_of[task.owner] = event.model
+                if self.on_model_info is not None and event.info is not None:
+                    self.on_model_info(event.model, event.info, event.native_resolution)
             task.send(event)
 
     async def _run_job(self, job: Job) -> None:
@@ -253,7 +260,7 @@ class RayEngine:
             return
         from server.ray_replica import JobPayload, RunsOn
 
-        model = job.request.model or self.config.model
+        model = job.request.model or self._model_of.get(job.owner) or self.config.model
         payload = JobPayload(job.id, replace(job.request, model=model), job.image, job.change,
                              job.seed, job.preview_every, time.monotonic() - job.created)
         response = self.handle.options(stream=True, multiplexed_model_id=model).run.remote(payload)
@@ -273,7 +280,10 @@ class RayEngine:
                 # counts as busy (to Serve's router) until its generator has returned.
                 ended = ended or isinstance(event, ENDS)
         except asyncio.CancelledError:
-            raise
+            # Serve raises this in the reader when the request was cancelled before a replica
+            # took it; otherwise it is this task being cancelled (the loop closing).
+            if not job.cancel_event.is_set():
+                raise
         except Exception as exc:
             if not job.cancel_event.is_set():
                 ended = True
@@ -283,9 +293,14 @@ class RayEngine:
                 job.send(p.Error(p.E_JOB_FAILED, f"The worker running this job stopped "
                                                  f"({_reason(exc)}). The pool replaces it; "
                                                  f"submit the job again.", job_id=job.id))
-        if not ended:
+        if ended:
+            return
+        if job.cancel_event.is_set():
             log.info("job %d cancelled (%s)", job.id, job.cancel_reason)
             job.send(p.Cancelled(job.id, job.cancel_reason))
+        else:  # a replica's generator should never end a job silently; say so if it did
+            job.send(p.Error(p.E_JOB_FAILED, "The worker ended this job without a result; "
+                                             "submit it again.", job_id=job.id))
 
 
 def _reason(exc: BaseException) -> str:

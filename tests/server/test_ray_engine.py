@@ -163,6 +163,24 @@ def test_jobs_for_a_model_go_to_the_replica_that_has_it(pool):
     assert sorted(loads) == [0, 1], loads  # loaded once, on one replica, which ran all three
 
 
+def test_a_clients_load_model_makes_it_that_clients_default(pool):
+    async def load_then_submit():
+        client = await Client.connect(pool.server)
+        named = await submit_all(client, [{"seed": 61, "model": "tiny-sdxl"}])
+        await client.send_json({"type": "load_model", "model": "tiny-sdxl"})
+        loaded = await client.until(lambda e: isinstance(e, (p.ModelLoaded, p.Error)))
+        assert isinstance(loaded[-1], p.ModelLoaded) and loaded[-1].model == "tiny-sdxl"
+        default = await submit_all(client, [{"seed": 61}])
+        other = await Client.connect(pool.server)  # another painter still gets the server's
+        theirs = await submit_all(other, [{"seed": 61}])
+        return [decode(of(events, p.Result)[0].png) for jobs in (named, default, theirs)
+                for events in jobs.values()]
+
+    named, default, theirs = run(load_then_submit())
+    np.testing.assert_array_equal(default, named)
+    assert not np.array_equal(theirs, named)
+
+
 def test_cancel_and_disconnect_stop_the_job_within_one_step_on_its_replica(pool):
     async def cancel_then_disconnect():
         client = await Client.connect(pool.server)
