@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import time
-import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from typing import Any
 
 from server.fair_queue import FairQueue, queue_position
 from server.jobs import Job, ModelLoad, Task
+from server.pool_wire import JobPayload, ReplicaSettings, RunsOn
 from shared import protocol as p
 
 log = logging.getLogger("server.ray_engine")
@@ -82,7 +82,8 @@ class RayEngine:
         self._stopping = False
         self._started_ray = False
         # A client's load_model makes that model its default (the pool has no single current one).
-        self._model_of: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+        # Forgotten when the client goes (cancel_owner).
+        self._model_of: dict[Any, str] = {}
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -102,7 +103,7 @@ class RayEngine:
         import ray
         from ray import serve
 
-        from server.ray_replica import DiffusionReplica, ReplicaSettings
+        from server.ray_replica import DiffusionReplica
 
         if not ray.is_initialized():
             # Replicas import ``server`` from this checkout when it is not installed.
@@ -196,6 +197,8 @@ class RayEngine:
         return True
 
     def cancel_owner(self, owner: Any, reason: str) -> int:
+        """Cancel everything ``owner`` has queued or running: the client went away."""
+        self._model_of.pop(owner, None)
         mine = [t for t in [*self._running, *self._pending] if t.owner is owner]
         for task in mine:
             self.cancel(owner, task.id, reason)
@@ -258,8 +261,6 @@ class RayEngine:
         if job.cancel_event.is_set():
             job.send(p.Cancelled(job.id, job.cancel_reason))
             return
-        from server.ray_replica import JobPayload, RunsOn
-
         model = job.request.model or self._model_of.get(job.owner) or self.config.model
         payload = JobPayload(job.id, replace(job.request, model=model), job.image, job.change,
                              job.seed, job.preview_every, time.monotonic() - job.created)

@@ -19,52 +19,19 @@ import logging
 import os
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
 
 from server.jobs import Job, ModelHost, ModelLoad, Worker
+from server.pool_wire import JobPayload, ReplicaSettings, RunsOn
 from shared import protocol as p
 
 log = logging.getLogger("server.ray_replica")
 
 ENDS = (p.Done, p.Cancelled, p.Error)
 MODELS_PER_REPLICA = 2  # e.g. SDXL and Flux on one 80 GB GPU; the least recently used goes first
-
-
-@dataclass(frozen=True)
-class ReplicaSettings:
-    """What every replica is started with (picklable: it travels to the replica's process)."""
-
-    default_model: str
-    device: str = "cpu"
-    dtype: Any = None  # a torch dtype; None: float32
-    refiner: str | None = None  # for ``default_model`` only, as in the single-process server
-    max_region_pixels: int | None = None
-    loader: Callable[[str], Any] | None = None  # model name -> pipeline; None: load_pipeline
-
-
-@dataclass(frozen=True)
-class JobPayload:
-    """A decoded job as it travels to a replica (its client and channel stay in the front)."""
-
-    id: int
-    request: p.SubmitRequest
-    image: Any  # PIL RGB image, canvas size
-    change: Any  # server.regions.CanvasMap
-    seed: int
-    preview_every: int
-    queued_s: float  # time spent waiting so far (clocks differ between machines)
-
-
-@dataclass(frozen=True)
-class RunsOn:
-    """The first item of every job stream: which replica process runs it."""
-
-    pid: int
-    node: str
 
 
 # One job at a time per replica (the front queues the rest, fairly); a dead replica is noticed
