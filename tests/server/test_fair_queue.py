@@ -103,7 +103,8 @@ def test_positions_count_the_jobs_that_start_first_with_several_slots():
 
 def test_the_in_process_worker_serves_clients_in_turn(tiny_sd):
     """Client a queues three jobs, then b one: b's runs second, and its position says so."""
-    gate, order, ended = threading.Event(), [], threading.Semaphore(0)
+    gate, first_started, order = threading.Event(), threading.Event(), []
+    ended = threading.Semaphore(0)
     accepted: dict[int, int] = {}
 
     def send(message):
@@ -111,6 +112,7 @@ def test_the_in_process_worker_serves_clients_in_turn(tiny_sd):
             accepted[message.job_id] = message.position
         if isinstance(message, p.Started):
             order.append(message.job_id)
+            first_started.set()
             gate.wait(30)
         if isinstance(message, (p.Done, p.Error, p.Cancelled)):
             ended.release()
@@ -128,6 +130,7 @@ def test_the_in_process_worker_serves_clients_in_turn(tiny_sd):
         for job_id, owner in [(1, "a"), (2, "a"), (3, "a"), (4, "b")]:
             worker.submit(job(job_id, owner), p.Accepted(ref=job_id, job_id=job_id, position=0,
                                                          seed=1))
+            assert first_started.wait(30)  # job 1 runs before the others arrive
         gate.set()
         for _ in range(4):
             assert ended.acquire(timeout=60)
