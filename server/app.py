@@ -34,7 +34,7 @@ from server import regions
 from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
-from server.users import check_user_model, studio_user, user_welcome
+from server.users import check_user_model, studio_user, user_models, user_welcome
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
@@ -315,8 +315,7 @@ class DiffusionServer:
                                                        f"queued or running (it may have "
                                                        f"finished).", job_id=request.job_id)
         elif isinstance(request, p.ListModels):
-            caps = self.capabilities
-            session.send(p.Models(list(caps.models), caps.current_model, caps.model_info))
+            session.send(user_models(session.user, self.capabilities))
         elif isinstance(request, p.LoadModel):
             self.worker.submit(ModelLoad(next(self._ids), session, request.model, session.post))
 

@@ -129,12 +129,18 @@ def studio_user(users: Users, hello: str | bytes) -> User:
     return user
 
 
+def user_models(user: User | None, caps: p.Capabilities) -> p.Models:
+    """The ``models`` answer for ``user``: only the models they may use (all without a user)."""
+    models = [m for m in caps.models if user is None or user.may_use(m)]
+    info = {m: i for m, i in caps.model_info.items() if m in models}
+    return p.Models(models, caps.current_model, info)
+
+
 def user_welcome(welcome: p.Welcome, user: User) -> p.Welcome:
     """The welcome for ``user``: their name, and only the models they may use."""
     caps = welcome.capabilities
-    if user.models is not None:
-        caps.models = [m for m in caps.models if user.may_use(m)]
-        caps.model_info = {m: info for m, info in caps.model_info.items() if user.may_use(m)}
+    mine = user_models(user, caps)
+    caps.models, caps.model_info = mine.models, mine.model_info
     return replace(welcome, user=user.name)
 
 

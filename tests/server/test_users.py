@@ -129,4 +129,7 @@ async def test_a_user_may_only_use_their_models(gated_pipe):
         assert refused.code == p.E_UNKNOWN_MODEL and "alice" in refused.message
         await alice.send_json({"type": "load_model", "model": "tiny-sd"})
         assert (await alice.error()).code == p.E_UNKNOWN_MODEL
+        await alice.send_json({"type": "list_models"})
+        listed = await alice.next()
+        assert listed.models == ["tiny-sdxl"] and set(listed.model_info) == {"tiny-sdxl"}
         await alice.close()
