@@ -78,6 +78,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest canvas accepted, in pixels (default: %(default)s)")
     parser.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest websocket message accepted (default: %(default)s)")
+    parser.add_argument("--max-unread-bytes", type=int, default=ServerConfig.max_unread_bytes,
+                        help="what may wait unread for one client before its next job waits "
+                             "too (default: %(default)s)")
     parser.add_argument("--max-region-pixels", type=int, default=None,
                         help="regions larger than this run downscaled (default: 1.5x the "
                              "model's native resolution per side, squared)")
@@ -146,7 +149,8 @@ def main(argv: list[str] | None = None) -> int:
         model=args.model, host=args.host, port=args.port, token=token, device=device,
         dtype=resolve_dtype(args.dtype, device), preview_every=args.preview_every,
         max_pixels=args.max_pixels, max_message_bytes=args.max_message_bytes,
-        max_region_pixels=args.max_region_pixels, extra_models=tuple(args.allow_model),
+        max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
+        extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None)
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:

@@ -58,7 +58,7 @@ def check_hello(message: dict[str, Any], token: str | None) -> None:
         if not isinstance(given, str) or not is_text(given) or not hmac.compare_digest(
                 given.encode("utf-8"), token.encode("utf-8")):
             raise ProtocolError(E_UNAUTHORIZED, "Wrong or missing access token: enter the token "
-                                                "the server was started with (--token).")
+                                                "the server was started with (--token-file or DIFFDIFF_TOKEN).")
 
 
 @dataclass

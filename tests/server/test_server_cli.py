@@ -125,7 +125,8 @@ def test_every_option_reaches_the_servers_config(monkeypatch):
     code = cli.main(["--model", "tiny-sdxl", "--refiner", "tiny-sdxl-refiner", "--allow-model", "a",
                      "--allow-model", "b", "--host", "0.0.0.0", "--port", "9123", "--token", "tok",
                      "--device", "cuda", "--preview-every", "3", "--max-pixels", "70000",
-                     "--max-message-bytes", "123456", "--max-region-pixels", "4096"])
+                     "--max-message-bytes", "123456", "--max-region-pixels", "4096",
+                     "--max-unread-bytes", "999"])
     assert code == 0
     (config,) = built
     assert (config.model, config.refiner, config.extra_models) == ("tiny-sdxl", "tiny-sdxl-refiner", ("a", "b"))
@@ -133,6 +134,7 @@ def test_every_option_reaches_the_servers_config(monkeypatch):
     assert config.dtype == torch.float16  # auto: half precision on a GPU
     assert (config.preview_every, config.max_pixels, config.max_message_bytes, config.max_region_pixels) == \
         (3, 70000, 123456, 4096)
+    assert config.max_unread_bytes == 999
     built.clear()
     assert cli.main(["--device", "cpu", "--dtype", "auto"]) == 0 and built[0].dtype == torch.float32
     built.clear()

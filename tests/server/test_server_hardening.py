@@ -210,3 +210,37 @@ async def test_a_client_that_does_not_read_has_its_jobs_paused_not_buffered(gate
         while len(done) < 3:
             done += of([await slow.next()], p.Done)
         assert len(gated_pipe.runs) == 4
+
+
+# --- spec gaps: the answers PROTOCOL.md now writes down ------------------------------------------
+
+
+@async_test
+async def test_the_handshake_and_frame_answers_the_spec_writes_down(gated_pipe):
+    async with serving(gated_pipe) as server:
+        # Anything but a JSON object as the first message: handshake_required, then close 1008.
+        for first in ("[1, 2]", "5", '"hello"', "{}", '{"type": "list_models"}'):
+            async with connect(server.url) as ws:
+                await ws.send(first)
+                (error,) = p.ClientSession().receive(await ws.recv())
+                with pytest.raises(ConnectionClosed) as closed:
+                    await ws.recv()
+            assert error.code == p.E_HANDSHAKE_REQUIRED, (first, error)
+            assert closed.value.rcvd.code == p.CLOSE_POLICY_VIOLATION
+        client = await Client.connect(server)
+        # A second hello: bad_message, and the connection goes on.
+        await client.ws.send(client.session.hello())
+        assert (await client.error()).code == p.E_BAD_MESSAGE
+        # A binary frame of another version: bad_frame without a ref (nothing in it is trusted).
+        await client.send_json(submit_message(mode="uniform", strength=1.0))
+        image = frame(p.FRAME_IMAGE_PNG, 500)
+        await client.ws.send(image[:4] + bytes([2]) + image[5:])
+        error = await client.error()
+        assert (error.code, error.ref) == (p.E_BAD_FRAME, None)
+        # Only ref, width and height are required (a change map follows by default).
+        await client.send_json({"type": "submit", "ref": 3, "width": 64, "height": 64})
+        await client.ws.send(frame(p.FRAME_IMAGE_PNG, 3))
+        await client.ws.send(frame(p.FRAME_MAP_GRAY8, 3, payload=bytes([255]) * 64 * 64))
+        accepted = await client.accepted()
+        assert isinstance((await client.until_end(accepted.job_id))[-1], p.Done)
+        assert gated_pipe.runs[-1].kwargs["prompt"] == "" and gated_pipe.runs[-1].kwargs["num_inference_steps"] == 30
