@@ -326,12 +326,8 @@ class Cancelled(Event):
     def to_dict(self) -> dict[str, Any]:
         if self.job_id is None and self.ref is None:
             raise ValueError("cancelled names a job_id or a ref")
-        out: dict[str, Any] = {"type": "cancelled", "reason": self.reason}
-        if self.job_id is not None:
-            out["job_id"] = self.job_id
-        if self.ref is not None:
-            out["ref"] = self.ref
-        return out
+        out = {"type": "cancelled", "job_id": self.job_id, "ref": self.ref, "reason": self.reason}
+        return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> Cancelled:
