@@ -50,9 +50,17 @@ class FairQueue(Generic[T]):
         """The next task to run; its owner goes to the back of the turn order."""
         if not self._turns:
             raise IndexError("pop from an empty FairQueue")
-        owner = self._turns.popleft()
-        mine = self._by_owner[owner]
-        task = mine.popleft()
+        return self.take(next(iter(self)))
+
+    def take(self, task: T) -> T:
+        """Take ``task`` out to run it (the next one, or a later one when the owners before it
+        cannot take theirs now): its owner's turn is used, and goes to the back."""
+        owner = self.key(task)
+        mine = self._by_owner.get(owner)
+        if mine is None:
+            raise ValueError("task not queued")
+        mine.remove(task)
+        self._turns.remove(owner)
         if mine:
             self._turns.append(owner)
         else:

@@ -66,8 +66,11 @@ def replica_resources(count: int, gpus: float, cpus: float,
 class RayEngine:
     def __init__(self, config: Any, pool: PoolOptions | None = None,
                  on_model_info: ModelInfoCallback | None = None,
-                 loader: Callable[[str], Any] | None = None) -> None:
+                 loader: Callable[[str], Any] | None = None,
+                 owner_ready: Callable[[Any], bool] | None = None) -> None:
         self.config = config
+        # A client that does not read its messages gets no job started until it does (wake()).
+        self.owner_ready = owner_ready or (lambda owner: True)
         self.pool = pool or PoolOptions()
         self.on_model_info = on_model_info
         self.loader = loader  # replaces load_pipeline in the replicas (tests); must pickle
@@ -206,10 +209,18 @@ class RayEngine:
 
     # --- dispatching ----------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """A client reads again: its waiting jobs may start (from any thread)."""
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._dispatch)
+
     def _dispatch(self) -> None:
         """Start waiting tasks, in fair order, while a replica is free."""
-        while self._pending and len(self._running) < self.slots and not self._stopping:
-            task = self._pending.popleft()
+        while len(self._running) < self.slots and not self._stopping:
+            task = next((t for t in self._pending if self.owner_ready(t.owner)), None)
+            if task is None:
+                break
+            self._pending.take(task)
             self._running[task] = asyncio.get_running_loop().create_task(self._run(task))
         self._announce_positions()
 

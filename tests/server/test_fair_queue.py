@@ -138,3 +138,13 @@ def test_the_in_process_worker_serves_clients_in_turn(tiny_sd):
         worker.stop()
     assert order == [1, 2, 4, 3]
     assert accepted[4] == 2  # job 1 running, job 2 (a's next) before it
+
+
+def test_taking_a_later_task_uses_its_owners_turn():
+    """A client that does not read is passed over; the one served instead goes to the back."""
+    queue = FairQueue()
+    a0, b0, b1, c0 = T("a", 0), T("b", 0), T("b", 1), T("c", 0)
+    for t in (a0, b0, b1, c0):
+        queue.append(t)
+    assert queue.take(b0) is b0  # a is not reading: b's turn
+    assert list(queue) == [a0, c0, b1]
