@@ -144,16 +144,16 @@ class RayEngine:
             return
         future = asyncio.run_coroutine_threadsafe(self._cancel_all(), self.loop)
         future.result(timeout)
+        import ray
         from ray import serve
 
-        try:
+        if self._started_ray:  # our own instance: everything goes with it
+            ray.shutdown()
+            return
+        try:  # a shared cluster: take our application down, leave the rest
             serve.delete(APP_NAME)
         except Exception:  # the cluster may be gone already; nothing left to stop then
             log.warning("could not delete the Serve application", exc_info=True)
-        if self._started_ray:
-            import ray
-
-            ray.shutdown()
 
     async def _cancel_all(self) -> None:
         self._stopping = True

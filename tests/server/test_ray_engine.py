@@ -73,14 +73,29 @@ def pool():
         yield server
     finally:
         server.close()
-        from ray import serve
+        ray.shutdown()  # Serve's actors go with the instance
 
-        serve.shutdown()
-        ray.shutdown()
+
+OPEN: list[Client] = []
+
+
+async def connect(pool: PoolServer) -> Client:
+    """A client, closed when the test's ``run`` ends (an open one would hold the server's
+    shutdown for its close timeout)."""
+    client = await Client.connect(pool.server)
+    OPEN.append(client)
+    return client
 
 
 def run(coroutine):
-    return asyncio.run(asyncio.wait_for(coroutine, 240))
+    async def then_close():
+        try:
+            return await asyncio.wait_for(coroutine, 240)
+        finally:
+            while OPEN:
+                await OPEN.pop().close()
+
+    return asyncio.run(then_close())
 
 
 async def submit_all(client: Client, jobs: list[dict]) -> dict[int, list[p.Event]]:
@@ -113,7 +128,7 @@ def test_six_painters_share_two_replicas_fairly_with_the_in_process_pixels(pool,
     xl_jobs = [{"seed": 21, "model": "tiny-sdxl"}, {"seed": 22, "model": "tiny-sdxl"}]
 
     async def painters():
-        clients = [await Client.connect(pool.server) for _ in range(7)]
+        clients = [await connect(pool) for _ in range(7)]
         jobs = [sd_jobs] * 6 + [xl_jobs]
         return await asyncio.gather(*(submit_all(c, j) for c, j in zip(clients, jobs, strict=True)))
 
@@ -153,7 +168,7 @@ def test_six_painters_share_two_replicas_fairly_with_the_in_process_pixels(pool,
 
 def test_jobs_for_a_model_go_to_the_replica_that_has_it(pool):
     async def one_after_another():
-        client = await Client.connect(pool.server)
+        client = await connect(pool)
         for seed in (31, 32, 33):  # one at a time: both replicas are free for each
             await submit_all(client, [{"seed": seed, "model": "tiny-sd-copy"}])
             await asyncio.sleep(1.0)
@@ -165,13 +180,13 @@ def test_jobs_for_a_model_go_to_the_replica_that_has_it(pool):
 
 def test_a_clients_load_model_makes_it_that_clients_default(pool):
     async def load_then_submit():
-        client = await Client.connect(pool.server)
+        client = await connect(pool)
         named = await submit_all(client, [{"seed": 61, "model": "tiny-sdxl"}])
         await client.send_json({"type": "load_model", "model": "tiny-sdxl"})
         loaded = await client.until(lambda e: isinstance(e, (p.ModelLoaded, p.Error)))
         assert isinstance(loaded[-1], p.ModelLoaded) and loaded[-1].model == "tiny-sdxl"
         default = await submit_all(client, [{"seed": 61}])
-        other = await Client.connect(pool.server)  # another painter still gets the server's
+        other = await connect(pool)  # another painter still gets the server's
         theirs = await submit_all(other, [{"seed": 61}])
         return [decode(of(events, p.Result)[0].png) for jobs in (named, default, theirs)
                 for events in jobs.values()]
@@ -183,7 +198,7 @@ def test_a_clients_load_model_makes_it_that_clients_default(pool):
 
 def test_cancel_and_disconnect_stop_the_job_within_one_step_on_its_replica(pool):
     async def cancel_then_disconnect():
-        client = await Client.connect(pool.server)
+        client = await connect(pool)
         await client.submit(make_test_image(), gradient_map(), prompt="hold", steps=20)
         accepted = await client.accepted()
         await client.until(lambda e: isinstance(e, p.Progress))
@@ -210,7 +225,7 @@ def test_cancel_and_disconnect_stop_the_job_within_one_step_on_its_replica(pool)
 
 def test_out_of_memory_on_a_replica_fails_that_job_only(pool):
     async def jobs():
-        client = await Client.connect(pool.server)
+        client = await connect(pool)
         return list((await submit_all(client, [{"prompt": "oom"}, {"seed": 41}])).values())
 
     oom, fine = run(jobs())
@@ -220,12 +235,12 @@ def test_out_of_memory_on_a_replica_fails_that_job_only(pool):
 
 def test_a_replica_killed_mid_job_fails_that_job_and_the_next_ones_run(pool):
     async def kill_one():
-        client = await Client.connect(pool.server)
+        client = await connect(pool)
         await client.submit(make_test_image(), gradient_map(), prompt="hold", steps=20)
         accepted = await client.accepted()
         await client.until(lambda e: isinstance(e, p.Progress))
         victim = pool.server.worker.runs_on[accepted.job_id].pid
-        other = await Client.connect(pool.server)  # another painter's jobs, running meanwhile
+        other = await connect(pool)  # another painter's jobs, running meanwhile
         others = asyncio.ensure_future(submit_all(other, [{"seed": s, "steps": 10}
                                                           for s in (55, 56)]))
         await asyncio.sleep(0.2)
