@@ -31,6 +31,7 @@ from .constants import (
     ProtocolError,
 )
 from .frames import Frame, decode_frame, loads
+from .maps import CompleteMakeMap, MakeMap, MakeMapCollector
 from .messages import Accepted, Cancel, ListModels, LoadModel, Welcome
 from .submit import SubmitRequest, parse_submit
 
@@ -140,7 +141,7 @@ class SubmitCollector:
 
 
 # What ServerSession.receive hands the server to act on (a cancel's job_id is always set).
-ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel]
+ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel, CompleteMakeMap]
 
 
 class ServerSession:
@@ -164,6 +165,7 @@ class ServerSession:
         self.max_jobs = max_jobs
         self.jobs_in_queue = jobs_in_queue or (lambda: 0)
         self.submits = SubmitCollector(capabilities)
+        self.maps = MakeMapCollector(capabilities)  # make_map requests waiting for their picture
         self.job_by_ref: dict[int, int] = {}
 
     def receive_hello(self, data: str | bytes) -> Welcome:
@@ -176,10 +178,16 @@ class ServerSession:
 
     def receive(self, data: str | bytes) -> list[ClientRequest]:
         if not isinstance(data, str):
-            complete = self.submits.add_frame(decode_frame(data))
+            frame = decode_frame(data)
+            if self.maps.expects(frame.ref):
+                return [self.maps.add_frame(frame)]
+            complete = self.submits.add_frame(frame)
             return [] if complete is None else [complete]
         message = loads(data)
         kind = message["type"]
+        if kind == "make_map":
+            self._make_map(message)
+            return []
         if kind == "submit":
             self._check_room(message)
             self.submits.add_submit(message)
@@ -195,7 +203,7 @@ class ServerSession:
         raise ProtocolError(E_UNKNOWN_TYPE, f"Unknown message type {kind!r}; expected one of "
                                             f"{', '.join(CLIENT_MESSAGE_TYPES)}.")
 
-    def accept(self, request: SubmitRequest, job_id: int, seed: int) -> Accepted:
+    def accept(self, request: SubmitRequest | MakeMap, job_id: int, seed: int = 0) -> Accepted:
         """The server queued ``request`` as job ``job_id``: its ``accepted`` (the queue fills in
         the position), and from now on a cancel by its ref names that job."""
         self.job_by_ref[request.ref] = job_id
@@ -204,7 +212,8 @@ class ServerSession:
     def _check_room(self, message: dict[str, Any]) -> None:
         if self.max_jobs is None:
             return
-        if self.jobs_in_queue() + len(self.submits.pending_refs) >= self.max_jobs:
+        waiting = len(self.submits.pending_refs) + len(self.maps.pending_refs)
+        if self.jobs_in_queue() + waiting >= self.max_jobs:
             ref = message.get("ref")
             raise ProtocolError(E_QUEUE_FULL, f"You already have {self.max_jobs} jobs waiting; "
                                               f"wait for one to finish or cancel one.",
@@ -213,13 +222,22 @@ class ServerSession:
     def _cancel(self, cancel: Cancel) -> list[ClientRequest]:
         job_id, ref = cancel.job_id, cancel.ref
         if job_id is None and ref is not None:
-            if self.submits.drop(ref):
+            if self.submits.drop(ref) or self.maps.drop(ref):
                 return []  # its frames never all arrived: nothing was queued
             job_id = self.job_by_ref.get(ref)
         if job_id is None:
             raise ProtocolError(E_BAD_MESSAGE, "cancel needs a 'job_id' (or the submit's "
                                                "'ref').", ref=ref)
         return [Cancel(job_id=job_id)]
+
+    def _make_map(self, message: dict[str, Any]) -> None:
+        """A ``make_map``: counted like a job; its picture frame completes it."""
+        self._check_room(message)
+        ref = message.get("ref")
+        if ref in self.submits.pending_refs:
+            raise ProtocolError(E_BAD_MESSAGE, f"ref {ref} is already waiting for a submit's "
+                                               f"frames; use a new ref.", ref=ref)
+        self.maps.add_request(message)
 
     def _load_model(self, request: LoadModel) -> LoadModel:
         models = self.capabilities.models
