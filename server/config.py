@@ -32,6 +32,9 @@ class ServerConfig:
     max_jobs_per_client: int = 8
     handshake_timeout_s: float = 10.0
     console_progress: bool | None = False  # None: when stderr is a terminal
+    # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
+    depth_model: str | None = None
+    segment_model: str | None = None
 
     @property
     def models(self) -> list[str]:
