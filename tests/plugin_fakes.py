@@ -245,6 +245,11 @@ class RecordingClient(QObject):
         self.frames.append(self.session.submit(request, png, map_gray8))
         return request.ref
 
+    def make_map(self, request, image_png):  # map makers (krita_plugin.map_tools)
+        png = image_png() if callable(image_png) else image_png
+        self.frames.append(self.session.make_map(request, png))
+        return request.ref
+
     def cancel(self, job_id=None, ref=None):
         self.cancels.append(protocol.loads(self.session.cancel(job_id=job_id, ref=ref)))
 
