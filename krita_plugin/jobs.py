@@ -218,9 +218,15 @@ def find_map_layer(layers, name: str, exclude: set[str] | frozenset = frozenset(
     return found
 
 
-def map_layer_ids(layers, name: str) -> list[str]:
-    """Every layer named like the map: none of them is part of the picture a job sends."""
-    return [la.id for la in layers if is_map_layer_name(la.name, name) and la.type != "selectionmask"]
+def maps_left_out(layers, name: str, read) -> list[str]:
+    """The layers that are maps, not picture: the map `read`, every map the map tools made
+    (`name · what`), and, when the map read is one of those, the painter's `name` layers it
+    superseded. (A painter's lower layer called exactly `name` beside a painted map on top stays
+    part of the picture, as it always did.)"""
+    read_id = read.id if read is not None else None
+    tool_made = read is not None and read.name != name
+    return [la.id for la in layers if la.type != "selectionmask" and (
+        la.id == read_id or (is_map_layer_name(la.name, name) and (la.name != name or tool_made)))]
 
 
 def nonzero_box(gray: bytes, width: int, height: int) -> Region | None:
@@ -316,7 +322,7 @@ def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = 
                                 "Source to 'Visible picture'.")
         image = canvas.layer_pixels(source_node_id, crop)
     else:
-        hide = [i for i in (*hide_ids, *map_layer_ids(layers, settings.map_layer)) if i]
+        hide = [i for i in (*hide_ids, *maps_left_out(layers, settings.map_layer, map_layer)) if i]
         image, converted = canvas.projection_pixels(crop, hide)
         if converted:
             notes.append(f"The {converted} picture was sent as 8-bit sRGB; results come back as 8-bit layers.")

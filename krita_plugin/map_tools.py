@@ -4,7 +4,7 @@ Each maker puts its map on a NEW layer named "<map layer> · <what>" ("Change Ma
 top of the stack, so it is the map the next job reads (jobs.find_map_layer takes the topmost
 layer named like the setting). Nothing of the painter's is touched: an older Change Map keeps its
 pixels, name and visibility (hiding or renaming it would be editing the painter's layer), and it
-is never part of the picture a job sends (jobs.map_layer_ids). A transform then rewrites only
+is never part of the picture a job sends (jobs.maps_left_out). A transform then rewrites only
 that new layer, in place, as the controls move; "Apply" keeps the result as the map to shape next.
 
 Makers: the server's `depth` and `segments` (a make_map request; the selection's bounds are the
@@ -22,7 +22,7 @@ from shared.protocol import Region
 
 from .client import NotConnected
 from .images import ImageError, bgra_to_png, change_map_from_bgra
-from .jobs import MAP_NAME_SEPARATOR, DocumentGone, JobInputError, map_layer_ids
+from .jobs import MAP_NAME_SEPARATOR, DocumentGone, JobInputError, find_map_layer, maps_left_out
 from .qt import QObject, Signal
 
 MAP_OPACITY = 128  # like "Create Change Map layer": the picture shows through while painting
@@ -179,7 +179,8 @@ class MapTools(QObject):
 
         def read() -> tuple[int, int, bytes]:
             width, height = canvas.size
-            maps = map_layer_ids(canvas.layers(), self.controller.settings.map_layer)
+            layers, name = canvas.layers(), self.controller.settings.map_layer
+            maps = maps_left_out(layers, name, find_map_layer(layers, name, set(hide)))
             bgra, _converted = canvas.projection_pixels(Region(0, 0, width, height), hide + maps)
             return width, height, bgra
 
