@@ -8,6 +8,8 @@ gradient or fan is one row times 4096, a radial map a quarter of its pixels.
 from __future__ import annotations
 
 import math
+import operator
+from itertools import repeat
 
 from .fan import fan_columns, fan_strengths
 
@@ -34,19 +36,27 @@ def gradient(width: int, height: int, low: int = 0, high: int = 255) -> bytes:
 def radial(width: int, height: int, center: int = 0, edge: int = 255) -> bytes:
     """``center`` in the middle of the picture to ``edge`` at its corners, in circles."""
     _check(width, height)
+    for name, value in (("center", center), ("edge", edge)):
+        if not 0 <= value <= 255:
+            raise ValueError(f"{name} must lie in 0..255, got {value}.")
     cx, cy = (width - 1) / 2.0, (height - 1) / 2.0
     reach = math.hypot(cx, cy) or 1.0
     half = (width + 1) // 2  # the left half (with the middle column) is mirrored
-    span = edge - center
+    span = float(edge - center)
     dx2 = [(x - cx) ** 2 for x in range(half)]
-    rows = {}
+    rows: dict[int, bytes] = {}
     out = []
     for y in range(height):
         key = min(y, height - 1 - y)  # rows mirror about the middle too
         row = rows.get(key)
         if row is None:
-            dy2 = (y - cy) ** 2
-            left = bytes(_byte(center + span * math.sqrt(d + dy2) / reach) for d in dx2)
+            # floor(center + span * sqrt(dx2 + dy2) / reach + 0.5), one C-level pass per
+            # operation (no Python code per pixel): a 4096 x 4096 map in well under a second.
+            # Every value lies between center and edge, so int() is floor here.
+            dist = map(math.sqrt, map(operator.add, dx2, repeat((y - cy) ** 2)))
+            scaled = map(operator.truediv, map(operator.mul, repeat(span), dist), repeat(reach))
+            left = bytes(map(int, map(operator.add, map(operator.add, repeat(float(center)), scaled),
+                                      repeat(0.5))))
             row = rows[key] = left + left[:width - half][::-1]
         out.append(row)
     return b"".join(out)
