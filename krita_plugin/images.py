@@ -123,3 +123,11 @@ def change_map_from_bgra(bgra: bytes, width: int, height: int) -> bytes:
     premultiplied = QImage(bgra, width, height, width * 4, FORMAT_ARGB32).convertToFormat(FORMAT_ARGB32_PREMULTIPLIED)
     premultiplied.reinterpretAsFormat(FORMAT_RGB32)
     return _image_bytes(premultiplied.convertToFormat(FORMAT_GRAY8), 1)
+
+
+def gray_to_bgra(gray: bytes, width: int, height: int) -> bytes:
+    """Opaque gray BGRA (B = G = R = the map's byte, A = 255): a map as a layer's pixels, read
+    back by change_map_from_bgra as the same map. Qt converts (a 2K map in a few ms)."""
+    if len(gray) != width * height:
+        raise ImageError(f"expected {width}x{height} bytes of map, got {len(gray)}")
+    return image_to_bgra(QImage(gray, width, height, width, FORMAT_GRAY8))

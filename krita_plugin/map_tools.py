@@ -21,7 +21,7 @@ from shared.map_transforms import MapTransform
 from shared.protocol import Region
 
 from .client import NotConnected
-from .images import ImageError, bgra_to_png, change_map_from_bgra
+from .images import ImageError, bgra_to_png, change_map_from_bgra, gray_to_bgra
 from .jobs import MAP_NAME_SEPARATOR, DocumentGone, JobInputError, find_map_layer, maps_left_out
 from .qt import QObject, Signal
 
@@ -29,16 +29,6 @@ MAP_OPACITY = 128  # like "Create Change Map layer": the picture shows through w
 PATTERNS = ("gradient", "radial", "fan")
 MAKER_LABELS = {"depth": "depth", "segments": "segment", "selection": "selection",
                 "alpha": "layer alpha", "gradient": "gradient", "radial": "radial", "fan": "fan"}
-
-
-def gray_to_bgra(gray: bytes) -> bytes:
-    """Opaque gray pixels (B = G = R = the map's value): read back, they give the same map."""
-    out = bytearray(len(gray) * 4)
-    out[0::4] = gray
-    out[1::4] = gray
-    out[2::4] = gray
-    out[3::4] = b"\xff" * len(gray)
-    return bytes(out)
 
 
 def paste_gray(box: Region, gray: bytes, width: int, height: int) -> bytes:
@@ -142,7 +132,7 @@ class MapTools(QObject):
             width, height = canvas.size
             if len(gray) != width * height:
                 raise ImageError("The map is not the document's size any more (was it resized?).")
-            layer_id = canvas.add_layer(name, Region(0, 0, width, height), gray_to_bgra(gray),
+            layer_id = canvas.add_layer(name, Region(0, 0, width, height), gray_to_bgra(gray, width, height),
                                         opacity=MAP_OPACITY)  # on top: the map jobs read
             # base None: the first transform reads the layer, so painting on it first is kept.
             return MadeMap(canvas, layer_id, name, width, height, None)
@@ -254,7 +244,7 @@ class MapTools(QObject):
                 made.base = change_map_from_bgra(pixels, made.width, made.height)
             made.transform = transform
             return made.canvas.write_layer(made.layer_id, Region(0, 0, made.width, made.height),
-                                           gray_to_bgra(transform.apply(made.base)))
+                                           gray_to_bgra(transform.apply(made.base), made.width, made.height))
 
         if not self.controller._safely(write, made.canvas):  # the layer or its document is gone
             self._forget_current()

@@ -13,8 +13,13 @@ pytestmark = KRITA_MARKS
 
 
 @pytest.fixture(scope="module")
-def depth_run(tmp_path_factory):
-    home, inputs = tmp_path_factory.mktemp("krita-home"), tmp_path_factory.mktemp("in")
+def krita_home(tmp_path_factory):
+    return tmp_path_factory.mktemp("krita-home")  # one profile: Krita builds its database once
+
+
+@pytest.fixture(scope="module")
+def depth_run(tmp_path_factory, krita_home):
+    home, inputs = krita_home, tmp_path_factory.mktemp("in")
     for name, data in (("picture.bgra", picture(6)), ("ink.bgra", ink_layer()), ("map_layer.bgra", map_layer())):
         (inputs / name).write_bytes(data.tobytes())
     return harness.run_in_krita("map_checks", "map_from_depth", {"width": W, "height": H, "in_dir": str(inputs)},
@@ -42,3 +47,15 @@ def test_the_transform_row_rewrites_only_the_new_layer(depth_run):
     changed = [k for k in made if made[k] != shaped[k]]
     assert changed == [f"{len(r['before'])}:Change Map · depth"] and r["inverted"]
     assert not [n for n in r["notices"] if n[0] == "error"]
+
+
+def test_speeds_in_kritas_python(krita_home, record_property):
+    """Recorded, not asserted against a clock (shared CI machines vary)."""
+    r = harness.run_in_krita("map_checks", "speeds", {"side": 2048}, home=krita_home)
+    for key in ("transform_4096_s", "radial_4096_s"):
+        record_property(key, round(r[key], 4))
+    record_property("live_step_2048_s", [round(s, 4) for s in r["live_steps_s"]])
+    print(f"in Krita: 4096x4096 transform {r['transform_4096_s'] * 1000:.0f} ms, radial pattern "
+          f"{r['radial_4096_s']:.2f} s; a live transform step on 2048x2048: "
+          + ", ".join(f"{s * 1000:.0f} ms" for s in r["live_steps_s"]))
+    assert r["layer"] == "Change Map · gradient" and len(r["live_steps_s"]) == 3

@@ -11,7 +11,8 @@ from test_plugin_controller import H, W, make, picture, png_bgra
 
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import find_map_layer
-from krita_plugin.map_tools import MapTools, gray_to_bgra
+from krita_plugin.images import gray_to_bgra
+from krita_plugin.map_tools import MapTools
 from shared import map_patterns, protocol
 from shared import map_transforms as mt
 from shared.map_transforms import MapTransform
@@ -123,7 +124,7 @@ def test_map_from_depth_asks_the_server_and_adds_its_answer():
     client.feed(protocol.Accepted(request.ref, 40, 0, 0), protocol.Progress(40, 1, 2, 0.1, None),
                 protocol.MapReady(40, "depth", W, H, depth), protocol.Done(40, 1, 0, {}))
     [layer] = canvas.plugin_layers()
-    assert layer.name == "Change Map · depth" and layer.bgra.tobytes() == gray_to_bgra(depth)
+    assert layer.name == "Change Map · depth" and layer.bgra.tobytes() == gray_to_bgra(depth, W, H)
     assert not tools.busy and snapshot(canvas) == before
     # A refused request (an old server) is the controller's notice; the tools are idle again.
     assert tools.from_depth()
@@ -177,3 +178,14 @@ def test_the_maps_section_is_folded_fits_and_drives_the_tools():
     panel.maps.map_gamma.setValue(1.5)
     assert c.settings.map_gamma == 1.5
     panel.close()
+
+
+@pytest.mark.parametrize("width,height", [(7, 3), (64, 5)])
+def test_gray_to_bgra_is_opaque_gray_and_reads_back_as_the_same_map(width, height):
+    from krita_plugin.images import change_map_from_bgra
+
+    gray = np.random.default_rng(1).integers(0, 256, width * height, dtype=np.uint8).tobytes()
+    bgra = np.frombuffer(gray_to_bgra(gray, width, height), np.uint8).reshape(-1, 4)
+    g = np.frombuffer(gray, np.uint8)
+    assert (bgra[:, 0] == g).all() and (bgra[:, 1] == g).all() and (bgra[:, 2] == g).all()
+    assert (bgra[:, 3] == 255).all() and change_map_from_bgra(bgra.tobytes(), width, height) == gray

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from kscript import add_paint_layer, entry, layer_pixels, picture_document, read_input
+from kscript import add_paint_layer, entry, layer_pixels, new_document, picture_document, read_input
 
 
 class _MapClient:
@@ -80,3 +80,43 @@ def map_from_depth(args: dict) -> dict:
         "opaque": set(top_pixels[3::4]) == {255}, "inverted": inverted[0::4] == bytes(255 - v for v in depth),
         "notices": notices,
     }
+
+
+@entry
+def speeds(args: dict) -> dict:
+    """Seconds, in Krita's own Python: a 4096 x 4096 map transform (table + translate), a
+    4096 x 4096 radial pattern, and one live transform step on a 2048 x 2048 document (the map
+    layer rewritten in place and refreshed)."""
+    import os
+    import time
+
+    from krita_plugin.controller import Controller
+    from krita_plugin.krita_io import KritaHost
+    from krita_plugin.map_tools import MapTools
+    from krita_plugin.settings import DictStore
+    from shared import map_patterns
+    from shared.map_transforms import MapTransform
+
+    big = os.urandom(4096 * 4096)
+    started = time.perf_counter()
+    MapTransform(black=10, white=240, gamma=1.5, posterise=6, invert=True).apply(big)
+    transform_s = time.perf_counter() - started
+    started = time.perf_counter()
+    map_patterns.radial(4096, 4096)
+    radial_s = time.perf_counter() - started
+
+    side = args["side"]
+    doc = new_document(side, side)
+    client = _MapClient()
+    controller = Controller(KritaHost(document=doc, store=DictStore()), client=client)
+    tools = MapTools(controller)
+    made = tools.from_pattern("gradient")
+    doc.waitForDone()
+    steps = []
+    for gamma in (1.5, 2.0, 0.7):  # the first reads the layer back once (it may have been painted)
+        started = time.perf_counter()
+        assert tools.preview_transform(MapTransform(gamma=gamma))
+        doc.waitForDone()
+        steps.append(time.perf_counter() - started)
+    return {"transform_4096_s": transform_s, "radial_4096_s": radial_s, "live_steps_s": steps,
+            "layer": made.name if made else None}
