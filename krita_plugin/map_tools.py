@@ -32,12 +32,23 @@ MAKER_LABELS = {"depth": "depth", "segments": "segment", "selection": "selection
 
 
 def paste_gray(box: Region, gray: bytes, width: int, height: int) -> bytes:
-    """`gray` (box-sized) on a black canvas of `width` x `height`."""
+    """`gray` (box-sized) on a black canvas of `width` x `height`; what lies outside it (a Krita
+    selection may reach past the canvas) is dropped."""
     out = bytearray(width * height)
-    for row in range(box.height):
-        start = (box.y + row) * width + box.x
-        out[start:start + box.width] = gray[row * box.width:(row + 1) * box.width]
+    x0, x1 = max(box.x, 0), min(box.x + box.width, width)
+    if x0 >= x1:
+        return bytes(out)
+    for row in range(max(0, -box.y), min(box.height, height - box.y)):
+        source = row * box.width + (x0 - box.x)
+        start = (box.y + row) * width + x0
+        out[start:start + x1 - x0] = gray[source:source + x1 - x0]
     return bytes(out)
+
+
+def clip_to_canvas(box: Region, width: int, height: int) -> Region | None:
+    x0, y0 = max(box.x, 0), max(box.y, 0)
+    x1, y1 = min(box.x + box.width, width), min(box.y + box.height, height)
+    return Region(x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else None
 
 
 @dataclass
@@ -154,7 +165,11 @@ class MapTools(QObject):
         canvas = self._canvas()
         if canvas is None:
             return False
-        box = self.controller._safely(canvas.selection_box, canvas)
+        def read() -> Region | None:
+            box = canvas.selection_box()
+            return None if box is None else clip_to_canvas(box, *canvas.size)
+
+        box = self.controller._safely(read, canvas)
         if box is None:
             self._notice("error", "Select a rectangle around the object first: it is segmented inside it.")
             return False

@@ -12,7 +12,7 @@ from test_plugin_controller import H, W, make, picture, png_bgra
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import find_map_layer
 from krita_plugin.images import gray_to_bgra
-from krita_plugin.map_tools import MapTools
+from krita_plugin.map_tools import MapTools, clip_to_canvas, paste_gray
 from shared import map_patterns, protocol
 from shared import map_transforms as mt
 from shared.map_transforms import MapTransform
@@ -189,3 +189,12 @@ def test_gray_to_bgra_is_opaque_gray_and_reads_back_as_the_same_map(width, heigh
     g = np.frombuffer(gray, np.uint8)
     assert (bgra[:, 0] == g).all() and (bgra[:, 1] == g).all() and (bgra[:, 2] == g).all()
     assert (bgra[:, 3] == 255).all() and change_map_from_bgra(bgra.tobytes(), width, height) == gray
+
+
+def test_a_selection_reaching_past_the_canvas_is_cut_to_it():
+    gray = bytes(range(1, 13))  # a 4 x 3 box
+    out = np.frombuffer(paste_gray(protocol.Region(-1, 1, 4, 3), gray, 5, 3), np.uint8).reshape(3, 5)
+    assert out.tolist() == [[0, 0, 0, 0, 0], [2, 3, 4, 0, 0], [6, 7, 8, 0, 0]]
+    assert not paste_gray(protocol.Region(9, 0, 4, 3), gray, 5, 3).strip(b"\0")
+    assert clip_to_canvas(protocol.Region(-5, 2, 10, 10), 8, 6) == protocol.Region(0, 2, 5, 4)
+    assert clip_to_canvas(protocol.Region(10, 0, 3, 3), 8, 6) is None
