@@ -219,6 +219,8 @@ class MapTools(QObject):
         job_id = getattr(ev, "job_id", None)
         if isinstance(ev, protocol.Error) and job_id is None and ev.ref in self._by_ref:
             self._by_ref.pop(ev.ref)  # refused before it was queued (the controller says why)
+            if ev.code == protocol.E_UNKNOWN_TYPE:
+                self._notice("error", "This server makes no maps (it is older than the plugin): update it.")
             self._settle()
             return
         if job_id not in self._by_job:

@@ -130,7 +130,7 @@ def test_map_from_depth_asks_the_server_and_adds_its_answer():
     assert tools.from_depth()
     ref = protocol.loads(client.frames[-1][0])["ref"]
     client.feed(protocol.Error(protocol.E_UNKNOWN_TYPE, "Unknown message type 'make_map'", ref=ref))
-    assert not tools.busy and "make_map" in notices[-1][1]
+    assert not tools.busy and "update it" in notices[-1][1] and "make_map" in notices[-2][1]
 
 
 def test_segment_needs_a_selection_and_sends_its_box():

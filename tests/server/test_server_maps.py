@@ -141,3 +141,15 @@ def test_a_saved_model_loads_through_the_real_checkpoints_path(tmp_path, kind, t
     from_folder = MapMakers({kind: str(tmp_path)}).make(request, image)
     built_in = MapMakers({kind: tiny}).make(request, image)
     assert len(from_folder) == 40 * 30 and from_folder == built_in
+
+
+@async_test
+async def test_the_operator_names_the_map_models(gated_pipe):
+    from server.__main__ import parse_args
+
+    args = parse_args(["--depth-model", "Intel/dpt-hybrid-midas", "--segment-model", "/models/sam"])
+    assert (args.depth_model, args.segment_model) == ("Intel/dpt-hybrid-midas", "/models/sam")
+    async with serving(gated_pipe, depth_model="Intel/dpt-hybrid-midas") as server:
+        assert server.worker.map_makers.models == {"depth": "Intel/dpt-hybrid-midas",
+                                                   "segments": "tiny-segments"}
+        assert not server.worker.map_makers.is_loaded("depth")  # loaded on first use only
