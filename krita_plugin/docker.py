@@ -326,8 +326,7 @@ class DiffDiffPanel(QWidget):
 
     def open_server_dialog(self) -> None:
         dialog = self.server_dialog()
-        run = getattr(dialog, "exec", None) or dialog.exec_  # exec_ is PyQt5's older spelling
-        if run() == DIALOG_ACCEPTED:
+        if dialog.exec() == DIALOG_ACCEPTED:  # PyQt6 has no exec_()
             self.apply_server_dialog(dialog)
 
     def apply_server_dialog(self, dialog: ServerDialog) -> None:

@@ -27,6 +27,8 @@ SRGB_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
 DOCKER_ID = "differential_diffusion_docker"
 BAND_ROWS = 256  # large fills go in bands so a 4K canvas never needs one 64 MB buffer
 ACTIVE_RESTORE_S = 2.0  # how long to watch for Krita activating a layer the plugin just added
+# Krita 6's bindings know only the scoped spelling; Krita 5's accept it too (5.1 checked in kritarunner).
+DOCK_RIGHT = DockWidgetFactoryBase.DockPosition.DockRight
 
 
 class KritaSettingsStore:
@@ -335,12 +337,6 @@ class DocumentCanvas:
 _DOCKERS: list = []  # every docker Krita built (one per main window), for docker_controller()
 
 
-def _dock_right():
-    # Krita 6's bindings scope the enum (DockPosition.DockRight); Krita 5's accept both spellings.
-    scoped = getattr(DockWidgetFactoryBase, "DockPosition", None)
-    return scoped.DockRight if scoped is not None else DockWidgetFactoryBase.DockRight
-
-
 def register_docker(panel_factory, title: str = "Differential Diffusion") -> None:
     """Register the docker; `panel_factory(host)` builds the Krita-free panel widget."""
 
@@ -361,12 +357,13 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             self.panel.controller.connect_server()  # returns at once; retries in the background
             # Say goodbye to the server when Krita quits (it then cancels this client's jobs at once).
             Krita.instance().notifier().applicationClosing.connect(self.panel.controller.shutdown)
-            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)  # when the above is skipped
+            # Also on Qt's own quit signal, for when Krita skips the above.
+            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)
 
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
 
-    Krita.instance().addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, _dock_right(), DiffDiffDocker))
+    Krita.instance().addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DOCK_RIGHT, DiffDiffDocker))
 
 
 class KritaHost:

@@ -1,4 +1,4 @@
-"""A test-only Krita plugin for tests/test_gui.py: once the main window is up, it (optionally)
+"""A test-only Krita plugin for tests/e2e/test_gui.py: once the main window is up, it (optionally)
 opens a demo document and then reports, as JSON, how the Differential Diffusion docker is shown.
 
 It first only reads the docker: that report is what a painter sees on Krita's first start with

@@ -1,4 +1,4 @@
-"""The docker's logic without Krita (PyQt5 offscreen): jobs per mode, settings, history, messages.
+"""The docker's logic without Krita (Qt offscreen, under PyQt5 and PyQt6): jobs per mode, settings, history, messages.
 
 Requests are checked the way the server sees them: the recorded frames go through the server's
 own protocol.SubmitCollector, and the PNG is decoded with Pillow, not with the plugin's code.

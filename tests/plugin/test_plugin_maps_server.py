@@ -28,6 +28,7 @@ def test_map_from_depth_on_the_real_server(tiny_sd):
         depth = layer.bgra[..., 0]
         assert depth.min() == 0 and depth.max() == 255 and np.array_equal(depth, layer.bgra[..., 1])
         assert tools.current is not None and tools.status == ""
+        assert pump_events(c.settled, 5)  # its coalesced repaint, before the controller goes
         c.shutdown()
     finally:
         server.stop()

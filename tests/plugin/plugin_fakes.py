@@ -1,9 +1,9 @@
-"""Stand-ins for Krita in the plugin's logic tests (no Krita needed, PyQt5 offscreen).
+"""Stand-ins for Krita in the plugin's logic tests (no Krita needed; Qt offscreen, PyQt5 or PyQt6).
 
 `FakeCanvas` keeps layers as numpy arrays and offers only krita_io.DocumentCanvas's primitives
 (read a layer, read the picture without some layers, add/rewrite/remove a layer); the plugin's
 policy runs on top of it unchanged. What Krita itself does (feathering) is checked in
-test_plugin_krita.py, inside the real Krita.
+tests/krita/test_plugin_krita.py, inside the real Krita.
 `RecordingClient` is a ServerClient without a socket: a real protocol.ClientSession builds the
 frames, and the test decodes them with the server's own SubmitCollector.
 """

@@ -7,12 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from plugin_fakes import FakeCanvas, qapp
-from test_plugin_controller import H, W, make, picture, png_bgra
+from test_plugin_controller import H, W, make, picture, png_bgra, settle
 
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import find_map_layer
-from krita_plugin.images import gray_to_bgra
-from krita_plugin.map_tools import MapTools, clip_to_canvas, paste_gray
+from krita_plugin.map_tools import MapTools, clip_to_canvas, gray_to_bgra, paste_gray
 from shared import map_patterns, protocol
 from shared import map_transforms as mt
 from shared.map_transforms import MapTransform
@@ -124,13 +123,14 @@ def test_map_from_depth_asks_the_server_and_adds_its_answer():
     client.feed(protocol.Accepted(request.ref, 40, 0, 0), protocol.Progress(40, 1, 2, 0.1, None),
                 protocol.MapReady(40, "depth", W, H, depth), protocol.Done(40, 1, 0, {}))
     [layer] = canvas.plugin_layers()
-    assert layer.name == "Change Map · depth" and layer.bgra.tobytes() == gray_to_bgra(depth, W, H)
+    assert layer.name == "Change Map · depth" and layer.bgra.tobytes() == gray_to_bgra(depth)
     assert not tools.busy and snapshot(canvas) == before
     # A refused request (an old server) is the controller's notice; the tools are idle again.
     assert tools.from_depth()
     ref = protocol.loads(client.frames[-1][0])["ref"]
     client.feed(protocol.Error(protocol.E_UNKNOWN_TYPE, "Unknown message type 'make_map'", ref=ref))
     assert not tools.busy and "update it" in notices[-1][1] and "make_map" in notices[-2][1]
+    settle(c)  # the progress' coalesced repaint fires now, not on a controller a later test frees
 
 
 def test_segment_needs_a_selection_and_sends_its_box():
@@ -185,7 +185,7 @@ def test_gray_to_bgra_is_opaque_gray_and_reads_back_as_the_same_map(width, heigh
     from krita_plugin.images import change_map_from_bgra
 
     gray = np.random.default_rng(1).integers(0, 256, width * height, dtype=np.uint8).tobytes()
-    bgra = np.frombuffer(gray_to_bgra(gray, width, height), np.uint8).reshape(-1, 4)
+    bgra = np.frombuffer(gray_to_bgra(gray), np.uint8).reshape(-1, 4)
     g = np.frombuffer(gray, np.uint8)
     assert (bgra[:, 0] == g).all() and (bgra[:, 1] == g).all() and (bgra[:, 2] == g).all()
     assert (bgra[:, 3] == 255).all() and change_map_from_bgra(bgra.tobytes(), width, height) == gray
