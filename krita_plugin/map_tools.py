@@ -141,11 +141,12 @@ class MapTools(QObject):
 
         def draw() -> bytes:
             width, height = canvas.size
-            if pattern == "fan":
-                if s.fan_columns > width:
-                    raise JobInputError(f"{s.fan_columns} fan columns do not fit in {width} pixels.")
-                return map_patterns.fan(width, height, s.fan_columns, s.fan_low, s.fan_high)
-            return map_patterns.PATTERNS[pattern](width, height)
+            try:
+                if pattern == "fan":
+                    return map_patterns.fan(width, height, s.fan_columns, s.fan_low, s.fan_high)
+                return map_patterns.PATTERNS[pattern](width, height)
+            except ValueError as exc:  # e.g. more fan columns than pixels: a sentence, not a traceback
+                raise JobInputError(str(exc)) from None
 
         return self._make(canvas, pattern, draw)
 

@@ -78,6 +78,9 @@ def test_selection_alpha_and_fan_makers():
     made = tools.from_pattern("fan")
     assert sorted(set(gray_of(canvas.find(made.layer_id)).ravel().tolist())) == [0, 128, 255]
     assert len(canvas.plugin_layers()) == 3 and snapshot(canvas) == before
+    c.update_settings(fan_low=0.9, fan_high=0.1)  # upside down: said, and no layer
+    assert tools.from_pattern("fan") is None and "upside down" in notices[-1][1]
+    assert len(canvas.plugin_layers()) == 3
     assert canvas.active_id != made.layer_id  # the painter's layer stays active
 
 
