@@ -185,6 +185,7 @@ class MapTools(QObject):
         canvas = self._canvas()
         if canvas is None:
             return False
+
         def read() -> Region | None:
             box = canvas.selection_box()
             return None if box is None else clip_to_canvas(box, *canvas.size)
