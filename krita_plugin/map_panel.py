@@ -93,6 +93,16 @@ class MapsSection(QWidget):
         form.setContentsMargins(0, 0, 0, 0)
         self.black = _byte_box(0, "Black point: at or below it, keep")
         self.white = _byte_box(255, "White point: at or above it, change fully")
+        self.band = QSpinBox()
+        self.band.setRange(-1, 255)
+        self.band.setValue(-1)
+        self.band.setSpecialValueText("off")
+        self.band.setToolTip("Focus band: keep the values near this one (a depth), change the rest; "
+                             "Invert changes only the band")
+        self.band_width = QSpinBox()
+        self.band_width.setRange(0, 128)
+        self.band_width.setValue(32)
+        self.band_width.setToolTip("How far from the band's value is kept (the ramp is half as wide)")
         self.gamma = decimal_box(0.1, 10.0, 1.0, 0.1)
         self.gamma.setToolTip("Above 1: more change; below 1: gentler. Black stays black.")
         self.posterise = QSpinBox()
@@ -106,6 +116,7 @@ class MapsSection(QWidget):
         self.apply.setToolTip("Keep the shaped map (paint on it, or shape it again)")
         self.reset = QPushButton("Reset")
         form.addRow("Levels", _pair(self.black, self.white))
+        form.addRow("Band", _pair(self.band, self.band_width))
         form.addRow("Gamma", _pair(self.gamma, self.posterise))
         form.addRow("Clamp", _pair(self.low, self.high))
         layout.addLayout(form)
@@ -136,7 +147,8 @@ class MapsSection(QWidget):
         self.selection.clicked.connect(lambda: self._made(t.from_selection()))
         self.alpha.clicked.connect(lambda: self._made(t.from_layer_alpha()))
         self.add_pattern.clicked.connect(lambda: self._made(t.from_pattern(self.pattern.currentData())))
-        for box in (self.black, self.white, self.gamma, self.posterise, self.low, self.high):
+        for box in (self.black, self.white, self.band, self.band_width, self.gamma, self.posterise, self.low,
+                    self.high):
             box.valueChanged.connect(self._schedule)
         self.invert.toggled.connect(self._schedule)
         self.apply.clicked.connect(self._apply)
@@ -151,16 +163,20 @@ class MapsSection(QWidget):
 
     def transform(self) -> MapTransform:
         low, high = sorted((self.low.value(), self.high.value()))
-        return MapTransform(black=self.black.value(), white=self.white.value(), gamma=round(self.gamma.value(), 2),
+        return MapTransform(black=self.black.value(), white=self.white.value(), band=self.band.value(),
+                            band_width=self.band_width.value(), gamma=round(self.gamma.value(), 2),
                             posterise=self.posterise.value(), low=low, high=high, invert=self.invert.isChecked())
 
     def _set_controls(self, transform: MapTransform) -> None:
         """Show `transform` without rewriting the layer."""
-        widgets = (self.black, self.white, self.gamma, self.posterise, self.low, self.high, self.invert)
+        widgets = (self.black, self.white, self.band, self.band_width, self.gamma, self.posterise, self.low,
+                   self.high, self.invert)
         for widget in widgets:
             widget.blockSignals(True)
         self.black.setValue(transform.black)
         self.white.setValue(transform.white)
+        self.band.setValue(transform.band)
+        self.band_width.setValue(transform.band_width)
         self.gamma.setValue(transform.gamma)
         self.posterise.setValue(max(transform.posterise, 1))
         self.low.setValue(transform.low)
@@ -193,8 +209,8 @@ class MapsSection(QWidget):
     def refresh(self) -> None:
         current = self.tools.current
         has_map = current is not None
-        for widget in (self.black, self.white, self.gamma, self.posterise, self.low, self.high, self.invert,
-                       self.apply, self.reset):
+        for widget in (self.black, self.white, self.band, self.band_width, self.gamma, self.posterise, self.low,
+                       self.high, self.invert, self.apply, self.reset):
             widget.setEnabled(has_map)
         for button in (self.depth, self.segment):
             button.setEnabled(not self.tools.busy)

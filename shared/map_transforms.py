@@ -138,11 +138,14 @@ def clamp(low: int = 0, high: int = 255) -> bytes:
 
 @dataclass(frozen=True)
 class MapTransform:
-    """The docker's transform row: levels, gamma, posterise, clamp, invert, in that order.
-    The defaults change nothing."""
+    """The docker's transform row: levels, focus band, gamma, posterise, clamp, invert, in that
+    order. The defaults change nothing. ``band`` (-1: off) keeps the values within
+    ``band_width`` of it and changes the rest, with a ramp of half ``band_width``."""
 
     black: int = 0
     white: int = 255
+    band: int = -1
+    band_width: int = 32
     gamma: float = 1.0
     posterise: int = 0  # 0 or 1: off
     low: int = 0
@@ -155,6 +158,8 @@ class MapTransform:
 
     def lut(self) -> bytes:
         steps = [levels(self.black, self.white)]
+        if self.band >= 0:
+            steps.append(focus_band(self.band, self.band_width, self.band_width // 2))
         if self.gamma != 1.0:
             steps.append(gamma(self.gamma))
         if self.posterise >= 2:

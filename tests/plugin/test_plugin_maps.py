@@ -178,6 +178,11 @@ def test_the_maps_section_is_folded_fits_and_drives_the_tools():
     assert layer.bgra[0, 0, 0] == 255 and layer.bgra[0, -1, 0] == 0
     panel.maps.apply.click()
     assert not panel.maps.invert.isChecked() and layer.bgra[0, 0, 0] == 255
+    panel.maps.band.setValue(0)  # keep what is black now (the right edge), change the rest
+    panel.maps.band_width.setValue(10)
+    panel.maps._live.timeout.emit()
+    assert layer.bgra[0, -1, 0] == 0 and layer.bgra[0, 0, 0] == 255
+    assert panel.maps.transform().band == 0
     panel.maps.map_gamma.setValue(1.5)
     assert c.settings.map_gamma == 1.5
     panel.close()

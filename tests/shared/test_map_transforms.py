@@ -66,9 +66,11 @@ def test_focus_band(keep_band):
 
 
 def test_compose_and_the_transform_row():
-    row = mt.MapTransform(black=20, white=220, gamma=1.8, posterise=4, low=10, high=240, invert=True)
+    row = mt.MapTransform(black=20, white=220, band=100, band_width=30, gamma=1.8, posterise=4, low=10,
+                          high=240, invert=True)
     step = MAP
-    for lut in (mt.levels(20, 220), mt.gamma(1.8), mt.posterise(4), mt.clamp(10, 240), mt.invert()):
+    for lut in (mt.levels(20, 220), mt.focus_band(100, 30, 15), mt.gamma(1.8), mt.posterise(4),
+                mt.clamp(10, 240), mt.invert()):
         step = through(lut, step)
     assert np.array_equal(through(row.lut()), step)
     assert mt.MapTransform().is_identity and not row.is_identity
