@@ -112,6 +112,12 @@ class MapsSection(QWidget):
         self.low = _byte_box(0, "Least change anywhere")
         self.high = _byte_box(255, "Most change anywhere")
         self.invert = QCheckBox("Invert")
+        self.soften_px = QSpinBox()
+        self.soften_px.setRange(1, 256)
+        self.soften_px.setValue(8)
+        self.soften_px.setSuffix(" px")
+        self.soften = QPushButton("Blur")
+        self.soften.setToolTip("Soften the map's edges with Krita's Gaussian blur (keeps the shaping so far)")
         self.apply = QPushButton("Apply")
         self.apply.setToolTip("Keep the shaped map (paint on it, or shape it again)")
         self.reset = QPushButton("Reset")
@@ -121,6 +127,7 @@ class MapsSection(QWidget):
         form.addRow("Clamp", _pair(self.low, self.high))
         layout.addLayout(form)
         layout.addLayout(_pair(self.invert, self.apply, self.reset))
+        layout.addLayout(_pair(self.soften_px, self.soften))
         self.map_gamma = decimal_box(MIN_MAP_GAMMA, MAX_MAP_GAMMA, settings.map_gamma, 0.1)
         self.map_gamma.setToolTip("Each job's map curve: above 1 every grey changes more, below 1 less "
                                   "(the layer is left as it is)")
@@ -153,6 +160,7 @@ class MapsSection(QWidget):
         self.invert.toggled.connect(self._schedule)
         self.apply.clicked.connect(self._apply)
         self.reset.clicked.connect(self._reset)
+        self.soften.clicked.connect(self._soften)
         self.map_gamma.valueChanged.connect(lambda v: t.controller.update_settings(map_gamma=v))
         t.changed.connect(self.refresh)
         t.made.connect(lambda _made: self._set_controls(MapTransform()))
@@ -201,6 +209,10 @@ class MapsSection(QWidget):
         if self.tools.apply_transform():
             self._set_controls(MapTransform())
 
+    def _soften(self) -> None:
+        self._apply()  # what the controls show is kept first, then blurred
+        self.tools.soften(self.soften_px.value())
+
     def _reset(self) -> None:
         self._set_controls(MapTransform())
         self._live.stop()
@@ -210,7 +222,7 @@ class MapsSection(QWidget):
         current = self.tools.current
         has_map = current is not None
         for widget in (self.black, self.white, self.band, self.band_width, self.gamma, self.posterise, self.low,
-                       self.high, self.invert, self.apply, self.reset):
+                       self.high, self.invert, self.apply, self.reset, self.soften_px, self.soften):
             widget.setEnabled(has_map)
         for button in (self.depth, self.segment):
             button.setEnabled(not self.tools.busy)

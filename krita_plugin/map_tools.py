@@ -289,6 +289,18 @@ class MapTools(QObject):
             return False
         return True
 
+    def soften(self, radius_px: int) -> bool:
+        """Blur the current map layer with Krita's own filter; transforms then start from it."""
+        made = self.current
+        if made is None or radius_px <= 0:
+            return False
+        if not self.controller._safely(lambda: made.canvas.blur_layer(made.layer_id, radius_px), made.canvas):
+            self._forget_current()
+            return False
+        made.base, made.transform = None, MapTransform()
+        self.changed.emit()
+        return True
+
     def apply_transform(self) -> bool:
         """Keep what the layer shows: the next transform starts from it (and from any painting)."""
         made = self.current

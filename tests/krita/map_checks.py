@@ -74,10 +74,16 @@ def map_from_depth(args: dict) -> dict:
     panel.maps._live.timeout.emit()  # what its timer does a moment later
     shaped = layer_pixels(doc)
     inverted = bytes(top.pixelData(0, 0, w, h))
+    panel.maps.soften_px.setValue(4)
+    panel.maps.soften.click()  # Krita's own Gaussian blur, on that layer only
+    softened = layer_pixels(doc)
+    blurred = bytes(top.pixelData(0, 0, w, h))
     return {
         "request": request.to_dict(), "sent_picture": png_to_bgra(png).hex(), "before": before, "made": made,
         "shaped": shaped, "top_name": top.name(), "top_is_map": top_pixels[0::4] == depth,
         "opaque": set(top_pixels[3::4]) == {255}, "inverted": inverted[0::4] == bytes(255 - v for v in depth),
+        "softened": softened, "blur_changed_it": blurred != inverted,
+        "blur_opaque_gray": set(blurred[3::4]) == {255} and blurred[0::4] == blurred[1::4] == blurred[2::4],
         "notices": notices,
     }
 

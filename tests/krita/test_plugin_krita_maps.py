@@ -1,5 +1,6 @@
 """Map tools inside the real Krita 5 (kritarunner, offscreen): "Map from depth" adds exactly one
-layer, the painter's layers stay byte-identical, and the transform row changes only that layer."""
+layer, the painter's layers stay byte-identical, and the transform row (and Blur, Krita's own
+filter) changes only that layer."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ def test_the_transform_row_rewrites_only_the_new_layer(depth_run):
     changed = [k for k in made if made[k] != shaped[k]]
     assert changed == [f"{len(r['before'])}:Change Map · depth"] and r["inverted"]
     assert not [n for n in r["notices"] if n[0] == "error"]
+
+
+def test_blur_is_kritas_own_filter_on_the_new_layer_only(depth_run):
+    r = depth_run
+    shaped, softened = r["shaped"], r["softened"]
+    assert [k for k in shaped if shaped[k] != softened[k]] == [f"{len(r['before'])}:Change Map · depth"]
+    assert r["blur_changed_it"] and r["blur_opaque_gray"]  # still a map: gray, opaque
 
 
 def test_speeds_in_kritas_python(krita_home, record_property):

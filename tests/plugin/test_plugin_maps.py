@@ -206,3 +206,19 @@ def test_a_selection_reaching_past_the_canvas_is_cut_to_it():
     assert not paste_gray(protocol.Region(9, 0, 4, 3), gray, 5, 3).strip(b"\0")
     assert clip_to_canvas(protocol.Region(-5, 2, 10, 10), 8, 6) == protocol.Region(0, 2, 5, 4)
     assert clip_to_canvas(protocol.Region(10, 0, 3, 3), 8, 6) is None
+
+
+def test_soften_blurs_only_the_new_map_and_shaping_starts_from_it():
+    c, client, canvas, notices, tools, before = setup()
+    canvas.select(10, 8, 20, 12)
+    made = tools.from_selection()
+    layer = canvas.find(made.layer_id)
+    assert set(gray_of(layer).ravel().tolist()) == {0, 255}
+    assert tools.soften(3)
+    soft = gray_of(layer)
+    assert 0 < soft[14, 8] < 255 and soft[0, 0] == 0 and soft[14, 20] == 255  # the edge, not the rest
+    assert tools.preview_transform(MapTransform(invert=True))
+    assert np.array_equal(gray_of(layer), 255 - soft)
+    assert snapshot(canvas) == before and len(canvas.plugin_layers()) == 1
+    canvas.remove_layer(made.layer_id)
+    assert not tools.soften(3) and tools.current is None
