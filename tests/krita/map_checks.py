@@ -126,3 +126,9 @@ def speeds(args: dict) -> dict:
         steps.append(time.perf_counter() - started)
     return {"transform_4096_s": transform_s, "radial_4096_s": radial_s, "live_steps_s": steps,
             "layer": made.name if made else None}
+
+
+@entry
+def both(args: dict) -> dict:
+    """Both checks in one Krita start (each start costs seconds)."""
+    return {"depth": map_from_depth.__wrapped__(args["depth"]), "speeds": speeds.__wrapped__(args["speeds"])}

@@ -14,17 +14,18 @@ pytestmark = KRITA_MARKS
 
 
 @pytest.fixture(scope="module")
-def krita_home(tmp_path_factory):
-    return tmp_path_factory.mktemp("krita-home")  # one profile: Krita builds its database once
-
-
-@pytest.fixture(scope="module")
-def depth_run(tmp_path_factory, krita_home):
-    home, inputs = krita_home, tmp_path_factory.mktemp("in")
+def runs(tmp_path_factory):
+    """Both checks of map_checks in one Krita start."""
+    home, inputs = tmp_path_factory.mktemp("krita-home"), tmp_path_factory.mktemp("in")
     for name, data in (("picture.bgra", picture(6)), ("ink.bgra", ink_layer()), ("map_layer.bgra", map_layer())):
         (inputs / name).write_bytes(data.tobytes())
-    return harness.run_in_krita("map_checks", "map_from_depth", {"width": W, "height": H, "in_dir": str(inputs)},
-                                home=home)
+    return harness.run_in_krita("map_checks", "both", {"depth": {"width": W, "height": H, "in_dir": str(inputs)},
+                                                       "speeds": {"side": 2048}}, home=home)
+
+
+@pytest.fixture
+def depth_run(runs):
+    return runs["depth"]
 
 
 def test_map_from_depth_adds_one_top_layer_and_leaves_the_painters_alone(depth_run):
@@ -57,9 +58,9 @@ def test_blur_is_kritas_own_filter_on_the_new_layer_only(depth_run):
     assert r["blur_changed_it"] and r["blur_opaque_gray"]  # still a map: gray, opaque
 
 
-def test_speeds_in_kritas_python(krita_home, record_property):
+def test_speeds_in_kritas_python(runs, record_property):
     """Recorded, not asserted against a clock (shared CI machines vary)."""
-    r = harness.run_in_krita("map_checks", "speeds", {"side": 2048}, home=krita_home)
+    r = runs["speeds"]
     for key in ("transform_4096_s", "radial_4096_s"):
         record_property(key, round(r[key], 4))
     record_property("live_step_2048_s", [round(s, 4) for s in r["live_steps_s"]])
