@@ -470,7 +470,8 @@ class Controller(ResultsMixin, QObject):
         self._finish(job, "done", text)
 
     def _on_Cancelled(self, ev: protocol.Cancelled) -> None:
-        job = self.jobs.pop(ev.job_id, None)
+        # A ref alone: a submit cancelled before the server accepted it (protocol, issue 12).
+        job = self.jobs.pop(ev.job_id, None) if ev.job_id is not None else self.pending.pop(ev.ref, None)
         if job is None:
             return
         self._remove_preview(job)

@@ -116,7 +116,7 @@ class ServerDialog(QDialog):
         self.url.setPlaceholderText("ws://127.0.0.1:7860")
         self.token = QLineEdit(token)
         self.token.setEchoMode(ECHO_PASSWORD)
-        self.token.setPlaceholderText("only if the server was started with --token")
+        self.token.setPlaceholderText("only if the server asks for one (--token-file)")
         form.addRow("Address", self.url)
         form.addRow("Token", self.token)
         buttons = QDialogButtonBox(DIALOG_OK_CANCEL)

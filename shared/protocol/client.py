@@ -114,13 +114,16 @@ class ClientSession:
 
     def receive(self, data: str | bytes) -> list[Event]:
         """Events for one received frame (often one, sometimes none while a pair is half in)."""
+        binary = isinstance(data, (bytes, bytearray, memoryview))
         try:
-            if isinstance(data, (bytes, bytearray, memoryview)):
+            if binary:
                 return self._receive_frame(decode_frame(bytes(data)))
             return self._receive_message(loads(data))
         except ProtocolError as exc:
+            # A server frame's header ref is a job id, never one of this client's submit refs.
+            job_id, ref = (None, None) if binary else (exc.job_id, exc.ref)
             return [Error("bad_server_message", f"Unexpected message from the server: "
-                                                f"{exc.message}", exc.job_id, exc.ref)]
+                                                f"{exc.message}", job_id, ref)]
 
     def _receive_frame(self, frame: Frame) -> list[Event]:
         announced = self._announced.pop((frame.kind, frame.ref), None)

@@ -9,6 +9,8 @@ Maps use the painter's convention (255 = change fully); a depth map has near = w
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -17,12 +19,14 @@ from .constants import (
     DEFAULT_MAX_PIXELS,
     E_BAD_FRAME,
     E_BAD_MESSAGE,
+    E_FRAMES_TIMEOUT,
     E_TOO_LARGE,
     FRAME_IMAGE_PNG,
     FRAME_MAP_GRAY8,
     MAX_REF,
     MAX_SIDE,
     MAX_SOFTNESS_PX,
+    SUBMIT_FRAMES_TIMEOUT_S,
     ProtocolError,
 )
 from .fields import Region, read_float, read_int, read_obj, read_str
@@ -167,11 +171,17 @@ class CompleteMakeMap:
 
 
 class MakeMapCollector:
-    """Per connection: pairs each ``make_map`` with the PNG frame that follows it."""
+    """Per connection: pairs each ``make_map`` with the PNG frame that follows it; like a submit's
+    frames, a picture that has not come ``timeout_s`` after its request ends it (:meth:`expire`)."""
 
-    def __init__(self, capabilities: Capabilities | None = None) -> None:
+    def __init__(self, capabilities: Capabilities | None = None,
+                 timeout_s: float = SUBMIT_FRAMES_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.capabilities = capabilities
+        self.timeout_s = timeout_s
+        self.clock = clock
         self._pending: dict[int, MakeMap] = {}
+        self._deadlines: dict[int, float] = {}
 
     @property
     def pending_refs(self) -> list[int]:
@@ -186,10 +196,12 @@ class MakeMapCollector:
             raise ProtocolError(E_BAD_MESSAGE, f"make_map ref {request.ref} is already waiting "
                                                f"for its picture; use a new ref.", ref=request.ref)
         self._pending[request.ref] = request
+        self._deadlines[request.ref] = self.clock() + self.timeout_s
         return request
 
     def add_frame(self, frame: Frame) -> CompleteMakeMap:
         request = self._pending.pop(frame.ref)
+        del self._deadlines[frame.ref]
         if frame.kind != FRAME_IMAGE_PNG:
             raise ProtocolError(E_BAD_FRAME, f"A {frame.kind_name} frame is not part of a "
                                              f"make_map request; send the picture's PNG.",
@@ -201,4 +213,19 @@ class MakeMapCollector:
         return CompleteMakeMap(request, frame.payload)
 
     def drop(self, ref: int) -> bool:
+        self._deadlines.pop(ref, None)
         return self._pending.pop(ref, None) is not None
+
+    def next_deadline(self) -> float | None:
+        return min(self._deadlines.values(), default=None)
+
+    def expire(self) -> list[ProtocolError]:
+        """End every request whose picture did not come in time: the errors to send."""
+        now = self.clock()
+        late = [ref for ref, deadline in self._deadlines.items() if deadline <= now]
+        for ref in late:
+            self.drop(ref)
+        return [ProtocolError(E_FRAMES_TIMEOUT, f"The picture of make_map {ref} did not arrive "
+                                                f"within {self.timeout_s:g} s of it; the request "
+                                                f"is dropped. Send it right after the request.",
+                              ref=ref) for ref in late]

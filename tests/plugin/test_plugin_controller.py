@@ -695,6 +695,16 @@ def test_a_cancel_that_crosses_the_jobs_end_is_not_an_error():
     assert notices[-1][0] == "info" and notices[-1][1].startswith("Done in")
 
 
+def test_a_job_cancelled_before_it_was_accepted_ends_on_the_servers_answer():
+    c, client, canvas, notices = make(mode="uniform")
+    assert c.generate()
+    ref = protocol.loads(client.frames[0][0])["ref"]
+    c.cancel()
+    assert client.cancels == [{"type": "cancel", "ref": ref}]
+    client.feed(protocol.Cancelled(None, "cancelled by the client before it was accepted", ref=ref))
+    assert not c.busy and c.outcomes[ref].state == "cancelled" and notices[-1] == ("info", "Cancelled.")
+
+
 def test_the_servers_stop_is_told_as_such():
     c, client, canvas, notices = make(mode="uniform")
     assert c.generate()

@@ -66,4 +66,17 @@ def test_map_requests_count_against_the_queue_and_cancel_by_ref():
     server.receive(p.dumps({**base, "ref": 1}))
     server.receive(p.dumps({**base, "ref": 2}))
     raises(p.E_QUEUE_FULL, server.receive, p.dumps({**base, "ref": 3}))
-    assert server.receive(p.dumps(p.cancel(ref=1))) == [] and server.maps.pending_refs == [2]
+    [cancelled] = server.receive(p.dumps(p.cancel(ref=1)))
+    assert isinstance(cancelled, p.Cancelled) and cancelled.ref == 1 and server.maps.pending_refs == [2]
+
+
+def test_a_picture_that_never_comes_ends_its_request():
+    now = [100.0]
+    server = server_session()
+    server.maps.clock = lambda: now[0]
+    server.receive(p.dumps({"type": "make_map", "ref": 4, "kind": "depth", "width": 64, "height": 48}))
+    assert server.next_deadline() == 100.0 + server.maps.timeout_s and server.expire() == []
+    now[0] += server.maps.timeout_s
+    [error] = server.expire()
+    assert error.code == p.E_FRAMES_TIMEOUT and error.ref == 4 and server.maps.pending_refs == []
+    assert server.next_deadline() is None
