@@ -26,6 +26,7 @@ from typing import Any
 
 from server.fair_queue import FairQueue, queue_position
 from server.jobs import Job, ModelLoad, Task
+from server.map_jobs import MapJob, run_map_job
 from server.pool_wire import JobPayload, ReplicaSettings, RunsOn
 from shared import protocol as p
 
@@ -67,8 +68,12 @@ class RayEngine:
     def __init__(self, config: Any, pool: PoolOptions | None = None,
                  on_model_info: ModelInfoCallback | None = None,
                  loader: Callable[[str], Any] | None = None,
-                 owner_ready: Callable[[Any], bool] | None = None) -> None:
+                 owner_ready: Callable[[Any], bool] | None = None,
+                 map_makers: Any = None) -> None:
         self.config = config
+        # make_map requests (depth, segments) are small models: they run here, in the front,
+        # taking their turn in the same fair queue and a slot like a job.
+        self.map_makers = map_makers
         # A client that does not read its messages gets no job started until it does (wake()).
         self.owner_ready = owner_ready or (lambda owner: True)
         self.pool = pool or PoolOptions()
@@ -246,6 +251,8 @@ class RayEngine:
         try:
             if isinstance(task, ModelLoad):
                 await self._run_load(task)
+            elif isinstance(task, MapJob):
+                await asyncio.to_thread(run_map_job, task, self.map_makers)
             else:
                 await self._run_job(task)
         finally:

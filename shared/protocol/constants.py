@@ -55,7 +55,7 @@ OPTION_TYPES = ("bool", "int", "float")
 MAX_OPTIONS = 32  # options in one submit (a model advertises a handful)
 MAX_OPTION_NAME = 64
 
-CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model")
+CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model", "make_map")
 
 # Error codes (``error.code``); the message next to it is for the painter to read.
 E_BAD_JSON = "bad_json"

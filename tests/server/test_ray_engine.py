@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from tests.server.ray_helpers import steered_loader
 from tests.server.server_harness import Client, decode, gradient_map, of, serving
+from tests.server.test_server_maps import make_map
 
 from server.app import DiffusionServer, ServerConfig
 from shared import protocol as p
@@ -194,6 +195,19 @@ def test_a_clients_load_model_makes_it_that_clients_default(pool):
     named, default, theirs = run(load_then_submit())
     np.testing.assert_array_equal(default, named)
     assert not np.array_equal(theirs, named)
+
+
+def test_a_map_request_is_served_by_the_pool_front_in_its_turn(pool):
+    async def depth_map():
+        client = await connect(pool)
+        await make_map(client, make_test_image(96, 64, seed=2))
+        accepted = await client.accepted()
+        return await client.until_end(accepted.job_id)
+
+    events = run(depth_map())
+    assert isinstance(events[-1], p.Done)
+    [ready] = of(events, p.MapReady)
+    assert (ready.width, ready.height, ready.kind) == (96, 64, "depth")
 
 
 def test_cancel_and_disconnect_stop_the_job_within_one_step_on_its_replica(pool):
