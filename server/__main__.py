@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id, local diffusers folder, .safetensors file, or a built-in "
                              "offline test model (tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux, "
-                             "tiny-kandinsky22, tiny-if). Default: %(default)s")
+                             "tiny-kandinsky22, tiny-if; sd15-size and sdxl-size: the real "
+                             "architectures with random weights, for benchmarks). Default: %(default)s")
     parser.add_argument("--refiner", default=None, metavar="MODEL",
                         help="an SDXL refiner to run after --model (e.g. tiny-sdxl-refiner); "
                              "painters set the split per job")
