@@ -1,25 +1,28 @@
 """What the differential pipeline costs, as ratios measured in one run.
 
-    python bench/pipeline_cost.py --quick            # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
-    python bench/pipeline_cost.py                    # tiny-sd, bigger and more repetitions
-    python bench/pipeline_cost.py --model stabilityai/stable-diffusion-2-1-base --device cuda
+    python bench/pipeline_cost.py --quick                      # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
+    python bench/pipeline_cost.py --model sd15-size --quick    # SD 1.5's real architecture, random weights: < 4 min
+    python bench/pipeline_cost.py --model sd15-size --threads 1   # 256 px on the CPU, the recorded figures
+    python bench/pipeline_cost.py --model sd15-size --device cuda --size 512
 
 - overhead:  differential run with a uniform map of strength s / diffusers' StableDiffusionImg2ImgPipeline
-             (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.02).
-- skip_<v>:  run time with a change map whose maximum is v (a 0 -> v ramp, then v on its last quarter, so some
-             latent cells hold v exactly) / with maximum 1.0: Algorithm 2 runs only the last floor(v * k) steps
-             (paper Table 4; goal skip_0.1 <= 0.12). Prompt encoding and the VAE cost the same at every level, so
-             on a small image with few steps they keep the ratio above v.
-- fan5:      one 5-column strength fan (0.2 ... 1.0) / five img2img runs at those strengths (goal <= 0.36).
-- mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img.
+             (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.01).
+- skip_vs_img2img: the worst, over maximum strengths m in SKIP_LEVELS, of (a differential run whose map's
+             maximum is m: a 0 -> m ramp, then m on its last quarter) / (img2img at strength m). Both run
+             floor(m * k) steps (Algorithm 2), so skipping should cost exactly what img2img costs (goal <= 1.02).
+             The skipping table (time against m, paper Table 4) is printed with a least-squares fit
+             (fixed + per step); skip_<m> is the time at m relative to m = 1.
+- fan5:      one 5-column strength fan (0.2 ... 1.0) / the five img2img runs at those strengths (goal <= 0.34).
+- mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img (goal <= 3).
   CUDA: torch.cuda.max_memory_allocated. CPU: in a child process whose large allocations are all mmapped
   (MALLOC_MMAP_THRESHOLD_), the peak resident set (VmHWM, reset through /proc/self/clear_refs) during the run.
 
-Every case runs once as warm-up, then the cases take turns for --repeats rounds, forwards then backwards
-(the machine may be shared and noisy: interleaving spreads its noise over all cases). A ratio is the median
-over the rounds of the two cases' ratio within the round (compared cases run back to back, so a load that
-comes and goes cancels out); the table also shows the range of those ratios, the ratio of the medians, and
-each case's median time and spread.
+One warm-up call of each pipeline (every case has the same shapes), then the cases take turns for --repeats
+rounds, forwards then backwards (the machine may be shared and noisy: interleaving spreads its noise over all
+cases). A ratio is the median over the rounds of the two cases' ratio within the round (compared cases run back
+to back, so a load that comes and goes cancels out); the table also shows the range of those ratios, the ratio
+of the medians, and each case's median time and spread. The first round's outputs give the step counts and the
+uniform-map check.
 Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
 The last line holds `name=value` pairs for scripts.
 """
@@ -48,7 +51,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from any
 
 from bench.common import load_average, progress, torch_threads  # noqa: E402
 
-SKIP_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SKIP_LEVELS = (0.1, 0.3, 0.5, 1.0)  # maximum strengths of the skipping table
 FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT = "an oil painting of a harbour at dusk"
 NEGATIVE = "blurry"
@@ -64,11 +67,26 @@ class Settings:
     size: int = 128
     steps: int = 20
     repeats: int = 5
-    strength: float = 0.75
+    strength: float = 0.5  # the uniform map's; one of SKIP_LEVELS shares its img2img run
     guidance_scale: float = 7.5
     scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None: torch's default
+    dtype: str = "auto"  # auto: float16 on CUDA, else float32
+    channels_last: bool = False
+    compile: bool = False
+
+    @property
+    def img2img_levels(self) -> list[float]:
+        return sorted({*SKIP_LEVELS, *FAN_STRENGTHS, self.strength})
+
+
+def img2img_case(strength: float) -> str:
+    return f"img2img_{strength:g}"
+
+
+def skip_case(level: float) -> str:
+    return f"ours_max_{level:g}"
 
 
 @dataclass
@@ -94,22 +112,28 @@ class Report:
         """The two cases' ratio within each round: their spread shows how much the noise moves a ratio."""
         return [a / b for a, b in zip(self.samples[case], self.samples[reference], strict=True)]
 
-    def step_cost_fit(self) -> tuple[float, float]:
-        """Least-squares ``seconds = fixed + per_step * steps`` over the skipping levels that ran a step."""
-        points = [(self.steps_run[f"ours_max_{v:g}"], self.medians[f"ours_max_{v:g}"]) for v in SKIP_LEVELS]
-        points = [(n, t) for n, t in points if n > 0]
+    def step_cost_fit(self, cases: dict[str, int]) -> tuple[float, float]:
+        """Least-squares ``seconds = fixed + per_step * steps`` over ``cases`` (name -> steps run)."""
+        points = [(n, self.medians[name]) for name, n in cases.items() if n > 0]
         if len({n for n, _ in points}) < 2:
             return float("nan"), float("nan")
         per_step, fixed = np.polyfit([n for n, _ in points], [t for _, t in points], 1)
         return float(fixed), float(per_step)
 
+    def img2img_steps(self) -> dict[str, int]:
+        k = self.settings.steps
+        return {img2img_case(m): int(m * k + 1e-4) for m in self.settings.img2img_levels}
+
     def summary(self) -> dict[str, float]:
-        out = {"overhead": self.ratio("ours_uniform", "img2img")}
+        out = {"overhead": self.ratio("ours_uniform", img2img_case(self.settings.strength))}
+        out["skip_vs_img2img"] = max(self.ratio(skip_case(m), img2img_case(m)) for m in SKIP_LEVELS)
         for level in SKIP_LEVELS:
-            out[f"skip_{level:g}"] = self.ratio(f"ours_max_{level:g}", "ours_max_1")
+            out[f"skip_{level:g}"] = self.ratio(skip_case(level), skip_case(1.0))
         out["fan5"] = self.ratio("ours_fan5", "img2img_x5")
         if self.memory_mb:
             out["mem_overhead_mb"] = self.memory_mb["ours_uniform"] - self.memory_mb["img2img"]
+        fixed, per_step = self.step_cost_fit(self.img2img_steps())
+        out["step_s"], out["fixed_s"] = per_step, fixed
         return out
 
 

@@ -13,7 +13,7 @@ import signal
 import sys
 from typing import Any
 
-from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
+from server.config import DEFAULT_MODEL, ConfigError, PipelineOptions, ServerConfig, check_bind
 from shared import protocol as p
 
 log = logging.getLogger("server")
@@ -63,6 +63,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cuda, cuda:1, mps or cpu (default: the best one found)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights precision (auto: float16 on GPUs, float32 on CPU)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="convolutions in NHWC memory order (faster on recent GPUs)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser (compiled at start: a minute or more; "
+                             "faster steps after)")
+    parser.add_argument("--preview-vae", default=None, metavar="MODEL",
+                        help="previews through a tiny autoencoder (e.g. madebyollin/taesd for SD "
+                             "1.x/2.x, madebyollin/taesdxl for SDXL) instead of the linear map")
+    parser.add_argument("--vae-tile-above", type=int, default=None, metavar="PX",
+                        help="run the VAE in tiles for pictures with a side above PX (default: "
+                             "twice the model's native resolution)")
     parser.add_argument("--preview-every", type=int, default=5, metavar="N",
                         help="send a preview every N steps when the client does not say "
                              "(0: never)")
@@ -111,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         dtype=resolve_dtype(args.dtype, device), preview_every=args.preview_every,
         max_pixels=args.max_pixels, max_message_bytes=args.max_message_bytes,
         max_region_pixels=args.max_region_pixels, extra_models=tuple(args.allow_model),
-        refiner=args.refiner, console_progress=None)
+        refiner=args.refiner, console_progress=None,
+        pipeline_options=PipelineOptions(
+            channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,
+            vae_tile_above=args.vae_tile_above))
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
         from server.app import DiffusionServer  # torch, diffusers: after the bind check

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from shared import protocol as p
@@ -13,6 +13,16 @@ DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 
 class ConfigError(ValueError):
     """A server setting that cannot work; the message tells the operator what to change."""
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a loaded pipeline runs (``server.models.performance`` applies them)."""
+
+    channels_last: bool = False  # NHWC convolutions (GPUs' tensor cores prefer them)
+    compile: bool = False  # torch.compile of the denoiser(s), warmed up at load
+    preview_vae: str | None = None  # an AutoencoderTiny for previews (folder, hub id, "tiny-taesd")
+    vae_tile_above: int | None = None  # tile the VAE above this many px per side; None: 2x native
 
 
 @dataclass
@@ -32,6 +42,7 @@ class ServerConfig:
     max_jobs_per_client: int = 8
     handshake_timeout_s: float = 10.0
     console_progress: bool | None = False  # None: when stderr is a terminal
+    pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)
 
     @property
     def models(self) -> list[str]:

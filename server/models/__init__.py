@@ -14,10 +14,12 @@ from typing import Any
 
 import torch
 
+from server.config import PipelineOptions
 from server.models.deepfloyd_if import load_deepfloyd_if
 from server.models.files import ModelNotFoundError, model_index_class
 from server.models.flow import load_flow
 from server.models.full_size import FULL_SIZE_MODELS, load_full_size
+from server.models.performance import apply_options
 from server.models.kandinsky import load_kandinsky22
 from server.models.sd import load_sd, with_refiner
 from server.models.tiny import TINY_MODELS, load_tiny
@@ -98,6 +100,7 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     refiner: str | None = None,
     config: str | None = None,
+    options: PipelineOptions | None = None,
 ) -> Any:
     """A differential-diffusion pipeline for ``model``.
 
@@ -109,7 +112,8 @@ def load_pipeline(
     architecture (``model_index.json`` and the components' configs; weights not needed), so
     that nothing is downloaded. By default a folder beside the checkpoint with its name
     (``x.safetensors`` -> ``x/``) is used when there is one, else the configs of the original
-    repository, from the Hugging Face cache or (once) the hub.
+    repository, from the Hugging Face cache or (once) the hub. ``options``: how it runs
+    (channels-last, compiled, a tiled VAE above a size, tiny-autoencoder previews).
     """
     family = family_of(model)
     if model in TINY_MODELS:
@@ -126,4 +130,4 @@ def load_pipeline(
         pipe = load_sd(model, dtype, config)
     if refiner is not None:
         pipe = with_refiner(pipe, refiner, dtype)
-    return pipe.to(device=device, dtype=dtype)
+    return apply_options(pipe.to(device=device, dtype=dtype), options or PipelineOptions())
