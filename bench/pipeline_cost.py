@@ -147,12 +147,17 @@ def load(settings: Settings) -> tuple[Any, Any]:
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
+    from server.config import PipelineOptions
     from server.models import load_pipeline
     from server.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
     settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
-    dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
-    pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype)
+    if settings.dtype == "auto":
+        dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, settings.dtype)
+    options = PipelineOptions(channels_last=settings.channels_last, compile=settings.compile)
+    pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype, options=options)
     components = {**pipe.components, "scheduler": make_scheduler(settings.scheduler, pipe.scheduler.config)}
     if pipe.family == "sdxl":
         reference = StableDiffusionXLImg2ImgPipeline(
@@ -210,14 +215,18 @@ def make_cases(pipe: Any, reference: Any, settings: Settings) -> dict[str, Calla
             output_type="np",
         )
 
-    cases: dict[str, Callable[[], Any]] = {
-        "img2img": lambda: img2img(settings.strength),
-        "ours_uniform": ours(np.full((size, size), settings.strength, dtype=np.float32)),
-        "ours_fan5": ours(fan_map(size, size, FAN_STRENGTHS)),
-        "img2img_x5": lambda: [img2img(s) for s in FAN_STRENGTHS],
-    }
+    # Compared cases sit next to each other, so each pair runs back to back in every round.
+    cases: dict[str, Callable[[], Any]] = {}
     for level in SKIP_LEVELS:
-        cases[f"ours_max_{level:g}"] = ours(ramp(size, level))
+        cases[img2img_case(level)] = lambda level=level: img2img(level)
+        if level == settings.strength:
+            cases["ours_uniform"] = ours(np.full((size, size), settings.strength, dtype=np.float32))
+        cases[skip_case(level)] = ours(ramp(size, level))
+    cases["ours_fan5"] = ours(fan_map(size, size, FAN_STRENGTHS))
+    for strength in settings.img2img_levels:
+        cases.setdefault(img2img_case(strength), lambda strength=strength: img2img(strength))
+    if "ours_uniform" not in cases:
+        cases["ours_uniform"] = ours(np.full((size, size), settings.strength, dtype=np.float32))
     return cases
 
 
@@ -234,27 +243,27 @@ def _synchronize(device: str) -> None:
 
 
 def measure_times(
-    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmed_up: bool = False
-) -> dict[str, list[float]]:
-    """Seconds per case, one sample per round; the cases take turns, in order, then in reverse order.
-
-    Compared cases sit next to each other in `cases`, so each pair runs back to back in every round and
-    each goes first in every other round.
-    """
+    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warm_up: Sequence[str] = ()
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Seconds per case, one sample per round, and the first round's outputs. The cases take turns, in
+    order, then in reverse order, after one call of each case in `warm_up` (first-call allocations, lazy
+    imports, kernel selection: every case has the same shapes, so one call per pipeline is enough)."""
+    for name in warm_up:
+        cases[name]()
     names = list(cases)
-    if not warmed_up:
-        for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
-            cases[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, Any] = {}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
             _synchronize(device)
             started = time.perf_counter()
-            cases[name]()
+            output = cases[name]()
             _synchronize(device)
             samples[name].append(time.perf_counter() - started)
+            if round_index == 0:
+                outputs[name] = output
         progress(f"round {round_index + 1}/{repeats} timed")
-    return samples
+    return samples, outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -307,13 +316,22 @@ def measure_peaks(
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-MEMORY_CASES = ("img2img", "ours_uniform")
+def memory_cases(cases: dict[str, Callable[[], Any]], settings: Settings) -> dict[str, Callable[[], Any]]:
+    """The uniform map and img2img at its strength: the same work, so any difference is ours."""
+    return {"img2img": cases[img2img_case(settings.strength)], "ours_uniform": cases["ours_uniform"]}
+
+
+def memory_rounds(settings: Settings) -> int:
+    # A full-size model's run costs seconds to minutes on a CPU; its peaks vary far less than its times.
+    return max(3, settings.repeats) if settings.model.startswith("tiny-") else 2
 
 
 def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
-    """CPU peaks measured in a fresh process whose large allocations all go through mmap."""
+    """CPU peaks measured in a fresh process whose large allocations all go through mmap. The uniform map
+    runs at the lowest skipping level there: the peak is the VAE's and one step's, not the steps' count."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0"}
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(settings.__dict__)]
+    child = {**settings.__dict__, "strength": SKIP_LEVELS[0]}
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(child)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{done.stderr[-2000:]}")
@@ -324,8 +342,8 @@ def _memory_child(settings_json: str) -> None:
     settings = Settings(**json.loads(settings_json))
     with torch_threads(settings.threads):
         pipe, reference = load(settings)
-        cases = make_cases(pipe, reference, settings)
-        print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
+        cases = memory_cases(make_cases(pipe, reference, settings), settings)
+        print(json.dumps(measure_peaks(cases, list(cases), memory_rounds(settings), settings.device)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,22 +357,24 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     pipe, reference = pipes or load(settings)
     cases = make_cases(pipe, reference, settings)
     report = Report(settings)
-    # The warm-up run of every case also gives its step count and the check below.
-    outputs = {name: call() for name, call in cases.items()}
-    progress(f"warm-up done ({len(cases)} cases)")
+    report.load_average = load_average()
+    lowest = SKIP_LEVELS[0]
+    report.samples, outputs = measure_times(cases, settings.repeats, settings.device,
+                                            warm_up=(img2img_case(lowest), skip_case(lowest)))
+    report.load_average = max(report.load_average, load_average())
     # Same seed, same scheduler, same components: the uniform map must reproduce img2img.
-    ours_image, theirs_image = outputs["ours_uniform"].images, outputs["img2img"].images
+    ours_image, theirs_image = outputs["ours_uniform"].images, outputs[img2img_case(settings.strength)].images
     report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
     report.steps_run = {name: out.steps_run for name, out in outputs.items() if name.startswith("ours")}
     del outputs
-    report.load_average = load_average()
-    report.samples = measure_times(cases, settings.repeats, settings.device, warmed_up=True)
-    report.load_average = max(report.load_average, load_average())
+    fan = [report.samples[img2img_case(s)] for s in FAN_STRENGTHS]
+    report.samples["img2img_x5"] = [sum(times) for times in zip(*fan, strict=True)]
     report.medians = {name: statistics.median(values) for name, values in report.samples.items()}
     if memory:
         progress("measuring peak memory")
         if settings.device.startswith("cuda"):
-            report.memory_mb = measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)
+            report.memory_mb = measure_peaks(memory_cases(cases, settings), ("img2img", "ours_uniform"),
+                                             memory_rounds(settings), settings.device)
             report.memory_method = "torch.cuda.max_memory_allocated"
         elif os.path.exists("/proc/self/clear_refs"):
             report.memory_mb, report.memory_method = memory_in_child(settings)
@@ -382,44 +402,47 @@ def format_report(report: Report) -> str:
         return (f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>15}"
                 f"{of_medians:>11}  {goal}").rstrip()
 
-    extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
+    reference = img2img_case(s.strength)
+    extra_ms = (report.medians["ours_uniform"] - report.medians[reference]) * 1000
     lines = [
-        f"bench/pipeline_cost.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
-        f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
+        f"bench/pipeline_cost.py: model {s.model} on {s.device} ({s.dtype}, torch {getattr(report, 'torch', '?')}, "
+        f"{getattr(report, 'threads', '?')} threads{', channels-last' if s.channels_last else ''}"
+        f"{', compiled' if s.compile else ''}), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
         f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds; load average "
         f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
         f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
         f"{report.uniform_max_diff:.2e} (0 = the same computation)",
         "",
         header,
-        row(f"img2img (diffusers), strength {s.strength:g}", "img2img", int(k * s.strength), "img2img"),
+        row(f"img2img (diffusers), strength {s.strength:g}", reference, int(k * s.strength + 1e-4), reference),
         row(f"differential, uniform map {s.strength:g}", "ours_uniform", report.steps_run["ours_uniform"],
-            "img2img", "<= 1.02 (overhead)"),
+            reference, "<= 1.01 (overhead)"),
         f"differential minus img2img: {extra_ms:+.1f} ms per run (a fixed cost weighs more on small, short runs)",
         "",
-        "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max, time relative to max 1.0",
-        header.replace("case", "max strength", 1),
+        "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max m, against img2img at strength m",
+        header.replace("case", "max strength m", 1),
     ]
+    img2img_steps = report.img2img_steps()
     for level in SKIP_LEVELS:
-        name = f"ours_max_{level:g}"
-        lines.append(row(f"{level:g}", name, report.steps_run[name], "ours_max_1",
-                         "<= 0.12" if level == 0.1 else ""))
-    fixed, per_step = report.step_cost_fit()
-    if fixed == fixed:  # not NaN
-        full = fixed + per_step * k
-        here = (fixed + per_step * int(0.1 * k + 1e-4)) / full
-        at_100 = (fixed + per_step * 10) / (fixed + per_step * 100)
-        lines.append(
-            f"fit over the levels: {fixed * 1000:.1f} ms fixed (prompt, VAE, setup) + {per_step * 1000:.2f} ms per "
-            f"step; the fixed part is {fixed / full:.0%} of a {k}-step run: the fit predicts skip_0.1 = "
-            f"{here:.3f} here, {at_100:.3f} at 100 steps"
-        )
-    steps5 = sum(int(k * x) for x in FAN_STRENGTHS)
+        lines.append(row(f"{level:g} img2img", img2img_case(level), img2img_steps[img2img_case(level)],
+                         img2img_case(level)))
+        lines.append(row(f"{level:g} differential", skip_case(level), report.steps_run[skip_case(level)],
+                         img2img_case(level), "<= 1.02 (skip_vs_img2img: the worst)"))
+    ours_steps = {skip_case(m): report.steps_run[skip_case(m)] for m in SKIP_LEVELS}
+    for label, steps in (("differential", ours_steps), ("img2img", img2img_steps)):
+        fixed, per_step = report.step_cost_fit(steps)
+        if fixed == fixed:  # not NaN
+            full = fixed + per_step * k
+            lines.append(
+                f"fit, {label}: {fixed:.3f} s fixed (prompt, VAE, setup) + {per_step:.3f} s per step; the fixed "
+                f"part is {fixed / full:.0%} of a {k}-step run (it bounds time(m) / time(1) from below)"
+            )
+    steps5 = sum(int(k * x + 1e-4) for x in FAN_STRENGTHS)
     lines += [
         "",
         f"Strength fan {', '.join(f'{x:g}' for x in FAN_STRENGTHS)}",
-        row("five img2img runs", "img2img_x5", steps5, "img2img_x5"),
-        row("one 5-column fan run", "ours_fan5", report.steps_run["ours_fan5"], "img2img_x5", "<= 0.36 (fan5)"),
+        row("five img2img runs (sum)", "img2img_x5", steps5, "img2img_x5"),
+        row("one 5-column fan run", "ours_fan5", report.steps_run["ours_fan5"], "img2img_x5", "<= 0.34 (fan5)"),
     ]
     if report.memory_mb:
         lines += [
@@ -439,41 +462,50 @@ def summary_line(report: Report) -> str:
     return " ".join(pairs)
 
 
+def default_settings(model: str, device: str, quick: bool) -> Settings:
+    """Sizes that fit the machine: tiny models at 128 px (--quick: 64, 20 steps, 3 rounds); full-size ones
+    at their native resolution on a GPU, 256 px on a CPU (--quick: 128 px, CFG off, 1 round: < 4 min)."""
+    if model.startswith("tiny-"):
+        return Settings(size=64, steps=20, repeats=3) if quick else Settings(size=128, steps=20, repeats=5)
+    if quick:
+        return Settings(size=128, steps=10, repeats=1, guidance_scale=1.0)
+    return Settings(size=0 if device.startswith("cuda") else 256, steps=10, repeats=3)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--model", default="tiny-sd", help="tiny-sd, sd15-size, sdxl-size, or any SD / SDXL id")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, help="image side in px (default: 128 for tiny models, else native)")
-    parser.add_argument("--steps", type=int, help="inference steps (default 20; --quick: 10)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument("--channels-last", action="store_true", help="as the server's --channels-last")
+    parser.add_argument("--compile", action="store_true", help="as the server's --compile (compiled while loading)")
+    parser.add_argument("--size", type=int, help="image side in px (default: see --quick and default_settings)")
+    parser.add_argument("--steps", type=int, help="inference steps (default 20; full-size models 10)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 5; --quick: 3)")
-    parser.add_argument("--strength", type=float, default=0.75, help="uniform map / img2img strength for overhead")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--strength", type=float, default=0.5, help="uniform map / img2img strength for overhead")
+    parser.add_argument("--guidance-scale", type=float, help="default 7.5 (--quick on a full-size model: 1)")
     parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--quick", action="store_true",
-                        help="64 px, 20 steps, 3 rounds, 1 thread unless given: under a minute on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small and short, 1 thread unless given (see above)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child)
         return 0
-    steps = args.steps or 20
-    repeats = args.repeats or (3 if args.quick else 5)
-    if steps < 1 or repeats < 1 or (args.size is not None and args.size < 8):
+    settings = default_settings(args.model, args.device, args.quick)
+    settings.model, settings.device, settings.dtype = args.model, args.device, args.dtype
+    settings.channels_last, settings.compile = args.channels_last, args.compile
+    settings.strength, settings.scheduler = args.strength, args.scheduler
+    settings.steps = args.steps or settings.steps
+    settings.repeats = args.repeats or settings.repeats
+    settings.size = args.size or settings.size
+    if args.guidance_scale is not None:
+        settings.guidance_scale = args.guidance_scale
+    if settings.steps < 1 or settings.repeats < 1 or (args.size is not None and args.size < 8):
         parser.error("--steps and --repeats must be at least 1, --size at least 8")
-    threads = args.threads or (1 if args.quick else None)
-    settings = Settings(
-        model=args.model, device=args.device, steps=steps, repeats=repeats, strength=args.strength,
-        guidance_scale=args.guidance_scale, scheduler=args.scheduler, threads=threads,
-    )
-    if args.size:
-        settings.size = args.size
-    elif args.quick:
-        settings.size = 64
-    elif not settings.model.startswith("tiny-"):
-        settings.size = 0  # native resolution, set once the model is loaded
-    with torch_threads(threads):  # one thread on a shared CPU: see bench.common.torch_threads
+    settings.threads = args.threads or (1 if args.quick else None)
+    with torch_threads(settings.threads):  # one thread on a shared CPU: see bench.common.torch_threads
         pipes = load(settings)
         if settings.size == 0:
             settings.size = pipes[0].native_resolution
