@@ -7,7 +7,7 @@ import contextlib
 import os
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 
 def progress(message: str) -> None:
@@ -37,6 +37,19 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def clock(name: str) -> Callable[[], float]:
+    """``wall``: time.perf_counter. ``cpu``: this process's CPU time (every thread), which on a shared
+    machine leaves out the time spent waiting for a core: with one torch thread it measures the work
+    itself, and ratios stop depending on what else runs (GPU runs need the wall clock)."""
+    if name not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {name!r}")
+    return time.perf_counter if name == "wall" else time.process_time
+
+
+def default_clock(device: str, threads: int | None) -> str:
+    return "cpu" if device == "cpu" and threads == 1 else "wall"
 
 
 def read_summary_line(output: str) -> dict[str, float]:

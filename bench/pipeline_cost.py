@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import load_average, progress, torch_threads  # noqa: E402
+from bench.common import clock, default_clock, load_average, progress, torch_threads  # noqa: E402
 
 SKIP_LEVELS = (0.1, 0.3, 0.5, 1.0)  # maximum strengths of the skipping table
 FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -75,6 +75,7 @@ class Settings:
     dtype: str = "auto"  # auto: float16 on CUDA, else float32
     channels_last: bool = False
     compile: bool = False
+    clock: str = "wall"  # or "cpu": see bench.common.clock
 
     @property
     def img2img_levels(self) -> list[float]:
@@ -243,7 +244,8 @@ def _synchronize(device: str) -> None:
 
 
 def measure_times(
-    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warm_up: Sequence[str] = ()
+    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warm_up: Sequence[str] = (),
+    now: Callable[[], float] = time.perf_counter,
 ) -> tuple[dict[str, list[float]], dict[str, Any]]:
     """Seconds per case, one sample per round, and the first round's outputs. The cases take turns, in
     order, then in reverse order, after one call of each case in `warm_up` (first-call allocations, lazy
@@ -256,10 +258,10 @@ def measure_times(
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
             _synchronize(device)
-            started = time.perf_counter()
+            started = now()
             output = cases[name]()
             _synchronize(device)
-            samples[name].append(time.perf_counter() - started)
+            samples[name].append(now() - started)
             if round_index == 0:
                 outputs[name] = output
         progress(f"round {round_index + 1}/{repeats} timed")
@@ -323,7 +325,7 @@ def memory_cases(cases: dict[str, Callable[[], Any]], settings: Settings) -> dic
 
 def memory_rounds(settings: Settings) -> int:
     # A full-size model's run costs seconds to minutes on a CPU; its peaks vary far less than its times.
-    return max(3, settings.repeats) if settings.model.startswith("tiny-") else 2
+    return max(3, settings.repeats) if settings.model.startswith("tiny-") else min(2, settings.repeats)
 
 
 def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
@@ -360,7 +362,8 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     report.load_average = load_average()
     lowest = SKIP_LEVELS[0]
     report.samples, outputs = measure_times(cases, settings.repeats, settings.device,
-                                            warm_up=(img2img_case(lowest), skip_case(lowest)))
+                                            warm_up=(img2img_case(lowest), skip_case(lowest)),
+                                            now=clock(settings.clock))
     report.load_average = max(report.load_average, load_average())
     # Same seed, same scheduler, same components: the uniform map must reproduce img2img.
     ours_image, theirs_image = outputs["ours_uniform"].images, outputs[img2img_case(settings.strength)].images
@@ -408,7 +411,7 @@ def format_report(report: Report) -> str:
         f"bench/pipeline_cost.py: model {s.model} on {s.device} ({s.dtype}, torch {getattr(report, 'torch', '?')}, "
         f"{getattr(report, 'threads', '?')} threads{', channels-last' if s.channels_last else ''}"
         f"{', compiled' if s.compile else ''}), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
-        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds; load average "
+        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds, {s.clock} clock; load average "
         f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
         f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
         f"{report.uniform_max_diff:.2e} (0 = the same computation)",
@@ -486,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guidance-scale", type=float, help="default 7.5 (--quick on a full-size model: 1)")
     parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
+    parser.add_argument("--clock", choices=("wall", "cpu"),
+                        help="cpu: process CPU time, the default on the CPU with 1 thread (see bench.common.clock)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
     parser.add_argument("--quick", action="store_true", help="small and short, 1 thread unless given (see above)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -505,6 +510,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if settings.steps < 1 or settings.repeats < 1 or (args.size is not None and args.size < 8):
         parser.error("--steps and --repeats must be at least 1, --size at least 8")
     settings.threads = args.threads or (1 if args.quick else None)
+    settings.clock = args.clock or default_clock(settings.device, settings.threads)
     with torch_threads(settings.threads):  # one thread on a shared CPU: see bench.common.torch_threads
         pipes = load(settings)
         if settings.size == 0:
