@@ -76,6 +76,7 @@ class Settings:
     channels_last: bool = False
     compile: bool = False
     clock: str = "wall"  # or "cpu": see bench.common.clock
+    compile_backend: str = "inductor"
 
     @property
     def img2img_levels(self) -> list[float]:
@@ -135,6 +136,7 @@ class Report:
             out["mem_overhead_mb"] = self.memory_mb["ours_uniform"] - self.memory_mb["img2img"]
         fixed, per_step = self.step_cost_fit(self.img2img_steps())
         out["step_s"], out["fixed_s"] = per_step, fixed
+        out["ours_step_s"] = self.step_cost_fit({skip_case(m): self.steps_run[skip_case(m)] for m in SKIP_LEVELS})[1]
         return out
 
 
@@ -157,7 +159,8 @@ def load(settings: Settings) -> tuple[Any, Any]:
         dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
     else:
         dtype = getattr(torch, settings.dtype)
-    options = PipelineOptions(channels_last=settings.channels_last, compile=settings.compile)
+    options = PipelineOptions(channels_last=settings.channels_last, compile=settings.compile,
+                              compile_backend=settings.compile_backend)
     pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype, options=options)
     components = {**pipe.components, "scheduler": make_scheduler(settings.scheduler, pipe.scheduler.config)}
     if pipe.family == "sdxl":

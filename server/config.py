@@ -21,6 +21,7 @@ class PipelineOptions:
 
     channels_last: bool = False  # NHWC convolutions (GPUs' tensor cores prefer them)
     compile: bool = False  # torch.compile of the denoiser(s), warmed up at load
+    compile_backend: str = "inductor"  # tests and the CPU smoke run use "eager" (seconds, not minutes)
     preview_vae: str | None = None  # an AutoencoderTiny for previews (folder, hub id, "tiny-taesd")
     vae_tile_above: int | None = None  # tile the VAE above this many px per side; None: 2x native
 

@@ -101,7 +101,7 @@ def apply_options(pipe: Any, options: PipelineOptions) -> Any:
     if options.channels_last:
         use_channels_last(pipe)
     if options.compile:
-        compile_denoisers(pipe)
+        compile_denoisers(pipe, backend=options.compile_backend)
         warm_up(pipe)
     return pipe
 
