@@ -64,7 +64,8 @@ def run_case(case: Case, smoke: bool) -> dict[str, str]:
     settings = pipeline_cost.Settings(
         model=case.model, device=device, size=case.size, steps=10 if smoke else 20, repeats=1 if smoke else 3,
         dtype=case.dtype, compile=case.compile, channels_last=case.channels_last,
-        compile_backend="eager" if smoke else "inductor", threads=1 if smoke else None)
+        compile_backend="eager" if smoke else "inductor", threads=1 if smoke else None,
+        clock="cpu" if smoke else "wall")
     started = time.perf_counter()
     progress(f"{case.label}: pipeline")
     report = pipeline_cost.run_benchmark(settings, memory=not smoke)  # the CPU's way is tested on its own

@@ -3,6 +3,7 @@ shape and that every figure is there; no timing is asserted)."""
 
 from __future__ import annotations
 
+import math
 import os
 import pathlib
 import subprocess
@@ -29,8 +30,10 @@ def test_cpu_smoke_writes_one_markdown_table(tmp_path: pathlib.Path) -> None:
     assert [row[0] for row in rows] == [case.label for case in gpu_table.CPU_SMOKE_CASES]
     for row, case in zip(rows, gpu_table.CPU_SMOKE_CASES, strict=True):
         figures = dict(zip(gpu_table.COLUMNS, row, strict=True))
-        for name in ("img2img s/step", "ours s/step", "overhead", "skip_vs_img2img", "skip_0.1", "fan5"):
+        for name in ("overhead", "skip_vs_img2img", "skip_0.1", "fan5"):
             assert float(figures[name]) > 0, (case.label, name)
+        # Least-squares slopes: one noisy round on a loaded CPU may even give a negative one.
+        assert all(math.isfinite(float(figures[name])) for name in ("img2img s/step", "ours s/step"))
         if case.server:
             assert float(figures["server_overhead"]) > 0
     assert "CPU smoke run" in lines[0]
