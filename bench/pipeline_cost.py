@@ -470,11 +470,11 @@ def summary_line(report: Report) -> str:
 
 def default_settings(model: str, device: str, quick: bool) -> Settings:
     """Sizes that fit the machine: tiny models at 128 px (--quick: 64, 20 steps, 3 rounds); full-size ones
-    at their native resolution on a GPU, 256 px on a CPU (--quick: 128 px, CFG off, 1 round: < 4 min)."""
+    at their native resolution on a GPU, 256 px on a CPU (--quick: 96 px, CFG off, 1 round: < 4 min of CPU)."""
     if model.startswith("tiny-"):
         return Settings(size=64, steps=20, repeats=3) if quick else Settings(size=128, steps=20, repeats=5)
     if quick:
-        return Settings(size=128, steps=10, repeats=1, guidance_scale=1.0)
+        return Settings(size=96, steps=10, repeats=1, guidance_scale=1.0)
     return Settings(size=0 if device.startswith("cuda") else 256, steps=10, repeats=3)
 
 

@@ -409,12 +409,12 @@ def summary_line(report: Report) -> str:
 
 def default_settings(model: str, device: str, quick: bool) -> Settings:
     """Tiny models: 256 px, 20 steps, 5 rounds (--quick: 128 px, 10 steps, 3 rounds). Full-size ones: their
-    native resolution on a GPU, 256 px on a CPU, 10 steps, 3 rounds (--quick: 128 px, 4 steps, CFG off, 2 rounds:
+    native resolution on a GPU, 256 px on a CPU, 10 steps, 3 rounds (--quick: 96 px, 4 steps, CFG off, 2 rounds:
     < 4 min on one CPU core)."""
     if model.startswith("tiny-"):
         return Settings(size=128, steps=10, repeats=3) if quick else Settings(size=256, steps=20, repeats=5)
     if quick:
-        return Settings(size=128, steps=4, repeats=2, guidance_scale=1.0)
+        return Settings(size=96, steps=4, repeats=2, guidance_scale=1.0)
     return Settings(size=0 if device.startswith("cuda") else 256, steps=10, repeats=3)
 
 

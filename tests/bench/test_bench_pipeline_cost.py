@@ -42,7 +42,7 @@ def test_smallest_run_prints_the_table_and_a_parseable_last_line(capsys) -> None
 
 def test_full_size_models_default_to_sizes_this_machine_can_run() -> None:
     quick = bench.default_settings("sd15-size", "cpu", quick=True)
-    assert (quick.size, quick.steps, quick.repeats) == (128, 10, 1)
+    assert (quick.size, quick.steps, quick.repeats) == (96, 10, 1)
     assert bench.default_settings("sd15-size", "cpu", quick=False).size == 256
     assert bench.default_settings("sdxl-size", "cuda", quick=False).size == 0  # native, once loaded
 
