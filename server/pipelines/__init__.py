@@ -314,9 +314,10 @@ class DifferentialPipeline:
 
     @property
     def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return getattr(self.helper, self.model_name).device
+        # A parameter's device. diffusers' _execution_device, and even ModelMixin.device, walk
+        # every module of the model on each read (a group-offloading check: ~1,100 modules on SD
+        # 1.x), and a run reads this five times; the profile of sd15-size showed them.
+        return next(getattr(self.helper, self.model_name).parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:

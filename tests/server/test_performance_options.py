@@ -144,3 +144,16 @@ def test_half_precisions_run_and_stay_close_to_float32(dtype: torch.dtype, refer
     images = run(pipe)
     assert np.isfinite(images).all()
     assert np.abs(images - reference).mean() < 0.05
+
+
+def test_a_run_never_walks_the_module_tree(monkeypatch) -> None:
+    """diffusers' ModelMixin.device walks every module (~1,100 on SD 1.5: 5-30 ms on a CPU) per
+    read; a run read it five times (bench/RESULTS.md, issue 15's profile). Now: no walk at all."""
+    import diffusers.hooks.group_offloading as offloading
+
+    pipe = load_pipeline("tiny-sd")
+    walks = []
+    walk = offloading._get_top_level_group_offload_hook
+    monkeypatch.setattr(offloading, "_get_top_level_group_offload_hook", lambda m: walks.append(m) or walk(m))
+    run(pipe)
+    assert walks == []
