@@ -30,10 +30,8 @@ The last line holds `name=value` pairs for scripts.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -49,7 +47,14 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import clock, default_clock, load_average, progress, torch_threads  # noqa: E402
+from bench.common import (  # noqa: E402
+    clock,
+    default_clock,
+    load_average,
+    measure_peaks,
+    progress,
+    torch_threads,
+)
 
 SKIP_LEVELS = (0.1, 0.3, 0.5, 1.0)  # maximum strengths of the skipping table
 FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
@@ -274,51 +279,6 @@ def measure_times(
 # --------------------------------------------------------------------------------------------
 # Peak memory
 # --------------------------------------------------------------------------------------------
-
-
-def _read_status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field_name}")
-    return int(match.group(1))
-
-
-def cpu_peak_mb(run: Callable[[], Any]) -> float:
-    """Peak resident memory above the start of `run`, in MB (Linux: VmHWM reset by clear_refs)."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark to the current resident set
-    before = _read_status_kb("VmRSS")
-    run()
-    return (_read_status_kb("VmHWM") - before) / 1024
-
-
-def cuda_peak_mb(run: Callable[[], Any]) -> float:
-    import torch
-
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    run()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-def measure_peaks(
-    cases: dict[str, Callable[[], Any]], names: Sequence[str], repeats: int, device: str
-) -> dict[str, float]:
-    """Median peak extra MB of the named cases, interleaved like the timings."""
-    peak = cuda_peak_mb if device.startswith("cuda") else cpu_peak_mb
-    for name in names:
-        cases[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        for name in names:
-            # The output is dropped inside: only memory the run itself needed counts.
-            samples[name].append(peak(lambda name=name: cases[name]() and None))
-    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def memory_cases(cases: dict[str, Callable[[], Any]], settings: Settings) -> dict[str, Callable[[], Any]]:
