@@ -48,7 +48,7 @@ install-plugin: setup
 
 # Regenerates docs/docker.png: the GUI test's screenshot of Krita under Xvfb with the docker.
 screenshot: system-deps setup
-	DIFFDIFF_SCREENSHOT=docs/docker.png $(PY) -m pytest -q -m gui tests/test_gui.py
+	DIFFDIFF_SCREENSHOT=docs/docker.png $(PY) -m pytest -q -m gui tests/e2e/test_gui.py
 
 bench: setup
 	$(PY) bench/pipeline_cost.py --quick

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from .controller import Controller
-from .option_controls import OptionsBox
+from .map_panel import MapsSection
+from .map_tools import MapTools
+from .option_controls import OptionsBox, decimal_box
 from .qt import (
     ARROW_DOWN,
     ARROW_RIGHT,
@@ -30,7 +32,6 @@ from .qt import (
     QComboBox,
     QDialog,
     QDialogButtonBox,
-    QDoubleSpinBox,
     QFormLayout,
     QHBoxLayout,
     QIcon,
@@ -61,15 +62,6 @@ def _spin(lo: int, hi: int, value: int, suffix: str = "") -> QSpinBox:
     box.setValue(value)
     if suffix:
         box.setSuffix(suffix)
-    return box
-
-
-def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
-    box = QDoubleSpinBox()
-    box.setRange(lo, hi)
-    box.setSingleStep(step)
-    box.setDecimals(2)
-    box.setValue(value)
     return box
 
 
@@ -124,7 +116,7 @@ class ServerDialog(QDialog):
         self.url.setPlaceholderText("ws://127.0.0.1:7860")
         self.token = QLineEdit(token)
         self.token.setEchoMode(ECHO_PASSWORD)
-        self.token.setPlaceholderText("only if the server was started with --token")
+        self.token.setPlaceholderText("only if the server asks for one (--token-file)")
         form.addRow("Address", self.url)
         form.addRow("Token", self.token)
         buttons = QDialogButtonBox(DIALOG_OK_CANCEL)
@@ -186,15 +178,15 @@ class DiffDiffPanel(QWidget):
         page.setLayout(row)
         row.setContentsMargins(0, 0, 0, 0)
         self.fan_columns = _spin(2, limits["fan_columns"], s.fan_columns)
-        self.fan_low = _dspin(0.0, 1.0, s.fan_low, 0.05)
-        self.fan_high = _dspin(0.0, 1.0, s.fan_high, 0.05)
+        self.fan_low = decimal_box(0.0, 1.0, s.fan_low, 0.05)
+        self.fan_high = decimal_box(0.0, 1.0, s.fan_high, 0.05)
         self.fan_columns.setToolTip("Columns, each with its own strength")
         for widget in (self.fan_columns, QLabel("×"), self.fan_low, QLabel("→"), self.fan_high):
             row.addWidget(widget)
         self.mode_pages.addWidget(page)
         page, form = QWidget(), _form()
         page.setLayout(form)
-        self.strength = _dspin(0.0, 1.0, s.strength, 0.05)
+        self.strength = decimal_box(0.0, 1.0, s.strength, 0.05)
         strength_row, self.strength_slider = _slider_row(self.strength, 100, 1.0)
         form.addRow("Strength", strength_row)
         self.mode_pages.addWidget(page)
@@ -218,7 +210,7 @@ class DiffDiffPanel(QWidget):
         self.model = _combo()
         self.scheduler = _combo()
         self.steps = _spin(1, limits["steps"], s.steps)
-        self.guidance = _dspin(0.0, limits["guidance"], s.guidance, 0.5)
+        self.guidance = decimal_box(0.0, limits["guidance"], s.guidance, 0.5)
         self.variants = _spin(1, limits["variants"], s.variants)
         seed_row = QHBoxLayout()
         self.seed = _spin(0, limits["seed"], min(s.seed, limits["seed"]))
@@ -247,6 +239,11 @@ class DiffDiffPanel(QWidget):
         form.addRow(self.options_box)
         self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
+
+        # Maps: made from depth, a segment, the selection, a layer's alpha or a pattern (folded).
+        self.map_tools = MapTools(self.controller, parent=self)
+        self.maps = MapsSection(self.map_tools)
+        layout.addWidget(self.maps)
 
         # Results: thumbnails; click shows a variant on its job's layer, double-click applies it.
         self.history = QListWidget()
@@ -329,8 +326,7 @@ class DiffDiffPanel(QWidget):
 
     def open_server_dialog(self) -> None:
         dialog = self.server_dialog()
-        run = getattr(dialog, "exec", None) or dialog.exec_  # exec_ is PyQt5's older spelling
-        if run() == DIALOG_ACCEPTED:
+        if dialog.exec() == DIALOG_ACCEPTED:  # PyQt6 has no exec_()
             self.apply_server_dialog(dialog)
 
     def apply_server_dialog(self, dialog: ServerDialog) -> None:

@@ -19,7 +19,7 @@ from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 from shared.protocol import Region
 
 from .jobs import DocumentGone, JobInputError, LayerInfo
-from .qt import SCROLL_OFF, QScrollArea, QTimer
+from .qt import SCROLL_OFF, QApplication, QScrollArea, QTimer
 from .settings import SETTINGS_GROUP
 
 RGBA8 = ("RGBA", "U8")
@@ -27,6 +27,8 @@ SRGB_PROFILE = "sRGB-elle-V2-srgbtrc.icc"
 DOCKER_ID = "differential_diffusion_docker"
 BAND_ROWS = 256  # large fills go in bands so a 4K canvas never needs one 64 MB buffer
 ACTIVE_RESTORE_S = 2.0  # how long to watch for Krita activating a layer the plugin just added
+# Krita 6's bindings know only the scoped spelling; Krita 5's accept it too (5.1 checked in kritarunner).
+DOCK_RIGHT = DockWidgetFactoryBase.DockPosition.DockRight
 
 
 class KritaSettingsStore:
@@ -316,6 +318,22 @@ class DocumentCanvas:
         self._give_back_active(painter_active)
         return True
 
+    def blur_layer(self, node_id: str, radius_px: int) -> bool:
+        """Krita's own Gaussian blur over one whole layer (the map tools soften their map with it)."""
+        node = self.node(node_id)
+        if node is None:
+            return False
+        width, height = self.size
+        blur = Krita.instance().filter("gaussian blur")
+        config = blur.configuration()
+        for key in ("horizRadius", "vertRadius"):
+            config.setProperty(key, int(radius_px))
+        blur.setConfiguration(config)
+        blur.apply(node, 0, 0, width, height)
+        self.document.waitForDone()
+        self._refresh_layer(node)
+        return True
+
     def layer_exists(self, node_id: str | None) -> bool:
         return self.node(node_id) is not None
 
@@ -333,12 +351,6 @@ class DocumentCanvas:
 
 
 _DOCKERS: list = []  # every docker Krita built (one per main window), for docker_controller()
-
-
-def _dock_right():
-    # Krita 6's bindings scope the enum (DockPosition.DockRight); Krita 5's accept both spellings.
-    scoped = getattr(DockWidgetFactoryBase, "DockPosition", None)
-    return scoped.DockRight if scoped is not None else DockWidgetFactoryBase.DockRight
 
 
 def register_docker(panel_factory, title: str = "Differential Diffusion") -> None:
@@ -361,11 +373,13 @@ def register_docker(panel_factory, title: str = "Differential Diffusion") -> Non
             self.panel.controller.connect_server()  # returns at once; retries in the background
             # Say goodbye to the server when Krita quits (it then cancels this client's jobs at once).
             Krita.instance().notifier().applicationClosing.connect(self.panel.controller.shutdown)
+            # Also on Qt's own quit signal, for when Krita skips the above.
+            QApplication.instance().aboutToQuit.connect(self.panel.controller.shutdown)
 
         def canvasChanged(self, canvas) -> None:
             self.panel.on_document_changed()
 
-    Krita.instance().addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, _dock_right(), DiffDiffDocker))
+    Krita.instance().addDockWidgetFactory(DockWidgetFactory(DOCKER_ID, DOCK_RIGHT, DiffDiffDocker))
 
 
 class KritaHost:

@@ -9,7 +9,8 @@ from .qt import HORIZONTAL, WRAP_LONG_ROWS, QCheckBox, QDoubleSpinBox, QFormLayo
     QSpinBox, QVBoxLayout, QWidget
 
 
-def _dspin(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
+def decimal_box(lo: float, hi: float, value: float, step: float) -> QDoubleSpinBox:
+    """A spin box for a number with two decimals (also the docker's own strengths and guidance)."""
     box = QDoubleSpinBox()
     box.setRange(lo, hi)
     box.setSingleStep(step)
@@ -79,7 +80,7 @@ class OptionsBox(QGroupBox):
             hi = float(spec.max) if spec.max is not None else 1e6
             step = 0.05 if hi - lo <= 1.0 else 0.5
             lo += 0.01 if spec.min_exclusive else 0.0
-            box = _dspin(lo - step if auto else lo, hi, lo, step)
+            box = decimal_box(lo - step if auto else lo, hi, lo, step)
             floor = box.minimum()
 
             def changed(v: float, n: str = spec.name) -> None:

@@ -1,17 +1,19 @@
 """The one place that imports Qt.
 
-Krita 5 embeds PyQt5; Krita 6 will embed PyQt6. Everything else in the plugin imports Qt names
-from here, so adding PyQt6 means touching only this file. The binding is picked once (PyQt5
-first, then PyQt6) and the names below are taken from its modules, so the list is written once.
+Krita 5 embeds PyQt5, Krita 6 embeds PyQt6, and the same plugin runs in both: everything else in
+the plugin imports Qt names from here. The binding is the one Krita says it was built with
+(`pykrita.qt_major_version()`, Krita 5.3 and newer); a Krita that cannot say (5.2 and older, all
+Qt 5) or no Krita at all (the tests) gets the first of PyQt5, PyQt6 that imports. Imports go through
+`__import__`, so Krita 6's guard (importing PyQt5 raises there) sees them.
 
-Enums: PyQt6 only accepts the scoped spelling (``Qt.AlignmentFlag.AlignTop``), and PyQt5 5.15
-(what Krita 5 ships) accepts it too, so the few enums the plugin needs are written once, in that
-spelling, and re-exported under one name.
+Enums: PyQt6 and Krita 6's own bindings only accept the scoped spelling
+(``Qt.AlignmentFlag.AlignTop``); PyQt5 5.15 and Krita 5's bindings accept it too. So every enum the
+plugin needs is spelled once, scoped, here (Krita's in krita_io) and re-exported under one name;
+tests/test_plugin_bindings.py refuses any other spelling in the plugin.
 """
 
 from __future__ import annotations
 
-import importlib
 from types import ModuleType
 
 # Every Qt name the plugin uses, by the module both bindings define it in.
@@ -58,12 +60,24 @@ _NAMES: dict[str, tuple[str, ...]] = {
 }
 
 
+def _krita_qt_major() -> int | None:
+    """The Qt major version Krita says it embeds, or None (no Krita, or one too old to say)."""
+    try:
+        import pykrita  # Krita's own module, present only inside Krita
+    except ImportError:
+        return None
+    ask = getattr(pykrita, "qt_major_version", None)
+    return int(ask()) if callable(ask) else None
+
+
 def _import_binding() -> tuple[str, dict[str, ModuleType]]:
-    """The first of PyQt5, PyQt6 whose modules all import, with those modules."""
+    """The binding Krita uses (else the first of PyQt5, PyQt6 that imports), with its modules."""
+    major = _krita_qt_major()
+    apis = (f"PyQt{major}",) if major is not None else ("PyQt5", "PyQt6")
     errors = []
-    for api in ("PyQt5", "PyQt6"):
+    for api in apis:
         try:
-            return api, {module: importlib.import_module(f"{api}.{module}") for module in _NAMES}
+            return api, {module: __import__(f"{api}.{module}", fromlist=[module]) for module in _NAMES}
         except ImportError as exc:
             errors.append(f"{api}: {exc}")
     raise ImportError("no Qt binding: " + "; ".join(errors))
@@ -78,8 +92,6 @@ _Qt = _modules["QtCore"].Qt
 _QImage = _modules["QtGui"].QImage
 FORMAT_ARGB32 = _QImage.Format.Format_ARGB32
 FORMAT_ARGB32_PREMULTIPLIED = _QImage.Format.Format_ARGB32_Premultiplied
-FORMAT_RGB32 = _QImage.Format.Format_RGB32
-FORMAT_GRAY8 = _QImage.Format.Format_Grayscale8
 FORMAT_INDEXED8 = _QImage.Format.Format_Indexed8
 READ_WRITE = _modules["QtCore"].QIODevice.OpenModeFlag.ReadWrite
 ALIGN_TOP = _Qt.AlignmentFlag.AlignTop

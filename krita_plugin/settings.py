@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -28,6 +29,7 @@ DEFAULT_MAP_LAYER = "Change Map"
 MAX_SOFTNESS_PX = 512
 MAX_GROW_PX = 256
 MAX_PREVIEW_EVERY = 100
+MIN_MAP_GAMMA, MAX_MAP_GAMMA = 0.2, 5.0
 
 
 def limits_for(capabilities=None) -> dict:
@@ -88,6 +90,8 @@ class Settings:
     # The model's own options the painter chose (SDXL refiner split, IF stages...): a JSON object
     # by option name, shared by the models that take the option; unset ones keep the default.
     model_options: str = ""
+    # The job's map curve: a gamma on the change map sent (above 1: more change, below: gentler).
+    map_gamma: float = 1.0
 
     def validated(self) -> Settings:
         """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
@@ -107,6 +111,8 @@ class Settings:
         s.source = s.source if s.source in SOURCES else "projection"
         s.region = s.region if s.region in REGIONS else "canvas"
         s.preview_every = min(max(int(s.preview_every), 0), MAX_PREVIEW_EVERY)
+        gamma = float(s.map_gamma)
+        s.map_gamma = min(max(gamma, MIN_MAP_GAMMA), MAX_MAP_GAMMA) if math.isfinite(gamma) else 1.0
         s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""
         return s
 

@@ -1,7 +1,9 @@
-"""Command line: ``python -m server --model MODEL --host 127.0.0.1 --port 7860 [--token T]``.
+"""Command line: ``python -m server --model MODEL --host 127.0.0.1 --port 7860``.
 
 Loads the model, then serves the Krita plugin over websockets until SIGINT/SIGTERM, which cancel
-the running job, tell the clients and exit cleanly.
+the running job, tell the clients and exit cleanly. The access token comes from
+``--token-file FILE`` or the ``DIFFDIFF_TOKEN`` environment variable: ``--token`` still works, but
+every local user can read a command line (``ps``, ``/proc``).
 """
 
 from __future__ import annotations
@@ -9,8 +11,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from server.config import DEFAULT_MODEL, ConfigError, PipelineOptions, ServerConfig, check_bind
@@ -19,6 +23,7 @@ from shared import protocol as p
 log = logging.getLogger("server")
 
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+TOKEN_ENV = "DIFFDIFF_TOKEN"
 
 
 def best_device() -> str:
@@ -57,8 +62,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--host", default="127.0.0.1",
                         help="address to listen on (default: loopback only)")
     parser.add_argument("--port", type=int, default=7860, help="0 picks a free port")
-    parser.add_argument("--token", default=None,
-                        help="access token clients must send; required off loopback")
+    parser.add_argument("--token-file", default=None, metavar="FILE",
+                        help="read the access token clients must send from FILE (required off "
+                             f"loopback; or set {TOKEN_ENV})")
+    parser.add_argument("--token", default=None, metavar="SECRET",
+                        help="the access token itself: visible to every local user in the "
+                             "process list, prefer --token-file")
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:1, mps or cpu (default: the best one found)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
@@ -81,9 +90,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="largest canvas accepted, in pixels (default: %(default)s)")
     parser.add_argument("--max-message-bytes", type=int, default=p.DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest websocket message accepted (default: %(default)s)")
+    parser.add_argument("--max-unread-bytes", type=int, default=ServerConfig.max_unread_bytes,
+                        help="what may wait unread for one client before its next job waits "
+                             "too (default: %(default)s)")
     parser.add_argument("--max-region-pixels", type=int, default=None,
                         help="regions larger than this run downscaled (default: 1.5x the "
                              "model's native resolution per side, squared)")
+    parser.add_argument("--depth-model", default=None, metavar="MODEL",
+                        help="depth model for depth maps (Depth Anything, DPT; hub id or "
+                             "folder). Default: Depth-Anything-V2-Small-hf; tiny-depth beside "
+                             "a tiny --model")
+    parser.add_argument("--segment-model", default=None, metavar="MODEL",
+                        help="Segment-Anything model for maps from clicks (hub id or folder). "
+                             "Default: facebook/sam-vit-base; tiny-segments beside a tiny "
+                             "--model")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -106,23 +126,53 @@ async def serve_until_signal(server: Any) -> None:
     log.info("stopped")
 
 
+def read_token(args: argparse.Namespace, environ: Mapping[str, str]) -> str | None:
+    """The access token from ``--token-file``, ``--token`` or the environment (in that order),
+    or None; raises ConfigError for one that cannot be used."""
+    if args.token is not None and args.token_file is not None:
+        raise ConfigError("Give the token once: --token-file or --token, not both.")
+    if args.token_file is not None:
+        try:
+            with open(args.token_file, encoding="utf-8") as file:
+                token = file.read().strip()  # an editor's final newline is no part of it
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"Cannot read the token file {args.token_file!r}: {exc}") from None
+        source = f"the token file {args.token_file!r}"
+    elif args.token is not None:
+        token, source = args.token, "--token"
+        log.warning("--token puts the token in the process list, where every local user can "
+                    "read it: use --token-file FILE or the %s environment variable instead.",
+                    TOKEN_ENV)
+    else:
+        token, source = environ.get(TOKEN_ENV, ""), TOKEN_ENV
+        if not token:
+            return None
+    if not token or not p.is_text(token) or token != token.strip():
+        raise ConfigError(f"The token from {source} is empty, has spaces around it or is not "
+                          f"valid text.")
+    return token
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        token = read_token(args, os.environ)
         # Before the (slow) model load: a refused bind should fail at once.
-        check_bind(args.host, args.token)
+        check_bind(args.host, token)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     device = args.device or best_device()
     config = ServerConfig(
-        model=args.model, host=args.host, port=args.port, token=args.token, device=device,
+        model=args.model, host=args.host, port=args.port, token=token, device=device,
         dtype=resolve_dtype(args.dtype, device), preview_every=args.preview_every,
         max_pixels=args.max_pixels, max_message_bytes=args.max_message_bytes,
-        max_region_pixels=args.max_region_pixels, extra_models=tuple(args.allow_model),
-        refiner=args.refiner, console_progress=None,
+        max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
+        extra_models=tuple(args.allow_model),
+        refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
+        segment_model=args.segment_model,
         pipeline_options=PipelineOptions(
             channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,
             vae_tile_above=args.vae_tile_above))

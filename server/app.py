@@ -6,7 +6,8 @@ connection is a :class:`Session`. What arrives is parsed by the connection's san
 becomes a :class:`~server.jobs.Job`, its PNG decoded and its change map built off the event
 loop) and the session serialises the typed messages the worker posts back, in order. A bad
 message gets an ``error`` to that client only; nothing a client sends can stop the server or
-another client's job.
+another client's job. A client that does not read is not buffered for without end: past
+``max_unread_bytes`` waiting for it, its next job waits and its next message is not read.
 
 Start it in-process (tests, tools)::
 
@@ -23,6 +24,7 @@ import itertools
 import logging
 import secrets
 import socket
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -34,12 +36,15 @@ from server import regions
 from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
+from server.map_jobs import MapJob, decode_picture
+from server.map_makers import MapMakers, default_map_models
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
 
 SERVER_NAME = "diffdiff-server 0.1.0"
-# Previews queued for a slow client beyond this are skipped; results and progress never are.
+# Previews queued for a slow client beyond this (or beyond its unread bytes) are skipped; results
+# and progress never are.
 MAX_QUEUED_PREVIEW_FRAMES = 8
 SHUTDOWN_FLUSH_S = 2.0  # how long a shutdown waits for each client to take its last messages
 
@@ -52,7 +57,8 @@ def _close_reason(text: str) -> str:
 
 class Session:
     """One client connection: its protocol state (:class:`~shared.protocol.ServerSession`) and
-    its outbox (messages leave in the order they were posted)."""
+    its outbox (messages leave in the order they were posted), with the bytes in it that the
+    client has not taken yet."""
 
     _ids = itertools.count(1)
 
@@ -64,9 +70,15 @@ class Session:
         self.protocol = p.ServerSession(
             server.capabilities, token=server.config.token, server_name=SERVER_NAME,
             max_jobs=server.config.max_jobs_per_client,
-            jobs_in_queue=lambda: server.worker.count(self))
-        self._outbox: asyncio.Queue[tuple[list[str | bytes], bool]] = asyncio.Queue()
+            jobs_in_queue=lambda: server.worker.count(self),
+            submit_timeout_s=server.config.submit_frames_timeout_s)
+        self._outbox: asyncio.Queue[tuple[list[str | bytes], bool, int]] = asyncio.Queue()
         self._queued_previews = 0
+        # Frames posted and not yet handed to the socket (text counted in characters: small).
+        self.unread_bytes = 0
+        self.max_unread_bytes = server.config.max_unread_bytes
+        self._reading = asyncio.Event()  # clear while over the limit: its messages wait
+        self._reading.set()
         self.closed = False
 
     def __repr__(self) -> str:
@@ -87,26 +99,62 @@ class Session:
         """Queue ``message`` for this client, from the event loop."""
         self._enqueue(message.frames(), False)
 
+    @property
+    def over_limit(self) -> bool:
+        """Too much waits unread: the worker starts none of this client's jobs meanwhile."""
+        return self.unread_bytes > self.max_unread_bytes
+
     def _enqueue(self, frames: list[str | bytes], droppable: bool) -> None:
         if self.closed:
             return
         if droppable:
-            if self._queued_previews >= MAX_QUEUED_PREVIEW_FRAMES:
+            if self._queued_previews >= MAX_QUEUED_PREVIEW_FRAMES or self.over_limit:
                 return
             self._queued_previews += 1
-        self._outbox.put_nowait((frames, droppable))
+        size = sum(len(frame) for frame in frames)
+        self.unread_bytes += size
+        if self.over_limit:
+            self._reading.clear()
+        self._outbox.put_nowait((frames, droppable, size))
 
     async def pump(self) -> None:
         """Send queued frames until the connection closes."""
         while True:
-            frames, droppable = await self._outbox.get()
+            frames, droppable, size = await self._outbox.get()
             try:
                 if droppable:
                     self._queued_previews -= 1
                 for frame in frames:
                     await self.connection.send(frame)
             finally:
+                self.unread_bytes -= size
+                if not self.over_limit and not self._reading.is_set():
+                    self._reading.set()
+                    if self.server.worker is not None:
+                        self.server.worker.wake()  # this client's jobs may run again
                 self._outbox.task_done()
+
+    async def until_reading(self) -> None:
+        """Return once the client has taken enough of what waits for it (or is gone)."""
+        if self._reading.is_set():
+            return
+        waits = {asyncio.ensure_future(self._reading.wait()),
+                 asyncio.ensure_future(self.connection.wait_closed())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def expire_submits(self) -> None:
+        """End this client's half-sent submits whose frames did not come in time."""
+        idle = min(self.server.config.submit_frames_timeout_s, 1.0)
+        while True:
+            deadline = self.protocol.next_deadline()
+            await asyncio.sleep(idle if deadline is None else max(0.0, deadline - time.monotonic()))
+            for error in self.protocol.expire():
+                log.info("client %d: %s: %s", self.id, error.code, error.message)
+                self.send(error)
 
     async def flush(self, timeout: float) -> None:
         """Wait (at most ``timeout`` s) until everything posted so far has been sent."""
@@ -154,7 +202,9 @@ class DiffusionServer:
             token_required=bool(c.token), device=str(c.device), model_info=info)
         self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
                              console=ConsoleProgress(enabled=c.console_progress),
-                             on_model_changed=self._model_changed)
+                             on_model_changed=self._model_changed,
+                             owner_ready=lambda session: not session.over_limit,
+                             map_makers=self._map_makers())
         self.worker.start()
         self._listener = await serve(
             self._handle, c.host, c.port, max_size=c.max_message_bytes,
@@ -216,19 +266,21 @@ class DiffusionServer:
             return
         self.sessions.add(session)
         log.info("client %d connected from %s", session.id, connection.remote_address)
-        pump = asyncio.create_task(session.pump())
+        helpers = [asyncio.create_task(session.pump()), asyncio.create_task(session.expire_submits())]
         try:
             async for data in connection:
                 await self._dispatch(session, data)
+                await session.until_reading()  # a client that does not read is not read either
         except ConnectionClosed as exc:
             log.info("client %d: connection closed (%s)", session.id, exc)
         finally:
             session.closed = True
             self.sessions.discard(session)
             cancelled = self.worker.cancel_owner(session, "the client disconnected")
-            pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
-                await pump
+            for helper in helpers:
+                helper.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
+                    await helper
             log.info("client %d disconnected%s", session.id,
                      f"; cancelled {cancelled} job(s)" if cancelled else "")
 
@@ -268,7 +320,9 @@ class DiffusionServer:
             session.send(p.Error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
 
     async def _serve(self, session: Session, request: p.ClientRequest) -> None:
-        if isinstance(request, p.CompleteSubmit):
+        if isinstance(request, p.Event):  # the protocol's own answer (a submit cancelled by ref)
+            session.send(request)
+        elif isinstance(request, p.CompleteSubmit):
             await self._queue_job(session, request)
         elif isinstance(request, p.Cancel):
             if not self.worker.cancel(session, request.job_id):
@@ -280,13 +334,41 @@ class DiffusionServer:
             session.send(p.Models(list(caps.models), caps.current_model, caps.model_info))
         elif isinstance(request, p.LoadModel):
             self.worker.submit(ModelLoad(next(self._ids), session, request.model, session.post))
+        elif isinstance(request, p.CompleteMakeMap):
+            await self._queue_map(session, request)
+
+    # --- map makers (server.map_jobs) ----------------------------------------------------------
+
+    def _map_makers(self) -> MapMakers:
+        c = self.config
+        models = default_map_models(c.model)
+        models.update({k: v for k, v in (("depth", c.depth_model),
+                                         ("segments", c.segment_model)) if v})
+        return MapMakers(models, device=str(c.device))
+
+    async def _queue_map(self, session: Session, complete: p.CompleteMakeMap) -> None:
+        request = complete.request
+        image = await asyncio.to_thread(decode_picture, complete.image_png, request.ref)
+        job = MapJob(next(self._ids), session, request, image, session.post)
+        self.worker.submit(job, session.protocol.accept(request, job.id))
 
     async def _queue_job(self, session: Session, complete: p.CompleteSubmit) -> None:
         # Decoding a big PNG and blurring a mask take a while: off the loop, so other clients'
         # progress keeps flowing. Awaited here, so one client's jobs keep their order.
-        job = await asyncio.to_thread(self._make_job, session, complete)
         request = complete.request
-        self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
+        try:
+            job = await asyncio.to_thread(self._make_job, session, complete)
+            self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
+        except p.ProtocolError as exc:
+            if exc.code == p.E_SHUTTING_DOWN:  # like every job of a stopping server: cancelled
+                session.send(p.Cancelled(None, "the server is shutting down", request.ref))
+                return
+            exc.ref = request.ref  # every error about a submit names it
+            raise
+        except Exception as exc:  # a bug: this submit fails, with its ref, and the log says why
+            log.exception("client %d: submit %d failed", session.id, request.ref)
+            raise p.ProtocolError(p.E_JOB_FAILED, f"Internal server error: {exc}",
+                                  ref=request.ref) from None
         log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
                   session.id, request.mode, request.width, request.height, request.steps,
                   request.variants)

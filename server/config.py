@@ -31,7 +31,7 @@ class ServerConfig:
     model: str = DEFAULT_MODEL
     host: str = "127.0.0.1"
     port: int = 7860  # 0: any free port (tests)
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)  # a secret: never in a log line
     device: str = "cpu"
     dtype: Any = None  # torch dtype; None: float32
     preview_every: int = 5  # steps between previews, when the client does not say; 0: none
@@ -41,8 +41,15 @@ class ServerConfig:
     extra_models: tuple[str, ...] = ()  # other models clients may ask for
     refiner: str | None = None  # an SDXL refiner for ``model`` (its split is a job option)
     max_jobs_per_client: int = 8
-    handshake_timeout_s: float = 10.0
+    handshake_timeout_s: float = p.HANDSHAKE_TIMEOUT_S
+    submit_frames_timeout_s: float = p.SUBMIT_FRAMES_TIMEOUT_S  # a half-sent submit's lifetime
+    # What may wait unsent for one client before its next job waits too and its messages are no
+    # longer read (the job that is running still sends all its results).
+    max_unread_bytes: int = 64 * 1024 * 1024
     console_progress: bool | None = False  # None: when stderr is a terminal
+    # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
+    depth_model: str | None = None
+    segment_model: str | None = None
     pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)
 
     @property
@@ -64,5 +71,5 @@ def check_bind(host: str, token: str | None) -> None:
     if not is_loopback(host) and not token:
         raise ConfigError(
             f"Refusing to listen on {host!r} without a token: anyone on the network could use "
-            f"this GPU. Pass --token SECRET (and enter it in the Krita plugin), or bind to "
+            f"this GPU. Pass --token-file FILE (and enter that token in the Krita plugin), or bind to "
             f"127.0.0.1.")

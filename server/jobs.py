@@ -29,6 +29,7 @@ from PIL import Image
 
 from server.device import free_device_memory, is_out_of_memory
 from server.families import describe
+from server.map_jobs import MapJob, run_map_job
 from server.pipelines import Cancelled
 from server.regions import CanvasMap, RegionPlan, crop_inputs, paste_back, plan_region
 from shared import protocol as p
@@ -49,7 +50,7 @@ class Job:
     request: p.SubmitRequest
     image: Image.Image  # RGB, canvas size
     change: CanvasMap  # canvas-size change map (1 = change fully, 0 = keep)
-    seed: int  # variant i uses seed + i
+    seed: int  # variant i uses p.variant_seed(seed, i)
     send: Send
     preview_every: int  # 0: no previews
     cancel_event: threading.Event = field(default_factory=threading.Event)
@@ -76,7 +77,7 @@ class ModelLoad:
     last_position: int | None = None
 
 
-Task = Job | ModelLoad
+Task = Job | ModelLoad | MapJob
 
 
 class ModelHost:
@@ -174,8 +175,14 @@ class Worker:
 
     def __init__(self, host: ModelHost, *, max_region_pixels: int | None = None,
                  console: ConsoleProgress | None = None,
-                 on_model_changed: Callable[[str, Any, Task], None] | None = None) -> None:
+                 on_model_changed: Callable[[str, Any, Task], None] | None = None,
+                 owner_ready: Callable[[Any], bool] | None = None,
+                 map_makers: Any = None) -> None:
         self.host = host
+        # False for an owner whose earlier results still wait unread: its next task waits (the
+        # others' run first) until it reads and someone calls wake().
+        self.owner_ready = owner_ready or (lambda owner: True)
+        self.map_makers = map_makers  # server.map_makers.MapMakers: runs MapJob tasks
         self.max_region_pixels = max_region_pixels
         self.console = console or ConsoleProgress(enabled=False)
         self.on_model_changed = on_model_changed
@@ -203,6 +210,11 @@ class Worker:
                 task.send(replace(accepted, position=position))
             self._cv.notify()
         return position
+
+    def wake(self) -> None:
+        """An owner may be ready again: look at the queue."""
+        with self._cv:
+            self._cv.notify_all()
 
     def count(self, owner: Any) -> int:
         with self._cv:
@@ -271,16 +283,24 @@ class Worker:
     def _loop(self) -> None:
         while True:
             with self._cv:
-                while not self._pending and not self._stopping:
-                    self._cv.wait()
+                task = None
+                while not self._stopping:
+                    task = next((t for t in self._pending if self.owner_ready(t.owner)), None)
+                    if task is not None:
+                        break
+                    # Some tasks may wait for their owners to read; wake() comes then (the
+                    # timeout only guards against a missed one).
+                    self._cv.wait(1.0 if self._pending else None)
                 if self._stopping:
                     return
-                task = self._pending.popleft()
+                self._pending.remove(task)
                 self._running = task
             self._announce_positions()
             try:
                 if isinstance(task, ModelLoad):
                     self._run_load(task)
+                elif isinstance(task, MapJob):
+                    run_map_job(task, self.map_makers)
                 else:
                     self._run_job(task)
             except BaseException:  # the worker must survive anything one task does
@@ -377,7 +397,7 @@ class Worker:
         result per variant, pasted back; returns the pipeline's output and its seconds."""
         request = job.request
         source, source_map, model_image, model_map = inputs
-        generators = [torch.Generator("cpu").manual_seed(job.seed + i)
+        generators = [torch.Generator("cpu").manual_seed(p.variant_seed(job.seed, i))
                       for i in range(request.variants)]
         try:
             output = pipe(
@@ -399,7 +419,7 @@ class Worker:
             timings = {"queued_s": started - job.created, "run_s": run_s}
             for index, image in enumerate(output.images):
                 final = paste_back(source, image, source_map, request.steps)
-                job.send(p.Result(job.id, index, job.seed + index, plan.crop, encode_png(final),
+                job.send(p.Result(job.id, index, p.variant_seed(job.seed, index), plan.crop, encode_png(final),
                                   final.width, final.height, timings))
             return output, run_s
         except Cancelled:

@@ -16,6 +16,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# DIFFDIFF_TEST_QT=PyQt6 runs the plugin's tests the way Krita 6 runs the plugin: importing PyQt5
+# raises, so krita_plugin.qt must fall back to PyQt6 (tests/plugin/test_plugin_bindings.py starts this run).
+TEST_QT = os.environ.get("DIFFDIFF_TEST_QT", "PyQt5")
+if TEST_QT == "PyQt6":
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "fake_krita"))
+    import wrong_pyqt
+
+    wrong_pyqt.refuse("PyQt5")
+    sys.path.pop(0)  # only the guard: the fake `krita` stays out of this run
+
 
 def tiny_model(model: str, scope: str, **kwargs):
     """A fixture that loads the built-in tiny ``model`` once per ``scope``."""

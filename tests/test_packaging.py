@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import json
+import os
 import subprocess
 import sys
 import zipfile
@@ -15,6 +17,7 @@ sys.path.insert(0, str(ROOT / "packaging"))
 import build_plugin  # noqa: E402
 
 KRITA_IMPORTER = Path("/usr/share/krita/pykrita/plugin_importer/plugin_importer.py")
+FAKE_KRITA = ROOT / "tests" / "fake_krita"
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +64,33 @@ def test_vendored_libraries_import_without_site_packages(tmp_path: Path) -> None
     out = subprocess.run([sys.executable, "-S", "-c", code, str(vendor)],
                          capture_output=True, text=True, check=True, cwd=tmp_path).stdout.split()
     assert len(out) == 2 and all(line.startswith(str(vendor)) for line in out), out
+
+
+@pytest.mark.parametrize(("binding", "krita_says"), [("PyQt5", None), ("PyQt5", "5"), ("PyQt6", "6")],
+                         ids=["krita5.1", "krita5.3", "krita6"])
+def test_the_zip_registers_and_its_docker_works_in_each_krita(plugin_zip: Path, tmp_path: Path, binding: str,
+                                                              krita_says: str | None) -> None:
+    """Krita 5.1 (cannot say its Qt), 5.3 (says 5) and 6 (says 6; PyQt5 refused, Krita's enums
+    scoped only) played by tests/fake_krita, in a clean interpreter holding nothing but that fake,
+    one binding and the unpacked zip: the plugin registers, its docker is built and clicked."""
+    with zipfile.ZipFile(plugin_zip) as archive:
+        archive.extractall(tmp_path / "pykrita")
+    only_binding = tmp_path / "qt"  # that binding alone, without the rest of site-packages
+    only_binding.mkdir()
+    (only_binding / binding).symlink_to(Path(importlib.util.find_spec(binding).origin).parent)
+    env = {k: v for k, v in os.environ.items() if k != "FAKE_KRITA_QT"}
+    env.update(QT_QPA_PLATFORM="offscreen", **({"FAKE_KRITA_QT": krita_says} if krita_says else {}))
+    proc = subprocess.run([sys.executable, "-S", "-E", str(FAKE_KRITA / "load_plugin.py"), str(FAKE_KRITA),
+                           str(only_binding), str(tmp_path / "pykrita")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert (report["qt_api"], report["bindings_loaded"]) == (binding, [binding])
+    assert report["layers"] == ["Background", "Change Map"]  # Create Change Map layer, through krita_io
+    assert report["active"] == "Background"  # the painter's layer stays active
+    assert (report["docker_title"], report["mode"], report["advanced_shown"]) == ("Differential Diffusion", "fan", True)
+    assert report["server_url"] == "ws://127.0.0.1:9"  # the server dialog was opened and accepted unchanged
+    assert report["vendored"] == ["vendor/shared/__init__.py", "vendor/websockets/__init__.py"]
 
 
 def test_enable_in_kritarc_keeps_other_settings(tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ Carried by ``welcome`` (:class:`Capabilities`), ``models`` and ``model_loaded``
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +24,7 @@ from .constants import (
     OPTION_TYPES,
     ProtocolError,
 )
-from .fields import json_type, read_float, read_int, read_str, read_str_list
+from .fields import finite_number, is_text, json_type, not_text, read_float, read_int, read_str, read_str_list
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,9 @@ class OptionSpec:
                                                     else (int, float)):
             kind = "an integer" if self.type == "int" else "a number"
             raise ProtocolError(E_BAD_OPTION, f"{what} must be {kind}, got {json_type(value)}.")
-        number = int(value) if self.type == "int" else float(value)
-        if not math.isfinite(number):
-            raise ProtocolError(E_BAD_OPTION, f"{what} must be finite.")
+        number = int(value) if self.type == "int" else finite_number(value)
+        if number is None:
+            raise ProtocolError(E_BAD_OPTION, f"{what} must be a finite number.")
         low_ok = self.min is None or (number > self.min if self.min_exclusive
                                       else number >= self.min)
         if not low_ok or (self.max is not None and number > self.max):
@@ -124,6 +123,8 @@ def check_options(options: dict[str, Any], specs: list[OptionSpec] | None,
     by_name = {s.name: s for s in specs} if specs is not None else None
     out: dict[str, Any] = {}
     for name, value in options.items():
+        if not is_text(name):
+            raise not_text(where, "an option name")
         if len(name) > MAX_OPTION_NAME:
             raise ProtocolError(E_BAD_OPTION, f"{where}: option name of {len(name)} characters; "
                                               f"the limit is {MAX_OPTION_NAME}.")
@@ -131,7 +132,7 @@ def check_options(options: dict[str, Any], specs: list[OptionSpec] | None,
             continue
         if by_name is None:
             if isinstance(value, bool) or (isinstance(value, (int, float))
-                                           and math.isfinite(value)):
+                                           and finite_number(value) is not None):
                 out[name] = value
                 continue
             raise ProtocolError(E_BAD_OPTION, f"{where}: option '{name}' must be true, false or "

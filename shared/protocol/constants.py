@@ -37,6 +37,14 @@ MAX_SEED = 2**32 - 1
 MAX_FAN_COUNT = 32
 MAX_SOFTNESS_PX = 1024.0
 MAX_GROW_PX = 1024
+MAX_SCHEDULER_CHARS = 100
+MAX_MODEL_CHARS = 1000
+# A connection may hold this many submits still waiting for their binary frames...
+MAX_PENDING_SUBMITS = 4
+# ...each for this long after its submit (the server's default; it says so in the error). Long
+# enough for 64 MiB over a slow link, short enough that a lost upload frees its queue slot.
+SUBMIT_FRAMES_TIMEOUT_S = 60.0
+HANDSHAKE_TIMEOUT_S = 10.0  # from connecting to the hello
 
 MODES = ("change_map", "soft_inpaint", "fan", "uniform")
 # Modes whose submit is followed by a gray8 frame (the change map, or the inpaint mask).
@@ -47,7 +55,7 @@ OPTION_TYPES = ("bool", "int", "float")
 MAX_OPTIONS = 32  # options in one submit (a model advertises a handful)
 MAX_OPTION_NAME = 64
 
-CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model")
+CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model", "make_map")
 
 # Error codes (``error.code``); the message next to it is for the painter to read.
 E_BAD_JSON = "bad_json"
@@ -68,6 +76,7 @@ E_JOB_FAILED = "job_failed"
 E_MODEL_LOAD_FAILED = "model_load_failed"
 E_SHUTTING_DOWN = "shutting_down"
 E_BAD_OPTION = "bad_option"  # submit.options: an option the model does not take, or a bad value
+E_FRAMES_TIMEOUT = "frames_timeout"  # a submit's binary frames did not all arrive in time
 
 # Websocket close codes the plugin may see, with what to tell the painter (``describe_close``).
 CLOSE_MESSAGE_TOO_BIG = 1009
@@ -80,6 +89,9 @@ class ProtocolError(ValueError):
 
     def __init__(self, code: str, message: str, *, job_id: int | None = None,
                  ref: int | None = None) -> None:
+        # A message may quote what the client sent; a lone surrogate there could not be sent
+        # back (or logged) as UTF-8, so it is spelled out as an escape instead.
+        message = message.encode("utf-8", "backslashreplace").decode("utf-8")
         super().__init__(message)
         self.code = code
         self.message = message

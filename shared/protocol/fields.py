@@ -46,11 +46,39 @@ def read_float(obj: dict[str, Any], key: str, *, lo: float, hi: float,
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' must be a number, "
                                            f"got {type(value).__name__}.")
-    value = float(value)
-    if not math.isfinite(value) or not lo <= value <= hi:
-        raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' = {value} is out of range "
+    number = finite_number(value)
+    if number is None:
+        raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' is not a finite number in range "
                                            f"[{lo}, {hi}].")
-    return value
+    if not lo <= number <= hi:
+        raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' = {number} is out of range "
+                                           f"[{lo}, {hi}].")
+    return number
+
+
+def finite_number(value: int | float) -> float | None:
+    """``value`` as a finite float, or None: JSON has integers of any length (1e999 written
+    out), which no float holds."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def is_text(value: str) -> bool:
+    """Whether ``value`` is text that can be sent on as UTF-8. JSON lets a string escape half a
+    surrogate pair (``"\\ud800"``), which no encoder, tokenizer or log file takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def not_text(where: str, what: str) -> ProtocolError:
+    return ProtocolError(E_BAD_MESSAGE, f"{where}: {what} is not valid text (it holds an "
+                                        f"unpaired UTF-16 surrogate escape such as \\ud800).")
 
 
 def read_str(obj: dict[str, Any], key: str, *, max_len: int, default: str | None = None,
@@ -61,6 +89,8 @@ def read_str(obj: dict[str, Any], key: str, *, max_len: int, default: str | None
     if not isinstance(value, str):
         raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' must be a string, "
                                            f"got {type(value).__name__}.")
+    if not is_text(value):
+        raise not_text(where, f"'{key}'")
     if len(value) > max_len:
         raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' is {len(value)} characters; "
                                            f"the limit is {max_len}.")

@@ -18,7 +18,6 @@ from .constants import (
     E_BAD_FRAME,
     E_BAD_JSON,
     E_BAD_MESSAGE,
-    E_BAD_VERSION,
     E_TOO_LARGE,
     FRAME_IMAGE_PNG,
     FRAME_KIND_NAMES,
@@ -83,7 +82,8 @@ def encode_frame(kind: int, ref: int, index: int, width: int, height: int,
 
 
 def decode_frame(data: bytes) -> Frame:
-    """Parse one binary frame; raises :class:`ProtocolError` (``bad_frame``) with the reason."""
+    """Parse one binary frame; raises :class:`ProtocolError` (``bad_frame``) with the reason, and
+    with the header's ``ref`` once the header itself could be read."""
     if len(data) < FRAME_HEADER.size:
         raise ProtocolError(E_BAD_FRAME, f"Binary frame of {len(data)} bytes is shorter than "
                                          f"its {FRAME_HEADER.size}-byte header.")
@@ -91,30 +91,35 @@ def decode_frame(data: bytes) -> Frame:
     if magic != FRAME_MAGIC:
         raise ProtocolError(E_BAD_FRAME, "Binary frame does not start with the DDIF magic bytes.")
     if version != PROTOCOL_VERSION:
-        raise ProtocolError(E_BAD_VERSION, f"Binary frame is protocol version {version}; this "
-                                           f"side speaks version {PROTOCOL_VERSION}.")
-    if kind not in FRAME_KIND_NAMES:
-        raise ProtocolError(E_BAD_FRAME, f"Unknown binary frame kind {kind}.", ref=ref)
-    if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
-        raise ProtocolError(E_BAD_FRAME, f"Binary frame size {width}x{height} is out of range.",
-                            ref=ref)
-    payload = bytes(data[FRAME_HEADER.size:])
-    _check_payload(kind, width, height, payload, ref=ref)
+        # Not bad_version: that one ends a handshake. Another version may lay its header out
+        # otherwise, so nothing in it (not even the ref) is trusted.
+        raise ProtocolError(E_BAD_FRAME, f"Binary frame is protocol version {version}; this "
+                                         f"side speaks version {PROTOCOL_VERSION}.")
+    try:
+        if kind not in FRAME_KIND_NAMES:
+            raise ProtocolError(E_BAD_FRAME, f"Unknown binary frame kind {kind}.")
+        if not (1 <= width <= MAX_SIDE and 1 <= height <= MAX_SIDE):
+            raise ProtocolError(E_BAD_FRAME, f"Binary frame size {width}x{height} is out of "
+                                             f"range.")
+        payload = bytes(data[FRAME_HEADER.size:])
+        _check_payload(kind, width, height, payload)
+    except ProtocolError as exc:
+        exc.ref = ref
+        raise
     return Frame(kind, ref, index, width, height, payload)
 
 
-def _check_payload(kind: int, width: int, height: int, payload: bytes,
-                   ref: int | None = None) -> None:
+def _check_payload(kind: int, width: int, height: int, payload: bytes) -> None:
     if kind == FRAME_MAP_GRAY8:
         if len(payload) != width * height:
             raise ProtocolError(E_BAD_FRAME, f"Map frame declares {width}x{height} "
                                              f"({width * height} bytes) but carries "
-                                             f"{len(payload)} bytes.", ref=ref)
+                                             f"{len(payload)} bytes.")
     elif kind in _PNG_KINDS:
         actual = png_size(payload)
         if actual != (width, height):
             raise ProtocolError(E_BAD_FRAME, f"PNG is {actual[0]}x{actual[1]} but its frame "
-                                             f"declares {width}x{height}.", ref=ref)
+                                             f"declares {width}x{height}.")
 
 
 def _reject_constant(name: str) -> Any:
@@ -131,8 +136,10 @@ def dumps(message: dict[str, Any]) -> str:
 def loads(text: str | bytes) -> dict[str, Any]:
     """Parse a control message; raises :class:`ProtocolError` for anything but a JSON object
     with a string ``type``."""
-    if len(text) > MAX_TEXT_BYTES:
-        raise ProtocolError(E_TOO_LARGE, f"Control message of {len(text)} bytes is over the "
+    # The limit is in bytes on the wire: a character takes up to 4 of them in UTF-8.
+    size = len(text.encode("utf-8", "surrogatepass")) if isinstance(text, str) else len(text)
+    if size > MAX_TEXT_BYTES:
+        raise ProtocolError(E_TOO_LARGE, f"Control message of {size} bytes is over the "
                                          f"{MAX_TEXT_BYTES}-byte limit for text frames.")
     try:
         message = json.loads(text, parse_constant=_reject_constant)

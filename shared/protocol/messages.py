@@ -315,16 +315,26 @@ class Done(Event):
 
 @dataclass
 class Cancelled(Event):
+    """A job (``job_id``) or a submit that was never accepted (``ref`` alone, answering a
+    cancel by ref) ended without results."""
+
     TYPE: ClassVar[str] = "cancelled"
-    job_id: int
+    job_id: int | None
     reason: str = "cancelled"
+    ref: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "cancelled", "job_id": self.job_id, "reason": self.reason}
+        if self.job_id is None and self.ref is None:
+            raise ValueError("cancelled names a job_id or a ref")
+        out = {"type": "cancelled", "job_id": self.job_id, "ref": self.ref, "reason": self.reason}
+        return {k: v for k, v in out.items() if v is not None}
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> Cancelled:
-        return cls(_job_id(m, cls.TYPE), str(m.get("reason", "cancelled")))
+        w = "cancelled"
+        ref = read_int(m, "ref", lo=0, hi=MAX_REF, default=None, where=w)
+        job_id = read_int(m, "job_id", lo=0, hi=MAX_REF, required=ref is None, where=w)
+        return cls(job_id, str(m.get("reason", "cancelled")), ref)
 
 
 @dataclass
@@ -483,8 +493,8 @@ def done(job_id: int, images: int, steps_run: int, timings: dict[str, float]) ->
     return Done(job_id, images, steps_run, timings).to_dict()
 
 
-def cancelled(job_id: int, reason: str = "cancelled") -> dict[str, Any]:
-    return Cancelled(job_id, reason).to_dict()
+def cancelled(job_id: int | None, reason: str = "cancelled", ref: int | None = None) -> dict[str, Any]:
+    return Cancelled(job_id, reason, ref).to_dict()
 
 
 def models(models: list[str], current_model: str,

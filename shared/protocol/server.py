@@ -8,6 +8,7 @@ them, so the server sees one :class:`CompleteSubmit` per job.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
@@ -18,20 +19,26 @@ from .constants import (
     E_BAD_FRAME,
     E_BAD_MESSAGE,
     E_BAD_VERSION,
+    E_FRAMES_TIMEOUT,
     E_HANDSHAKE_REQUIRED,
     E_MAP_SIZE_MISMATCH,
     E_QUEUE_FULL,
     E_UNAUTHORIZED,
+    E_UNKNOWN_JOB,
     E_UNKNOWN_MODEL,
     E_UNKNOWN_TYPE,
     FRAME_IMAGE_PNG,
     FRAME_MAP_GRAY8,
+    MAX_PENDING_SUBMITS,
     MAX_REF,
     PROTOCOL_VERSION,
+    SUBMIT_FRAMES_TIMEOUT_S,
     ProtocolError,
 )
 from .frames import Frame, decode_frame, loads
-from .messages import Accepted, Cancel, ListModels, LoadModel, Welcome
+from .fields import is_text
+from .maps import CompleteMakeMap, MakeMap, MakeMapCollector
+from .messages import Accepted, Cancel, Cancelled, Error, Event, ListModels, LoadModel, Welcome
 from .submit import SubmitRequest, parse_submit
 
 
@@ -49,10 +56,10 @@ def check_hello(message: dict[str, Any], token: str | None) -> None:
     if token:
         given = message.get("token")
         # compare_digest: the time taken says nothing about how much of a guess was right.
-        if not isinstance(given, str) or not hmac.compare_digest(given.encode("utf-8"),
-                                                                 token.encode("utf-8")):
+        if not isinstance(given, str) or not is_text(given) or not hmac.compare_digest(
+                given.encode("utf-8"), token.encode("utf-8")):
             raise ProtocolError(E_UNAUTHORIZED, "Wrong or missing access token: enter the token "
-                                                "the server was started with (--token).")
+                                                "the server was started with (--token-file or DIFFDIFF_TOKEN).")
 
 
 @dataclass
@@ -69,11 +76,18 @@ class SubmitCollector:
 
     ``add_submit`` validates the message; ``add_frame`` returns a :class:`CompleteSubmit` once a
     submit has every frame it needs, else None. Errors are :class:`ProtocolError` carrying the
-    ref, so the server can answer that submit alone."""
+    ref, and an error about a submit ends it, so the client's retry starts clean and no half-sent
+    submit holds a queue slot. A submit whose frames have not all come ``timeout_s`` after it is
+    ended by :meth:`expire`."""
 
-    def __init__(self, capabilities: Capabilities | None = None, max_pending: int = 4) -> None:
+    def __init__(self, capabilities: Capabilities | None = None,
+                 max_pending: int = MAX_PENDING_SUBMITS,
+                 timeout_s: float = SUBMIT_FRAMES_TIMEOUT_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.capabilities = capabilities
         self.max_pending = max_pending
+        self.timeout_s = timeout_s
+        self.clock = clock
         self._pending: dict[int, dict[str, Any]] = {}
 
     @property
@@ -82,15 +96,16 @@ class SubmitCollector:
 
     def add_submit(self, message: dict[str, Any]) -> SubmitRequest:
         request = parse_submit(message, self.capabilities)
-        if request.ref in self._pending:
-            raise ProtocolError(E_BAD_MESSAGE, f"submit ref {request.ref} is already waiting "
-                                               f"for its frames; use a new ref per submit.",
-                                ref=request.ref)
+        if self.drop(request.ref):
+            raise ProtocolError(E_BAD_MESSAGE, f"submit ref {request.ref} was already waiting "
+                                               f"for its frames; both submits are dropped. Use "
+                                               f"a new ref per submit.", ref=request.ref)
         if len(self._pending) >= self.max_pending:
             raise ProtocolError(E_QUEUE_FULL, f"{len(self._pending)} submits are still waiting "
                                               f"for their image frames; send those first.",
                                 ref=request.ref)
-        self._pending[request.ref] = {"request": request, "image": None, "map": None}
+        self._pending[request.ref] = {"request": request, "image": None, "map": None,
+                                      "deadline": self.clock() + self.timeout_s}
         return request
 
     def add_frame(self, frame: Frame) -> CompleteSubmit | None:
@@ -103,7 +118,6 @@ class SubmitCollector:
         try:
             slot = self._slot_for(frame, request, entry)
         except ProtocolError as exc:
-            # A broken submit is dropped whole, so a retry with the same ref starts clean.
             del self._pending[frame.ref]
             exc.ref = frame.ref
             raise
@@ -138,9 +152,25 @@ class SubmitCollector:
     def drop(self, ref: int) -> bool:
         return self._pending.pop(ref, None) is not None
 
+    def next_deadline(self) -> float | None:
+        """When the oldest pending submit expires (on ``clock``); None when none is pending."""
+        return min((e["deadline"] for e in self._pending.values()), default=None)
 
-# What ServerSession.receive hands the server to act on (a cancel's job_id is always set).
-ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel]
+    def expire(self) -> list[ProtocolError]:
+        """End every submit whose frames did not all come in time: the errors to send."""
+        now = self.clock()
+        late = [ref for ref, e in self._pending.items() if e["deadline"] <= now]
+        for ref in late:
+            del self._pending[ref]
+        return [ProtocolError(E_FRAMES_TIMEOUT, f"The picture frames of submit {ref} did not "
+                                                f"all arrive within {self.timeout_s:g} s of it; "
+                                                f"the submit is dropped. Send them right after "
+                                                f"the submit.", ref=ref) for ref in late]
+
+
+# What ServerSession.receive hands the server to act on (a cancel's job_id is always set); an
+# Event is an answer to send as it is (a cancel by ref of a submit that was never accepted).
+ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel, CompleteMakeMap, Event]
 
 
 class ServerSession:
@@ -153,33 +183,57 @@ class ServerSession:
 
     ``capabilities`` is the server's live object (read on every check, so a model swap applies
     at once); ``jobs_in_queue`` counts this client's queued and running jobs, which together with
-    its half-sent submits may not exceed ``max_jobs``."""
+    its half-sent submits may not exceed ``max_jobs``. Half-sent submits expire after
+    ``submit_timeout_s``: the server calls :meth:`expire` by :meth:`next_deadline`."""
 
     def __init__(self, capabilities: Capabilities, *, token: str | None = None,
                  server_name: str = "", max_jobs: int | None = None,
-                 jobs_in_queue: Callable[[], int] | None = None) -> None:
+                 jobs_in_queue: Callable[[], int] | None = None,
+                 submit_timeout_s: float = SUBMIT_FRAMES_TIMEOUT_S) -> None:
         self.capabilities = capabilities
         self.token = token
         self.server_name = server_name
         self.max_jobs = max_jobs
         self.jobs_in_queue = jobs_in_queue or (lambda: 0)
-        self.submits = SubmitCollector(capabilities)
+        self.submits = SubmitCollector(capabilities, timeout_s=submit_timeout_s)
+        self.maps = MakeMapCollector(capabilities, timeout_s=submit_timeout_s)  # waiting for their picture
         self.job_by_ref: dict[int, int] = {}
 
     def receive_hello(self, data: str | bytes) -> Welcome:
+        """The ``welcome`` for a first frame that is a good ``hello``; else raises the error to
+        send before closing: ``bad_json``, ``too_large``, ``bad_version``, ``unauthorized``, or
+        ``handshake_required`` for anything that is not a hello at all."""
         if not isinstance(data, str):
             raise ProtocolError(E_HANDSHAKE_REQUIRED, "The first message must be a 'hello' text "
                                                       "frame.")
-        check_hello(loads(data), self.token)
+        try:
+            message = loads(data)
+        except ProtocolError as exc:
+            if exc.code != E_BAD_MESSAGE:
+                raise
+            message = {}  # JSON, but no object with a type: not a hello either
+        check_hello(message, self.token)
         # A copy: the server may update the live capabilities while this one is serialised.
         return Welcome(Capabilities.from_dict(self.capabilities.to_dict()), self.server_name)
 
     def receive(self, data: str | bytes) -> list[ClientRequest]:
         if not isinstance(data, str):
-            complete = self.submits.add_frame(decode_frame(data))
+            try:
+                frame = decode_frame(data)
+            except ProtocolError as exc:
+                if exc.ref is not None:  # the header named a submit (or a make_map): this error ends it
+                    self.submits.drop(exc.ref)
+                    self.maps.drop(exc.ref)
+                raise
+            if self.maps.expects(frame.ref):
+                return [self.maps.add_frame(frame)]
+            complete = self.submits.add_frame(frame)
             return [] if complete is None else [complete]
         message = loads(data)
         kind = message["type"]
+        if kind == "make_map":
+            self._make_map(message)
+            return []
         if kind == "submit":
             self._check_room(message)
             self.submits.add_submit(message)
@@ -195,31 +249,57 @@ class ServerSession:
         raise ProtocolError(E_UNKNOWN_TYPE, f"Unknown message type {kind!r}; expected one of "
                                             f"{', '.join(CLIENT_MESSAGE_TYPES)}.")
 
-    def accept(self, request: SubmitRequest, job_id: int, seed: int) -> Accepted:
+    def accept(self, request: SubmitRequest | MakeMap, job_id: int, seed: int = 0) -> Accepted:
         """The server queued ``request`` as job ``job_id``: its ``accepted`` (the queue fills in
         the position), and from now on a cancel by its ref names that job."""
         self.job_by_ref[request.ref] = job_id
         return Accepted(request.ref, job_id, 0, seed)
 
+    def next_deadline(self) -> float | None:
+        """When the next half-sent submit expires (``time.monotonic``); None: none is waiting."""
+        deadlines = [d for d in (self.submits.next_deadline(), self.maps.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
+
+    def expire(self) -> list[Error]:
+        """The errors for submits whose frames did not come in time (they are dropped)."""
+        return [Error.from_exception(exc) for exc in self.submits.expire() + self.maps.expire()]
+
     def _check_room(self, message: dict[str, Any]) -> None:
         if self.max_jobs is None:
             return
-        if self.jobs_in_queue() + len(self.submits.pending_refs) >= self.max_jobs:
+        waiting = len(self.submits.pending_refs) + len(self.maps.pending_refs)
+        if self.jobs_in_queue() + waiting >= self.max_jobs:
             ref = message.get("ref")
+            ref = ref if type(ref) is int and 0 <= ref <= MAX_REF else None
+            if ref is not None:
+                self.submits.drop(ref)  # an error about a ref ends that submit
             raise ProtocolError(E_QUEUE_FULL, f"You already have {self.max_jobs} jobs waiting; "
-                                              f"wait for one to finish or cancel one.",
-                                ref=ref if type(ref) is int and 0 <= ref <= MAX_REF else None)
+                                              f"wait for one to finish or cancel one.", ref=ref)
 
     def _cancel(self, cancel: Cancel) -> list[ClientRequest]:
         job_id, ref = cancel.job_id, cancel.ref
         if job_id is None and ref is not None:
-            if self.submits.drop(ref):
-                return []  # its frames never all arrived: nothing was queued
+            if self.submits.drop(ref):  # its frames never all arrived: nothing was queued
+                return [Cancelled(None, "cancelled by the client before it was accepted", ref)]
+            if self.maps.drop(ref):  # a make_map whose picture never came: nothing was queued
+                return [Cancelled(None, "cancelled by the client before it was accepted", ref)]
             job_id = self.job_by_ref.get(ref)
+            if job_id is None:
+                raise ProtocolError(E_UNKNOWN_JOB, f"No submit with ref {ref} is waiting or "
+                                                   f"was accepted on this connection.", ref=ref)
         if job_id is None:
             raise ProtocolError(E_BAD_MESSAGE, "cancel needs a 'job_id' (or the submit's "
-                                               "'ref').", ref=ref)
+                                               "'ref').")
         return [Cancel(job_id=job_id)]
+
+    def _make_map(self, message: dict[str, Any]) -> None:
+        """A ``make_map``: counted like a job; its picture frame completes it."""
+        self._check_room(message)
+        ref = message.get("ref")
+        if ref in self.submits.pending_refs:
+            raise ProtocolError(E_BAD_MESSAGE, f"ref {ref} is already waiting for a submit's "
+                                               f"frames; use a new ref.", ref=ref)
+        self.maps.add_request(message)
 
     def _load_model(self, request: LoadModel) -> LoadModel:
         models = self.capabilities.models

@@ -21,8 +21,10 @@ from .constants import (
     MAX_FAN_COUNT,
     MAX_GROW_PX,
     MAX_GUIDANCE,
+    MAX_MODEL_CHARS,
     MAX_PROMPT_CHARS,
     MAX_REF,
+    MAX_SCHEDULER_CHARS,
     MAX_SEED,
     MAX_SIDE,
     MAX_SOFTNESS_PX,
@@ -62,7 +64,7 @@ class SubmitRequest:
     ``mode`` decides which fields matter and which binary frames follow the submit:
     ``change_map`` (image + gray8 change map), ``soft_inpaint`` (image + gray8 mask,
     ``soft_inpaint``), ``fan`` (image, ``fan``), ``uniform`` (image, ``strength``).
-    ``seed`` None lets the server pick one; variant ``i`` uses ``seed + i``.
+    ``seed`` None lets the server pick one; variant ``i`` uses :func:`variant_seed`.
     ``preview_every`` None takes the server's default; 0 turns previews off.
     ``options``: the model's own options by name (see :class:`OptionSpec`), e.g.
     ``{"refiner_split": 0.7}``; None or empty: every option at its default.
@@ -112,6 +114,12 @@ class SubmitRequest:
         return message
 
 
+def variant_seed(seed: int, index: int) -> int:
+    """The seed of variant ``index`` of a job with ``seed``: ``seed + index``, wrapped to stay a
+    legal seed, so any variant's seed can be submitted alone to reproduce it."""
+    return (seed + index) % (MAX_SEED + 1)
+
+
 def parse_submit(message: dict[str, Any], capabilities: Capabilities | None = None) -> SubmitRequest:
     """Validate a ``submit`` message against the protocol (and the server's limits, if given).
 
@@ -151,8 +159,9 @@ def _parse_submit(message: dict[str, Any], caps: Capabilities | None, ref: int) 
         guidance=read_float(message, "guidance", lo=0.0, hi=MAX_GUIDANCE, default=7.0,
                             where=where),
         seed=read_int(message, "seed", lo=0, hi=MAX_SEED, default=None, where=where),
-        scheduler=read_str(message, "scheduler", max_len=100, default=None, where=where),
-        model=read_str(message, "model", max_len=1000, default=None, where=where),
+        scheduler=read_str(message, "scheduler", max_len=MAX_SCHEDULER_CHARS, default=None,
+                           where=where),
+        model=read_str(message, "model", max_len=MAX_MODEL_CHARS, default=None, where=where),
         variants=read_int(message, "variants", lo=1, hi=max_variants, default=1, where=where),
         preview_every=read_int(message, "preview_every", lo=0, hi=max_steps, default=None,
                                where=where),

@@ -1,4 +1,4 @@
-"""End-to-end jobs inside the real Krita (called by tests/test_e2e_krita.py).
+"""End-to-end jobs inside the real Krita (called by tests/e2e/test_e2e_krita.py).
 
 Runs in Krita's embedded Python under kritarunner. It imports the plugin as a painter's Krita
 does, `differential_diffusion` from the profile's pykrita folder (with the `websockets` and

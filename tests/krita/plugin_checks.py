@@ -1,4 +1,4 @@
-"""Checks of the plugin that run inside the real Krita (called by tests/test_plugin_krita.py).
+"""Checks of the plugin that run inside the real Krita (called by tests/krita/test_plugin_krita.py).
 
 Inputs come as files written by the test (raw BGRA / gray bytes), outputs go back as files and
 JSON, so the expectations are computed outside Krita, independently of the plugin's code.

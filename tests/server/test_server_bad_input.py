@@ -111,7 +111,7 @@ async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_o
         await bad_frames([frame(p.FRAME_IMAGE_PNG, 77)], p.E_BAD_FRAME, 77)
         await bad_frames([b"hello"], p.E_BAD_FRAME, None)
         await bad_frames([b"XXXX" + image_frame[4:]], p.E_BAD_FRAME, None)
-        await bad_frames([image_frame[:4] + bytes([9]) + image_frame[5:]], p.E_BAD_VERSION, None)
+        await bad_frames([image_frame[:4] + bytes([9]) + image_frame[5:]], p.E_BAD_FRAME, None)
         await bad_frames([frame(p.FRAME_MAP_GRAY8, 500)[:-1]], p.E_BAD_FRAME, 500)
         # A map frame in a mode that takes none; the same frame twice.
         await bad_frames([json.dumps(submit_message(mode="uniform", strength=0.5)),
@@ -124,6 +124,7 @@ async def test_bad_input_gets_an_error_to_that_client_only_and_everything_goes_o
         # A submit cancelled by ref before its frames came: its frames are then unexpected.
         await a.send_json(submit_message(ref=9))
         await a.send_json({"type": "cancel", "ref": 9})
+        assert isinstance(await a.next(), p.Cancelled)
         await bad_frames([frame(p.FRAME_IMAGE_PNG, 9)], p.E_BAD_FRAME, 9)
 
         # After all that, a's connection still works: a good job queues behind b's.

@@ -125,7 +125,8 @@ def test_every_option_reaches_the_servers_config(monkeypatch):
     code = cli.main(["--model", "tiny-sdxl", "--refiner", "tiny-sdxl-refiner", "--allow-model", "a",
                      "--allow-model", "b", "--host", "0.0.0.0", "--port", "9123", "--token", "tok",
                      "--device", "cuda", "--preview-every", "3", "--max-pixels", "70000",
-                     "--max-message-bytes", "123456", "--max-region-pixels", "4096"])
+                     "--max-message-bytes", "123456", "--max-region-pixels", "4096",
+                     "--max-unread-bytes", "999"])
     assert code == 0
     (config,) = built
     assert (config.model, config.refiner, config.extra_models) == ("tiny-sdxl", "tiny-sdxl-refiner", ("a", "b"))
@@ -133,7 +134,72 @@ def test_every_option_reaches_the_servers_config(monkeypatch):
     assert config.dtype == torch.float16  # auto: half precision on a GPU
     assert (config.preview_every, config.max_pixels, config.max_message_bytes, config.max_region_pixels) == \
         (3, 70000, 123456, 4096)
+    assert config.max_unread_bytes == 999
     built.clear()
     assert cli.main(["--device", "cpu", "--dtype", "auto"]) == 0 and built[0].dtype == torch.float32
     built.clear()
     assert cli.main(["--device", "cpu", "--dtype", "bfloat16"]) == 0 and built[0].dtype == torch.bfloat16
+
+
+# --- the token: from a file or the environment, never on the command line ----------------------
+
+SECRET = "correct-horse-battery-staple"
+
+
+def test_the_token_comes_from_a_file_or_the_environment_and_a_command_line_token_is_warned(
+        monkeypatch, tmp_path, caplog):
+    import server.__main__ as cli
+    import server.app
+
+    built = []
+
+    async def served(server) -> None:
+        built.append(server)
+
+    monkeypatch.setattr(server.app, "DiffusionServer", lambda config: config)
+    monkeypatch.setattr(cli, "serve_until_signal", served)
+    monkeypatch.delenv(cli.TOKEN_ENV, raising=False)
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET + "\n")  # an editor's final newline is not part of it
+    assert cli.main(["--device", "cpu", "--token-file", str(token_file)]) == 0
+    assert built.pop().token == SECRET
+    monkeypatch.setenv(cli.TOKEN_ENV, "from-env")
+    assert cli.main(["--device", "cpu"]) == 0 and built.pop().token == "from-env"
+    assert cli.main(["--device", "cpu", "--token-file", str(token_file)]) == 0
+    assert built.pop().token == SECRET  # the command line wins over the environment
+    assert "visible" not in caplog.text
+    # --token still works, with a warning that says what to do instead (and not the token).
+    assert cli.main(["--device", "cpu", "--token", SECRET]) == 0 and built.pop().token == SECRET
+    assert "--token-file" in caplog.text and cli.TOKEN_ENV in caplog.text
+    assert SECRET not in caplog.text and SECRET not in repr(built)
+    # Unusable tokens are refused before anything loads.
+    monkeypatch.delenv(cli.TOKEN_ENV)
+    (tmp_path / "empty").write_text("\n")
+    for argv in (["--token-file", str(tmp_path / "empty")], ["--token-file", str(tmp_path / "missing")],
+                 ["--token", "a", "--token-file", str(token_file)]):
+        assert cli.main(["--device", "cpu", *argv]) == 2, argv
+    assert built == []
+
+
+@async_test
+async def test_a_token_from_a_file_is_in_no_process_list_and_no_log(tmp_path):
+    token_file = tmp_path / "token"
+    token_file.write_text(SECRET)
+    proc, url = await start_server("--token-file", str(token_file))
+    try:
+        cmdline = pathlib.Path(f"/proc/{proc.pid}/cmdline").read_bytes()
+        assert str(token_file).encode() in cmdline and SECRET.encode() not in cmdline
+        for token, welcome in ((None, False), (SECRET, True)):
+            async with connect(url) as ws:
+                session = p.ClientSession(token=token)
+                await ws.send(session.hello())
+                (event,) = session.receive(await asyncio.wait_for(ws.recv(), TIMEOUT_S))
+                assert isinstance(event, p.Welcome) == welcome, event
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), TIMEOUT_S) == 0
+        stderr = (await proc.stderr.read()).decode()
+        assert "token required" in stderr and SECRET not in stderr and "Traceback" not in stderr
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

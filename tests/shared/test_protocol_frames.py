@@ -31,7 +31,7 @@ def test_png_size_reads_ihdr():
 @pytest.mark.parametrize("mutate, code", [
     (lambda raw: raw[:10], p.E_BAD_FRAME),  # shorter than the header
     (lambda raw: b"XXXX" + raw[4:], p.E_BAD_FRAME),  # wrong magic
-    (lambda raw: raw[:4] + bytes([9]) + raw[5:], p.E_BAD_VERSION),
+    (lambda raw: raw[:4] + bytes([9]) + raw[5:], p.E_BAD_FRAME),  # another version: untrusted
     (lambda raw: raw[:5] + bytes([77]) + raw[6:], p.E_BAD_FRAME),  # unknown kind
     (lambda raw: raw[:-1], p.E_BAD_FRAME),  # gray8 payload one byte short
     (lambda raw: raw[:12] + struct.pack(">II", 0, 48) + raw[20:], p.E_BAD_FRAME),  # zero width

@@ -51,7 +51,9 @@ def test_collector_errors():
     assert "no pending submit" in err.message and err.ref == 1
 
     collector.add_submit(submit_msg(ref=1))
-    raises(p.E_BAD_MESSAGE, collector.add_submit, submit_msg(ref=1))  # ref reused
+    err = raises(p.E_BAD_MESSAGE, collector.add_submit, submit_msg(ref=1))  # ref reused
+    assert err.ref == 1 and collector.pending_refs == []  # an error about a ref ends that submit
+    collector.add_submit(submit_msg(ref=1))
     small = p.decode_frame(p.encode_frame(p.FRAME_MAP_GRAY8, 1, 0, 32, 48, bytes(32 * 48)))
     err = raises(p.E_MAP_SIZE_MISMATCH, collector.add_frame, small)
     assert "32x48" in err.message and "64x48" in err.message
@@ -108,15 +110,16 @@ def test_server_session_turns_frames_into_requests():
 def test_server_session_resolves_a_cancel_by_ref():
     session = connected()
     session.receive(p.dumps(submit_msg(ref=3)))
-    # Cancelled before its frames came: dropped here, nothing for the server to do.
-    assert session.receive(p.dumps(p.cancel(ref=3))) == []
+    # Cancelled before its frames came: dropped here, and the answer is the session's own.
+    assert session.receive(p.dumps(p.cancel(ref=3))) == [
+        p.Cancelled(None, "cancelled by the client before it was accepted", ref=3)]
     raises(p.E_BAD_FRAME, session.receive, p.encode_frame(p.FRAME_IMAGE_PNG, 3, 0, 64, 48,
                                                           png(64, 48)))
     accepted = session.accept(p.parse_submit(submit_msg(ref=4)), job_id=41, seed=9)
     assert accepted == p.Accepted(ref=4, job_id=41, position=0, seed=9)
     assert session.receive(p.dumps(p.cancel(ref=4))) == [p.Cancel(job_id=41)]
     assert session.receive(p.dumps(p.cancel(job_id=77))) == [p.Cancel(job_id=77)]
-    err = raises(p.E_BAD_MESSAGE, session.receive, p.dumps(p.cancel(ref=99)))
+    err = raises(p.E_UNKNOWN_JOB, session.receive, p.dumps(p.cancel(ref=99)))
     assert err.ref == 99
     raises(p.E_BAD_MESSAGE, session.receive, '{"type": "cancel"}')
 

@@ -1,4 +1,4 @@
-"""A test-only Krita plugin for tests/test_gui.py: once the main window is up, it (optionally)
+"""A test-only Krita plugin for tests/e2e/test_gui.py: once the main window is up, it (optionally)
 opens a demo document and then reports, as JSON, how the Differential Diffusion docker is shown.
 
 It first only reads the docker: that report is what a painter sees on Krita's first start with
@@ -68,6 +68,7 @@ JOBS = [
     ("change_map", {"name": "stroke", "widgets": {"steps": 150}, "during": "stroke"}),
     ("change_map", {"name": "big", "doc": "big", "widgets": {"steps": 30}}),
     ("change_map", {"name": "close", "doc": "big", "widgets": {"steps": 200}, "during": "close"}),
+    ("change_map", {"name": "cancel", "widgets": {"steps": 200}, "during": "cancel"}),
 ]
 BIG = (3000, 2000)
 TICK_MS = 20  # the event-loop probe: a timer this often; a late tick is a gap the painter feels
@@ -283,8 +284,13 @@ class GuiProbe(Extension):
             _write_json(path, report)
 
     def _on_server_event(self, ev):
-        if type(ev).__name__ == "Done":
+        kind = type(ev).__name__
+        if kind == "Done":
             self.server_times[ev.job_id] = ev.timings.get("total_s")
+        elif kind == "Progress":
+            self.last_step = ev.step
+        elif kind == "Cancelled":
+            self.stopped_at = (self.last_step, time.monotonic())
 
     def _next_job(self, path, report, panel, jobs):
         if not jobs:
@@ -354,9 +360,43 @@ class GuiProbe(Extension):
                 "added": [layer["name"] for layer in after if layer["id"] not in known],
                 "active_kept": (doc.activeNode().uniqueId().toString() if doc.activeNode() else None) == active,
             }
+            self._map_from_depth(path, report, doc)
+            return
         except Exception:
             report["errors"].append(traceback.format_exc())
         _write_json(path, report)
+
+    def _map_from_depth(self, path, report, doc):
+        """Last of all: Maps > Depth (the real server's depth model), then Invert in the transform
+        row; the layers before, once the map came, and after Invert."""
+        (dock,) = _dockers(_window())
+        panel = dock.panel
+        panel.maps.toggle.setChecked(True)
+        maps = report["maps"] = {"before": _layers(doc), "notices": []}
+        panel.controller.notice.connect(lambda kind, text: maps["notices"].append([kind, text]))
+        panel.maps.depth.click()
+        deadline = time.monotonic() + JOB_WAIT_S
+
+        def wait():
+            try:
+                if panel.map_tools.busy and time.monotonic() < deadline:
+                    QTimer.singleShot(100, wait)
+                    return
+                maps["made"] = _layers(doc)
+                panel.maps.invert.setChecked(True)  # the transform row redraws that layer a moment later
+                QTimer.singleShot(600, shaped)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
+
+        def shaped():
+            try:
+                maps["shaped"] = _layers(doc)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+        QTimer.singleShot(100, wait)
 
     def _during(self, job, panel, doc, setup, state):
         """What the painter does while the job runs, once its preview is on the canvas."""
@@ -371,6 +411,12 @@ class GuiProbe(Extension):
         if action == "stroke":
             job["active_during"] = doc.activeNode().uniqueId().toString() if doc.activeNode() else None
             job["stroke_canvas"] = _paint_stroke(_window())
+        elif action == "cancel":
+            job["cancel_shown"] = panel.status.text()  # "Step N/T…": what the painter saw when pressing
+            job["cancel_server_step"] = getattr(self, "last_step", None)
+            self.stopped_at = None
+            state["cancel_clicked"] = time.monotonic()
+            panel.cancel.click()
         elif action == "close":
             job["max_gap_before_close_ms"] = self.meter.stop()  # closing a view is the painter's own wait
             doc.setModified(False)
@@ -389,6 +435,10 @@ class GuiProbe(Extension):
                 return
             job["max_gap_ms"] = self.meter.stop()
             job["docker_busy_after"] = panel.controller.busy
+            if "cancel_clicked" in state and getattr(self, "stopped_at", None):
+                step, at = self.stopped_at
+                job["cancel_stopped_step"] = step
+                job["cancel_reply_ms"] = round((at - state["cancel_clicked"]) * 1000, 1)
             if new:
                 outcome = new[0]
                 job["outcome"] = {"state": outcome.state, "message": outcome.message,

@@ -321,3 +321,20 @@ def test_the_client_keeps_retrying_after_its_list_of_delays_runs_out():
         assert "Is it running?" in text and "Errno" not in text  # the painter's words, not the socket's
     finally:
         client.close(timeout_s=5)
+
+
+def test_shutdown_says_goodbye_with_a_close_frame(tiny_sd, caplog):
+    """Krita quitting (controller.shutdown) closes the websocket properly: the server sees a clean
+    close, not a connection that vanished (which it logs as 'connection closed (...)')."""
+    caplog.set_level("INFO", logger="server")
+    server = ServerThread(tiny_sd).start()
+    c, _canvas, _events = controller_for(server.url)
+    try:
+        assert c.wait_connected(60), c.connection_text
+        c.shutdown()
+        assert pump_events(lambda: any("disconnected" in r.getMessage() for r in caplog.records), 10)
+    finally:
+        server.stop()
+    server_lines = [r.getMessage() for r in caplog.records if r.name.startswith("server")]
+    assert any(line.endswith("disconnected") for line in server_lines), server_lines
+    assert not [line for line in server_lines if "connection closed" in line], server_lines

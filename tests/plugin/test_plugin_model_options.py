@@ -1,4 +1,4 @@
-"""The docker and the model's own options, without Krita (PyQt5 offscreen).
+"""The docker and the model's own options, without Krita (Qt offscreen, under PyQt5 and PyQt6).
 
 The server advertises each model's schedulers and options; the panel shows controls for the chosen
 model's options and its scheduler list, and the controller puts the chosen values into the request.

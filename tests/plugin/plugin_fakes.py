@@ -1,9 +1,9 @@
-"""Stand-ins for Krita in the plugin's logic tests (no Krita needed, PyQt5 offscreen).
+"""Stand-ins for Krita in the plugin's logic tests (no Krita needed; Qt offscreen, PyQt5 or PyQt6).
 
 `FakeCanvas` keeps layers as numpy arrays and offers only krita_io.DocumentCanvas's primitives
 (read a layer, read the picture without some layers, add/rewrite/remove a layer); the plugin's
 policy runs on top of it unchanged. What Krita itself does (feathering) is checked in
-test_plugin_krita.py, inside the real Krita.
+tests/krita/test_plugin_krita.py, inside the real Krita.
 `RecordingClient` is a ServerClient without a socket: a real protocol.ClientSession builds the
 frames, and the test decodes them with the server's own SubmitCollector.
 """
@@ -176,6 +176,21 @@ class FakeCanvas:
         self._paste(region, bgra, layer.bgra)
         return True
 
+    def blur_layer(self, layer_id, radius_px):
+        """Krita blurs with its Gaussian filter; this stand-in box-blurs each channel (edges clamped)."""
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            return False
+        assert layer.owner == "plugin", "the plugin blurred a painter's layer"
+        r = int(radius_px)
+        padded = np.pad(layer.bgra.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
+        kernel = np.ones(2 * r + 1) / (2 * r + 1)
+        for axis in (0, 1):
+            padded = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, padded)
+        layer.bgra = padded[r:r + self.height, r:r + self.width].round().astype(np.uint8)
+        return True
+
     def layer_exists(self, layer_id):
         self._alive()
         return self.find(layer_id) is not None
@@ -243,6 +258,11 @@ class RecordingClient(QObject):
     def submit(self, request, image_png, map_gray8):
         png = image_png() if callable(image_png) else image_png  # the real client encodes on its thread
         self.frames.append(self.session.submit(request, png, map_gray8))
+        return request.ref
+
+    def make_map(self, request, image_png):  # map makers (krita_plugin.map_tools)
+        png = image_png() if callable(image_png) else image_png
+        self.frames.append(self.session.make_map(request, png))
         return request.ref
 
     def cancel(self, job_id=None, ref=None):

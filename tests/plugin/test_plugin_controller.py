@@ -1,4 +1,4 @@
-"""The docker's logic without Krita (PyQt5 offscreen): jobs per mode, settings, history, messages.
+"""The docker's logic without Krita (Qt offscreen, under PyQt5 and PyQt6): jobs per mode, settings, history, messages.
 
 Requests are checked the way the server sees them: the recorded frames go through the server's
 own protocol.SubmitCollector, and the PNG is decoded with Pillow, not with the plugin's code.
@@ -16,6 +16,7 @@ from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
 from krita_plugin.controller import Controller, pump_events
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import PREVIEW_LAYER_NAME, JobInputError
+from krita_plugin.qt import ECHO_PASSWORD
 from krita_plugin.settings import MODES, DictStore, Settings, load_settings, save_settings
 from shared import protocol
 from shared.fan import fan_strengths
@@ -584,11 +585,37 @@ def test_softness_and_strength_sliders_follow_their_boxes():
     assert panel.strength_slider.value() == 80
 
 
-def test_panel_fits_a_docker_column():
+def test_panel_fits_a_260_by_300_docker_slot():
     # Long hints wrap and combos elide: an unwrapped sentence made the panel 580 px wide once.
-    c, *_ = make(mode="change_map")
+    c, client, *_ = make(mode="change_map", prompt="a very long prompt " * 20)
+    client.feed(protocol.Welcome(caps(models=["a-model-with-a-very-long-name/and-a-path"])))
+    c.notice.emit("error", "A long error message that has to wrap inside the narrow docker " * 3)
     panel = DiffDiffPanel(c.host, controller=c)
-    assert panel.minimumSizeHint().width() <= 360
+    assert panel.minimumSizeHint().width() <= 260
+    panel.resize(260, 300)
+    panel.show()
+    qapp().processEvents()
+    for widget in (panel.prompt, panel.generate, panel.cancel, panel.progress, panel.mode):
+        g = widget.geometry()
+        assert g.x() >= 0 and g.right() < 260 and g.bottom() < 300, (widget, g)
+    assert not panel.advanced.isVisible()  # folded until asked for
+    panel.advanced_toggle.click()
+    assert panel.advanced.isVisible() and panel.steps.isVisible()
+    panel.close()
+
+
+def test_the_server_dialog_sets_address_and_token():
+    c, client, *_ = make(mode="uniform")
+    calls: list[tuple[str, str]] = []
+    client.connect_to = lambda url, token="": calls.append((url, token))
+    panel = DiffDiffPanel(c.host, controller=c)
+    dialog = panel.server_dialog()
+    assert dialog.url.text() == c.settings.server_url and dialog.token.echoMode() == ECHO_PASSWORD
+    dialog.url.setText(" ws://10.0.0.5:7860 ")
+    dialog.token.setText("s3cret")
+    panel.apply_server_dialog(dialog)
+    assert (c.settings.server_url, c.settings.token) == ("ws://10.0.0.5:7860", "s3cret")
+    assert calls[-1] == ("ws://10.0.0.5:7860", "s3cret")
 
 
 def test_confirming_the_url_reconnects_only_when_not_connected():
@@ -666,6 +693,16 @@ def test_a_cancel_that_crosses_the_jobs_end_is_not_an_error():
     client.feed(result(42, 0, 11, Region(0, 0, W, H), np.full((H, W, 4), 9, np.uint8)), protocol.Done(42, 1, 9, {}),
                 protocol.Error(protocol.E_UNKNOWN_JOB, "No job 42 of yours is queued or running.", job_id=42))
     assert notices[-1][0] == "info" and notices[-1][1].startswith("Done in")
+
+
+def test_a_job_cancelled_before_it_was_accepted_ends_on_the_servers_answer():
+    c, client, canvas, notices = make(mode="uniform")
+    assert c.generate()
+    ref = protocol.loads(client.frames[0][0])["ref"]
+    c.cancel()
+    assert client.cancels == [{"type": "cancel", "ref": ref}]
+    client.feed(protocol.Cancelled(None, "cancelled by the client before it was accepted", ref=ref))
+    assert not c.busy and c.outcomes[ref].state == "cancelled" and notices[-1] == ("info", "Cancelled.")
 
 
 def test_the_servers_stop_is_told_as_such():
