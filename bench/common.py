@@ -1,13 +1,17 @@
-"""What the benchmarks share: progress lines, the machine's load, torch's CPU threads for a run, and
-the last line of `name=value` pairs that scripts read."""
+"""What the benchmarks share: progress lines, the machine's load, torch's CPU threads for a run, the
+clock, peak memory, and the last line of `name=value` pairs that scripts read."""
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
+import re
+import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 
 def progress(message: str) -> None:
@@ -37,6 +41,65 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def clock(name: str) -> Callable[[], float]:
+    """``wall``: time.perf_counter. ``cpu``: this process's CPU time (every thread), which on a shared
+    machine leaves out the time spent waiting for a core: with one torch thread it measures the work
+    itself, and ratios stop depending on what else runs (GPU runs need the wall clock)."""
+    if name not in ("wall", "cpu"):
+        raise ValueError(f"clock must be 'wall' or 'cpu', got {name!r}")
+    return time.perf_counter if name == "wall" else time.process_time
+
+
+def default_clock(device: str, threads: int | None) -> str:
+    return "cpu" if device == "cpu" and threads == 1 else "wall"
+
+
+# -- peak memory: CUDA's allocator, or the resident set on Linux ----------------------------------
+def _read_status_kb(field_name: str) -> int:
+    with open("/proc/self/status") as status:
+        match = re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"/proc/self/status has no {field_name}")
+    return int(match.group(1))
+
+
+def cpu_peak_mb(run: Callable[[], Any]) -> float:
+    """Peak resident memory above the start of `run`, in MB (Linux: VmHWM reset by clear_refs)."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")  # reset the high-water mark to the current resident set
+    before = _read_status_kb("VmRSS")
+    run()
+    return (_read_status_kb("VmHWM") - before) / 1024
+
+
+def cuda_peak_mb(run: Callable[[], Any]) -> float:
+    import torch
+
+    gc.collect()
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    run()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
+def measure_peaks(
+    cases: dict[str, Callable[[], Any]], names: Sequence[str], repeats: int, device: str
+) -> dict[str, float]:
+    """Median peak extra MB of the named cases, interleaved like the timings."""
+    peak = cuda_peak_mb if device.startswith("cuda") else cpu_peak_mb
+    for name in names:
+        cases[name]()
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for _ in range(repeats):
+        for name in names:
+            # The output is dropped inside: only memory the run itself needed counts.
+            samples[name].append(peak(lambda name=name: cases[name]() and None))
+    return {name: statistics.median(values) for name, values in samples.items()}
 
 
 def read_summary_line(output: str) -> dict[str, float]:

@@ -1,25 +1,28 @@
 """What the differential pipeline costs, as ratios measured in one run.
 
-    python bench/pipeline_cost.py --quick            # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
-    python bench/pipeline_cost.py                    # tiny-sd, bigger and more repetitions
-    python bench/pipeline_cost.py --model stabilityai/stable-diffusion-2-1-base --device cuda
+    python bench/pipeline_cost.py --quick                      # tiny-sd on the CPU, 1 thread, under a minute on 2 cores
+    python bench/pipeline_cost.py --model sd15-size --quick    # SD 1.5's real architecture, random weights: < 4 min
+    python bench/pipeline_cost.py --model sd15-size --threads 1   # 256 px on the CPU, the recorded figures
+    python bench/pipeline_cost.py --model sd15-size --device cuda --size 512
 
 - overhead:  differential run with a uniform map of strength s / diffusers' StableDiffusionImg2ImgPipeline
-             (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.02).
-- skip_<v>:  run time with a change map whose maximum is v (a 0 -> v ramp, then v on its last quarter, so some
-             latent cells hold v exactly) / with maximum 1.0: Algorithm 2 runs only the last floor(v * k) steps
-             (paper Table 4; goal skip_0.1 <= 0.12). Prompt encoding and the VAE cost the same at every level, so
-             on a small image with few steps they keep the ratio above v.
-- fan5:      one 5-column strength fan (0.2 ... 1.0) / five img2img runs at those strengths (goal <= 0.36).
-- mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img.
+             (built from the same components and scheduler) at strength=s, same steps and seed (goal <= 1.01).
+- skip_vs_img2img: the worst, over maximum strengths m in SKIP_LEVELS, of (a differential run whose map's
+             maximum is m: a 0 -> m ramp, then m on its last quarter) / (img2img at strength m). Both run
+             floor(m * k) steps (Algorithm 2), so skipping should cost exactly what img2img costs (goal <= 1.02).
+             The skipping table (time against m, paper Table 4) is printed with a least-squares fit
+             (fixed + per step); skip_<m> is the time at m relative to m = 1.
+- fan5:      one 5-column strength fan (0.2 ... 1.0) / the five img2img runs at those strengths (goal <= 0.34).
+- mem_overhead_mb: peak memory of the differential run above its start, minus the same for img2img (goal <= 3).
   CUDA: torch.cuda.max_memory_allocated. CPU: in a child process whose large allocations are all mmapped
   (MALLOC_MMAP_THRESHOLD_), the peak resident set (VmHWM, reset through /proc/self/clear_refs) during the run.
 
-Every case runs once as warm-up, then the cases take turns for --repeats rounds, forwards then backwards
-(the machine may be shared and noisy: interleaving spreads its noise over all cases). A ratio is the median
-over the rounds of the two cases' ratio within the round (compared cases run back to back, so a load that
-comes and goes cancels out); the table also shows the range of those ratios, the ratio of the medians, and
-each case's median time and spread.
+One warm-up call of each pipeline (every case has the same shapes), then the cases take turns for --repeats
+rounds, forwards then backwards (the machine may be shared and noisy: interleaving spreads its noise over all
+cases). A ratio is the median over the rounds of the two cases' ratio within the round (compared cases run back
+to back, so a load that comes and goes cancels out); the table also shows the range of those ratios, the ratio
+of the medians, and each case's median time and spread. The first round's outputs give the step counts and the
+uniform-map check.
 Maps use the project's convention: 1 = change fully, 0 = keep (`mu_paper = 1 - map`).
 The last line holds `name=value` pairs for scripts.
 """
@@ -27,10 +30,8 @@ The last line holds `name=value` pairs for scripts.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -46,9 +47,16 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import load_average, progress, torch_threads  # noqa: E402
+from bench.common import (  # noqa: E402
+    clock,
+    default_clock,
+    load_average,
+    measure_peaks,
+    progress,
+    torch_threads,
+)
 
-SKIP_LEVELS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+SKIP_LEVELS = (0.1, 0.3, 0.5, 1.0)  # maximum strengths of the skipping table
 FAN_STRENGTHS = (0.2, 0.4, 0.6, 0.8, 1.0)
 PROMPT = "an oil painting of a harbour at dusk"
 NEGATIVE = "blurry"
@@ -64,11 +72,28 @@ class Settings:
     size: int = 128
     steps: int = 20
     repeats: int = 5
-    strength: float = 0.75
+    strength: float = 0.5  # the uniform map's; one of SKIP_LEVELS shares its img2img run
     guidance_scale: float = 7.5
     scheduler: str | None = None  # None: server.schedulers.DEFAULT_SCHEDULER
     seed: int = 0
     threads: int | None = None  # torch CPU threads; None: torch's default
+    dtype: str = "auto"  # auto: float16 on CUDA, else float32
+    channels_last: bool = False
+    compile: bool = False
+    clock: str = "wall"  # or "cpu": see bench.common.clock
+    compile_backend: str = "inductor"
+
+    @property
+    def img2img_levels(self) -> list[float]:
+        return sorted({*SKIP_LEVELS, *FAN_STRENGTHS, self.strength})
+
+
+def img2img_case(strength: float) -> str:
+    return f"img2img_{strength:g}"
+
+
+def skip_case(level: float) -> str:
+    return f"ours_max_{level:g}"
 
 
 @dataclass
@@ -94,22 +119,29 @@ class Report:
         """The two cases' ratio within each round: their spread shows how much the noise moves a ratio."""
         return [a / b for a, b in zip(self.samples[case], self.samples[reference], strict=True)]
 
-    def step_cost_fit(self) -> tuple[float, float]:
-        """Least-squares ``seconds = fixed + per_step * steps`` over the skipping levels that ran a step."""
-        points = [(self.steps_run[f"ours_max_{v:g}"], self.medians[f"ours_max_{v:g}"]) for v in SKIP_LEVELS]
-        points = [(n, t) for n, t in points if n > 0]
+    def step_cost_fit(self, cases: dict[str, int]) -> tuple[float, float]:
+        """Least-squares ``seconds = fixed + per_step * steps`` over ``cases`` (name -> steps run)."""
+        points = [(n, self.medians[name]) for name, n in cases.items() if n > 0]
         if len({n for n, _ in points}) < 2:
             return float("nan"), float("nan")
         per_step, fixed = np.polyfit([n for n, _ in points], [t for _, t in points], 1)
         return float(fixed), float(per_step)
 
+    def img2img_steps(self) -> dict[str, int]:
+        k = self.settings.steps
+        return {img2img_case(m): int(m * k + 1e-4) for m in self.settings.img2img_levels}
+
     def summary(self) -> dict[str, float]:
-        out = {"overhead": self.ratio("ours_uniform", "img2img")}
+        out = {"overhead": self.ratio("ours_uniform", img2img_case(self.settings.strength))}
+        out["skip_vs_img2img"] = max(self.ratio(skip_case(m), img2img_case(m)) for m in SKIP_LEVELS)
         for level in SKIP_LEVELS:
-            out[f"skip_{level:g}"] = self.ratio(f"ours_max_{level:g}", "ours_max_1")
+            out[f"skip_{level:g}"] = self.ratio(skip_case(level), skip_case(1.0))
         out["fan5"] = self.ratio("ours_fan5", "img2img_x5")
         if self.memory_mb:
             out["mem_overhead_mb"] = self.memory_mb["ours_uniform"] - self.memory_mb["img2img"]
+        fixed, per_step = self.step_cost_fit(self.img2img_steps())
+        out["step_s"], out["fixed_s"] = per_step, fixed
+        out["ours_step_s"] = self.step_cost_fit({skip_case(m): self.steps_run[skip_case(m)] for m in SKIP_LEVELS})[1]
         return out
 
 
@@ -123,12 +155,18 @@ def load(settings: Settings) -> tuple[Any, Any]:
     import torch
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionXLImg2ImgPipeline
 
+    from server.config import PipelineOptions
     from server.models import load_pipeline
     from server.schedulers import DEFAULT_SCHEDULER, make_scheduler
 
     settings.scheduler = settings.scheduler or DEFAULT_SCHEDULER
-    dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
-    pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype)
+    if settings.dtype == "auto":
+        dtype = torch.float16 if settings.device.startswith("cuda") else torch.float32
+    else:
+        dtype = getattr(torch, settings.dtype)
+    options = PipelineOptions(channels_last=settings.channels_last, compile=settings.compile,
+                              compile_backend=settings.compile_backend)
+    pipe = load_pipeline(settings.model, device=settings.device, dtype=dtype, options=options)
     components = {**pipe.components, "scheduler": make_scheduler(settings.scheduler, pipe.scheduler.config)}
     if pipe.family == "sdxl":
         reference = StableDiffusionXLImg2ImgPipeline(
@@ -186,14 +224,18 @@ def make_cases(pipe: Any, reference: Any, settings: Settings) -> dict[str, Calla
             output_type="np",
         )
 
-    cases: dict[str, Callable[[], Any]] = {
-        "img2img": lambda: img2img(settings.strength),
-        "ours_uniform": ours(np.full((size, size), settings.strength, dtype=np.float32)),
-        "ours_fan5": ours(fan_map(size, size, FAN_STRENGTHS)),
-        "img2img_x5": lambda: [img2img(s) for s in FAN_STRENGTHS],
-    }
+    # Compared cases sit next to each other, so each pair runs back to back in every round.
+    cases: dict[str, Callable[[], Any]] = {}
     for level in SKIP_LEVELS:
-        cases[f"ours_max_{level:g}"] = ours(ramp(size, level))
+        cases[img2img_case(level)] = lambda level=level: img2img(level)
+        if level == settings.strength:
+            cases["ours_uniform"] = ours(np.full((size, size), settings.strength, dtype=np.float32))
+        cases[skip_case(level)] = ours(ramp(size, level))
+    cases["ours_fan5"] = ours(fan_map(size, size, FAN_STRENGTHS))
+    for strength in settings.img2img_levels:
+        cases.setdefault(img2img_case(strength), lambda strength=strength: img2img(strength))
+    if "ours_uniform" not in cases:
+        cases["ours_uniform"] = ours(np.full((size, size), settings.strength, dtype=np.float32))
     return cases
 
 
@@ -210,27 +252,28 @@ def _synchronize(device: str) -> None:
 
 
 def measure_times(
-    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warmed_up: bool = False
-) -> dict[str, list[float]]:
-    """Seconds per case, one sample per round; the cases take turns, in order, then in reverse order.
-
-    Compared cases sit next to each other in `cases`, so each pair runs back to back in every round and
-    each goes first in every other round.
-    """
+    cases: dict[str, Callable[[], Any]], repeats: int, device: str = "cpu", warm_up: Sequence[str] = (),
+    now: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, list[float]], dict[str, Any]]:
+    """Seconds per case, one sample per round, and the first round's outputs. The cases take turns, in
+    order, then in reverse order, after one call of each case in `warm_up` (first-call allocations, lazy
+    imports, kernel selection: every case has the same shapes, so one call per pipeline is enough)."""
+    for name in warm_up:
+        cases[name]()
     names = list(cases)
-    if not warmed_up:
-        for name in names:  # warm-up: first-call allocations, lazy imports, kernel selection
-            cases[name]()
     samples: dict[str, list[float]] = {name: [] for name in names}
+    outputs: dict[str, Any] = {}
     for round_index in range(repeats):
         for name in names if round_index % 2 == 0 else names[::-1]:
             _synchronize(device)
-            started = time.perf_counter()
-            cases[name]()
+            started = now()
+            output = cases[name]()
             _synchronize(device)
-            samples[name].append(time.perf_counter() - started)
+            samples[name].append(now() - started)
+            if round_index == 0:
+                outputs[name] = output
         progress(f"round {round_index + 1}/{repeats} timed")
-    return samples
+    return samples, outputs
 
 
 # --------------------------------------------------------------------------------------------
@@ -238,58 +281,22 @@ def measure_times(
 # --------------------------------------------------------------------------------------------
 
 
-def _read_status_kb(field_name: str) -> int:
-    with open("/proc/self/status") as status:
-        match = re.search(rf"^{field_name}:\s+(\d+) kB", status.read(), re.MULTILINE)
-    if match is None:
-        raise RuntimeError(f"/proc/self/status has no {field_name}")
-    return int(match.group(1))
+def memory_cases(cases: dict[str, Callable[[], Any]], settings: Settings) -> dict[str, Callable[[], Any]]:
+    """The uniform map and img2img at its strength: the same work, so any difference is ours."""
+    return {"img2img": cases[img2img_case(settings.strength)], "ours_uniform": cases["ours_uniform"]}
 
 
-def cpu_peak_mb(run: Callable[[], Any]) -> float:
-    """Peak resident memory above the start of `run`, in MB (Linux: VmHWM reset by clear_refs)."""
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")  # reset the high-water mark to the current resident set
-    before = _read_status_kb("VmRSS")
-    run()
-    return (_read_status_kb("VmHWM") - before) / 1024
-
-
-def cuda_peak_mb(run: Callable[[], Any]) -> float:
-    import torch
-
-    gc.collect()
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    run()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - before) / 2**20
-
-
-def measure_peaks(
-    cases: dict[str, Callable[[], Any]], names: Sequence[str], repeats: int, device: str
-) -> dict[str, float]:
-    """Median peak extra MB of the named cases, interleaved like the timings."""
-    peak = cuda_peak_mb if device.startswith("cuda") else cpu_peak_mb
-    for name in names:
-        cases[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for _ in range(repeats):
-        for name in names:
-            # The output is dropped inside: only memory the run itself needed counts.
-            samples[name].append(peak(lambda name=name: cases[name]() and None))
-    return {name: statistics.median(values) for name, values in samples.items()}
-
-
-MEMORY_CASES = ("img2img", "ours_uniform")
+def memory_rounds(settings: Settings) -> int:
+    # A full-size model's run costs seconds to minutes on a CPU; its peaks vary far less than its times.
+    return max(3, settings.repeats) if settings.model.startswith("tiny-") else min(2, settings.repeats)
 
 
 def memory_in_child(settings: Settings) -> tuple[dict[str, float], str]:
-    """CPU peaks measured in a fresh process whose large allocations all go through mmap."""
+    """CPU peaks measured in a fresh process whose large allocations all go through mmap. The uniform map
+    runs at the lowest skipping level there: the peak is the VAE's and one step's, not the steps' count."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(_MMAP_THRESHOLD), "MALLOC_TRIM_THRESHOLD_": "0"}
-    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(settings.__dict__)]
+    child = {**settings.__dict__, "strength": SKIP_LEVELS[0]}
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-child", json.dumps(child)]
     done = subprocess.run(command, env=env, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"memory measurement failed:\n{done.stderr[-2000:]}")
@@ -300,8 +307,8 @@ def _memory_child(settings_json: str) -> None:
     settings = Settings(**json.loads(settings_json))
     with torch_threads(settings.threads):
         pipe, reference = load(settings)
-        cases = make_cases(pipe, reference, settings)
-        print(json.dumps(measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)))
+        cases = memory_cases(make_cases(pipe, reference, settings), settings)
+        print(json.dumps(measure_peaks(cases, list(cases), memory_rounds(settings), settings.device)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -315,22 +322,25 @@ def run_benchmark(settings: Settings, memory: bool = True, pipes: tuple[Any, Any
     pipe, reference = pipes or load(settings)
     cases = make_cases(pipe, reference, settings)
     report = Report(settings)
-    # The warm-up run of every case also gives its step count and the check below.
-    outputs = {name: call() for name, call in cases.items()}
-    progress(f"warm-up done ({len(cases)} cases)")
+    report.load_average = load_average()
+    lowest = SKIP_LEVELS[0]
+    report.samples, outputs = measure_times(cases, settings.repeats, settings.device,
+                                            warm_up=(img2img_case(lowest), skip_case(lowest)),
+                                            now=clock(settings.clock))
+    report.load_average = max(report.load_average, load_average())
     # Same seed, same scheduler, same components: the uniform map must reproduce img2img.
-    ours_image, theirs_image = outputs["ours_uniform"].images, outputs["img2img"].images
+    ours_image, theirs_image = outputs["ours_uniform"].images, outputs[img2img_case(settings.strength)].images
     report.uniform_max_diff = float(np.abs(np.asarray(ours_image) - np.asarray(theirs_image)).max())
     report.steps_run = {name: out.steps_run for name, out in outputs.items() if name.startswith("ours")}
     del outputs
-    report.load_average = load_average()
-    report.samples = measure_times(cases, settings.repeats, settings.device, warmed_up=True)
-    report.load_average = max(report.load_average, load_average())
+    fan = [report.samples[img2img_case(s)] for s in FAN_STRENGTHS]
+    report.samples["img2img_x5"] = [sum(times) for times in zip(*fan, strict=True)]
     report.medians = {name: statistics.median(values) for name, values in report.samples.items()}
     if memory:
         progress("measuring peak memory")
         if settings.device.startswith("cuda"):
-            report.memory_mb = measure_peaks(cases, MEMORY_CASES, max(3, settings.repeats), settings.device)
+            report.memory_mb = measure_peaks(memory_cases(cases, settings), ("img2img", "ours_uniform"),
+                                             memory_rounds(settings), settings.device)
             report.memory_method = "torch.cuda.max_memory_allocated"
         elif os.path.exists("/proc/self/clear_refs"):
             report.memory_mb, report.memory_method = memory_in_child(settings)
@@ -358,44 +368,47 @@ def format_report(report: Report) -> str:
         return (f"{label:<36}{steps:>6}{report.medians[case]:>10.4f}{spread:>16}{ratio}{rounds:>15}"
                 f"{of_medians:>11}  {goal}").rstrip()
 
-    extra_ms = (report.medians["ours_uniform"] - report.medians["img2img"]) * 1000
+    reference = img2img_case(s.strength)
+    extra_ms = (report.medians["ours_uniform"] - report.medians[reference]) * 1000
     lines = [
-        f"bench/pipeline_cost.py: model {s.model} on {s.device} (torch {getattr(report, 'torch', '?')}, "
-        f"{getattr(report, 'threads', '?')} threads), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
-        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds; load average "
+        f"bench/pipeline_cost.py: model {s.model} on {s.device} ({s.dtype}, torch {getattr(report, 'torch', '?')}, "
+        f"{getattr(report, 'threads', '?')} threads{', channels-last' if s.channels_last else ''}"
+        f"{', compiled' if s.compile else ''}), {s.size}x{s.size}, {k} steps, scheduler {s.scheduler}, "
+        f"guidance {s.guidance_scale}, median of {s.repeats} interleaved rounds, {s.clock} clock; load average "
         f"{report.load_average:.1f} on {os.cpu_count()} CPUs",
         f"uniform map {s.strength:g} vs img2img strength={s.strength:g}: max pixel difference "
         f"{report.uniform_max_diff:.2e} (0 = the same computation)",
         "",
         header,
-        row(f"img2img (diffusers), strength {s.strength:g}", "img2img", int(k * s.strength), "img2img"),
+        row(f"img2img (diffusers), strength {s.strength:g}", reference, int(k * s.strength + 1e-4), reference),
         row(f"differential, uniform map {s.strength:g}", "ours_uniform", report.steps_run["ours_uniform"],
-            "img2img", "<= 1.02 (overhead)"),
+            reference, "<= 1.01 (overhead)"),
         f"differential minus img2img: {extra_ms:+.1f} ms per run (a fixed cost weighs more on small, short runs)",
         "",
-        "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max, time relative to max 1.0",
-        header.replace("case", "max strength", 1),
+        "Skipping (Algorithm 2; paper Table 4): map = ramp 0 -> max m, against img2img at strength m",
+        header.replace("case", "max strength m", 1),
     ]
+    img2img_steps = report.img2img_steps()
     for level in SKIP_LEVELS:
-        name = f"ours_max_{level:g}"
-        lines.append(row(f"{level:g}", name, report.steps_run[name], "ours_max_1",
-                         "<= 0.12" if level == 0.1 else ""))
-    fixed, per_step = report.step_cost_fit()
-    if fixed == fixed:  # not NaN
-        full = fixed + per_step * k
-        here = (fixed + per_step * int(0.1 * k + 1e-4)) / full
-        at_100 = (fixed + per_step * 10) / (fixed + per_step * 100)
-        lines.append(
-            f"fit over the levels: {fixed * 1000:.1f} ms fixed (prompt, VAE, setup) + {per_step * 1000:.2f} ms per "
-            f"step; the fixed part is {fixed / full:.0%} of a {k}-step run: the fit predicts skip_0.1 = "
-            f"{here:.3f} here, {at_100:.3f} at 100 steps"
-        )
-    steps5 = sum(int(k * x) for x in FAN_STRENGTHS)
+        lines.append(row(f"{level:g} img2img", img2img_case(level), img2img_steps[img2img_case(level)],
+                         img2img_case(level)))
+        lines.append(row(f"{level:g} differential", skip_case(level), report.steps_run[skip_case(level)],
+                         img2img_case(level), "<= 1.02 (skip_vs_img2img: the worst)"))
+    ours_steps = {skip_case(m): report.steps_run[skip_case(m)] for m in SKIP_LEVELS}
+    for label, steps in (("differential", ours_steps), ("img2img", img2img_steps)):
+        fixed, per_step = report.step_cost_fit(steps)
+        if fixed == fixed:  # not NaN
+            full = fixed + per_step * k
+            lines.append(
+                f"fit, {label}: {fixed:.3f} s fixed (prompt, VAE, setup) + {per_step:.3f} s per step; the fixed "
+                f"part is {fixed / full:.0%} of a {k}-step run (it bounds time(m) / time(1) from below)"
+            )
+    steps5 = sum(int(k * x + 1e-4) for x in FAN_STRENGTHS)
     lines += [
         "",
         f"Strength fan {', '.join(f'{x:g}' for x in FAN_STRENGTHS)}",
-        row("five img2img runs", "img2img_x5", steps5, "img2img_x5"),
-        row("one 5-column fan run", "ours_fan5", report.steps_run["ours_fan5"], "img2img_x5", "<= 0.36 (fan5)"),
+        row("five img2img runs (sum)", "img2img_x5", steps5, "img2img_x5"),
+        row("one 5-column fan run", "ours_fan5", report.steps_run["ours_fan5"], "img2img_x5", "<= 0.34 (fan5)"),
     ]
     if report.memory_mb:
         lines += [
@@ -415,41 +428,53 @@ def summary_line(report: Report) -> str:
     return " ".join(pairs)
 
 
+def default_settings(model: str, device: str, quick: bool) -> Settings:
+    """Sizes that fit the machine: tiny models at 128 px (--quick: 64, 20 steps, 3 rounds); full-size ones
+    at their native resolution on a GPU, 256 px on a CPU (--quick: 96 px, CFG off, 1 round: < 4 min of CPU)."""
+    if model.startswith("tiny-"):
+        return Settings(size=64, steps=20, repeats=3) if quick else Settings(size=128, steps=20, repeats=5)
+    if quick:
+        return Settings(size=96, steps=10, repeats=1, guidance_scale=1.0)
+    return Settings(size=0 if device.startswith("cuda") else 256, steps=10, repeats=3)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd")
+    parser.add_argument("--model", default="tiny-sd", help="tiny-sd, sd15-size, sdxl-size, or any SD / SDXL id")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--size", type=int, help="image side in px (default: 128 for tiny models, else native)")
-    parser.add_argument("--steps", type=int, help="inference steps (default 20; --quick: 10)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument("--channels-last", action="store_true", help="as the server's --channels-last")
+    parser.add_argument("--compile", action="store_true", help="as the server's --compile (compiled while loading)")
+    parser.add_argument("--size", type=int, help="image side in px (default: see --quick and default_settings)")
+    parser.add_argument("--steps", type=int, help="inference steps (default 20; full-size models 10)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 5; --quick: 3)")
-    parser.add_argument("--strength", type=float, default=0.75, help="uniform map / img2img strength for overhead")
-    parser.add_argument("--guidance-scale", type=float, default=7.5)
+    parser.add_argument("--strength", type=float, default=0.5, help="uniform map / img2img strength for overhead")
+    parser.add_argument("--guidance-scale", type=float, help="default 7.5 (--quick on a full-size model: 1)")
     parser.add_argument("--scheduler", help="scheduler name (default: the server's default)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; --quick: 1)")
+    parser.add_argument("--clock", choices=("wall", "cpu"),
+                        help="cpu: process CPU time, the default on the CPU with 1 thread (see bench.common.clock)")
     parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory measurement")
-    parser.add_argument("--quick", action="store_true",
-                        help="64 px, 20 steps, 3 rounds, 1 thread unless given: under a minute on 2 cores")
+    parser.add_argument("--quick", action="store_true", help="small and short, 1 thread unless given (see above)")
     parser.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.memory_child:
         _memory_child(args.memory_child)
         return 0
-    steps = args.steps or 20
-    repeats = args.repeats or (3 if args.quick else 5)
-    if steps < 1 or repeats < 1 or (args.size is not None and args.size < 8):
+    settings = default_settings(args.model, args.device, args.quick)
+    settings.model, settings.device, settings.dtype = args.model, args.device, args.dtype
+    settings.channels_last, settings.compile = args.channels_last, args.compile
+    settings.strength, settings.scheduler = args.strength, args.scheduler
+    settings.steps = args.steps or settings.steps
+    settings.repeats = args.repeats or settings.repeats
+    settings.size = args.size or settings.size
+    if args.guidance_scale is not None:
+        settings.guidance_scale = args.guidance_scale
+    if settings.steps < 1 or settings.repeats < 1 or (args.size is not None and args.size < 8):
         parser.error("--steps and --repeats must be at least 1, --size at least 8")
-    threads = args.threads or (1 if args.quick else None)
-    settings = Settings(
-        model=args.model, device=args.device, steps=steps, repeats=repeats, strength=args.strength,
-        guidance_scale=args.guidance_scale, scheduler=args.scheduler, threads=threads,
-    )
-    if args.size:
-        settings.size = args.size
-    elif args.quick:
-        settings.size = 64
-    elif not settings.model.startswith("tiny-"):
-        settings.size = 0  # native resolution, set once the model is loaded
-    with torch_threads(threads):  # one thread on a shared CPU: see bench.common.torch_threads
+    settings.threads = args.threads or (1 if args.quick else None)
+    settings.clock = args.clock or default_clock(settings.device, settings.threads)
+    with torch_threads(settings.threads):  # one thread on a shared CPU: see bench.common.torch_threads
         pipes = load(settings)
         if settings.size == 0:
             settings.size = pipes[0].native_resolution

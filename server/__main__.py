@@ -18,7 +18,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
+from server.config import DEFAULT_MODEL, ConfigError, PipelineOptions, ServerConfig, check_bind
 from server.users import load_users
 from shared import protocol as p
 
@@ -62,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="hub id, local diffusers folder, .safetensors file, or a built-in "
                              "offline test model (tiny-sd, tiny-sdxl, tiny-sd3, tiny-flux, "
-                             "tiny-kandinsky22, tiny-if). Default: %(default)s")
+                             "tiny-kandinsky22, tiny-if; sd15-size and sdxl-size: the real "
+                             "architectures with random weights, for benchmarks). Default: %(default)s")
     parser.add_argument("--refiner", default=None, metavar="MODEL",
                         help="an SDXL refiner to run after --model (e.g. tiny-sdxl-refiner); "
                              "painters set the split per job")
@@ -81,6 +82,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="cuda, cuda:1, mps or cpu (default: the best one found)")
     parser.add_argument("--dtype", choices=DTYPES, default="auto",
                         help="weights precision (auto: float16 on GPUs, float32 on CPU)")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="convolutions in NHWC memory order (faster on recent GPUs)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the denoiser (compiled at start: a minute or more; "
+                             "faster steps after)")
+    parser.add_argument("--preview-vae", default=None, metavar="MODEL",
+                        help="previews through a tiny autoencoder (e.g. madebyollin/taesd for SD "
+                             "1.x/2.x, madebyollin/taesdxl for SDXL) instead of the linear map")
+    parser.add_argument("--vae-tile-above", type=int, default=None, metavar="PX",
+                        help="run the VAE in tiles for pictures with a side above PX (default: "
+                             "twice the model's native resolution)")
     parser.add_argument("--preview-every", type=int, default=5, metavar="N",
                         help="send a preview every N steps when the client does not say "
                              "(0: never)")
@@ -188,7 +200,10 @@ def main(argv: list[str] | None = None) -> int:
         extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
         segment_model=args.segment_model, engine=args.engine,
-        ray_address=args.ray_address, replicas=args.replicas, users=users)
+        ray_address=args.ray_address, replicas=args.replicas, users=users,
+        pipeline_options=PipelineOptions(
+            channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,
+            vae_tile_above=args.vae_tile_above))
     if users:
         log.info("studio users: %s", ", ".join(u.name for u in users.users))
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)

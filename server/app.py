@@ -191,7 +191,8 @@ class DiffusionServer:
 
         refiner = self.config.refiner if model == self.config.model else None
         return load_pipeline(model, device=self.config.device,
-                             dtype=self.config.dtype or torch.float32, refiner=refiner)
+                             dtype=self.config.dtype or torch.float32, refiner=refiner,
+                             options=self.config.pipeline_options)
 
     # --- life cycle ---------------------------------------------------------------------------
 

@@ -15,6 +15,17 @@ class ConfigError(ValueError):
     """A server setting that cannot work; the message tells the operator what to change."""
 
 
+@dataclass(frozen=True)
+class PipelineOptions:
+    """How a loaded pipeline runs (``server.models.performance`` applies them)."""
+
+    channels_last: bool = False  # NHWC convolutions (GPUs' tensor cores prefer them)
+    compile: bool = False  # torch.compile of the denoiser(s), warmed up at load
+    compile_backend: str = "inductor"  # tests and the CPU smoke run use "eager" (seconds, not minutes)
+    preview_vae: str | None = None  # an AutoencoderTiny for previews (folder, hub id, "tiny-taesd")
+    vae_tile_above: int | None = None  # tile the VAE above this many px per side; None: 2x native
+
+
 @dataclass
 class ServerConfig:
     model: str = DEFAULT_MODEL
@@ -44,6 +55,7 @@ class ServerConfig:
     ray_address: str | None = None  # None: start a local Ray instance
     replicas: int | str = "auto"  # ray: a number, or "auto" (one per GPU; one CPU replica without)
     users: Any = None  # server.users.Users (--users FILE): per-user tokens, caps and models
+    pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)
 
     @property
     def models(self) -> list[str]:

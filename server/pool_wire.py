@@ -19,6 +19,7 @@ class ReplicaSettings:
     dtype: Any = None  # a torch dtype; None: float32
     refiner: str | None = None  # for ``default_model`` only, as in the single-process server
     max_region_pixels: int | None = None
+    pipeline_options: Any = None  # server.config.PipelineOptions (--channels-last, --compile, ...); None: defaults
     loader: Callable[[str], Any] | None = None  # model name -> pipeline; None: load_pipeline
 
 

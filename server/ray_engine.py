@@ -134,7 +134,7 @@ class RayEngine:
             dtype = torch.float16
         settings = ReplicaSettings(default_model=c.model, device=device, dtype=dtype,
                                    refiner=c.refiner, max_region_pixels=c.max_region_pixels,
-                                   loader=self.loader)
+                                   pipeline_options=c.pipeline_options, loader=self.loader)
         log.info("deploying %d %s replica(s) (%s) on Ray", self.slots, device, actor)
         app = DiffusionReplica.options(num_replicas=self.slots,
                                        ray_actor_options=actor).bind(settings)

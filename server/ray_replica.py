@@ -59,7 +59,7 @@ class DiffusionReplica:
 
             refiner = s.refiner if model == s.default_model else None
             pipe = load_pipeline(model, device=s.device, dtype=s.dtype or torch.float32,
-                                 refiner=refiner)
+                                 refiner=refiner, options=s.pipeline_options)
         self.models_loaded.append(model)
         log.info("replica %d loaded %s in %.1fs", os.getpid(), model, time.monotonic() - started)
         return pipe

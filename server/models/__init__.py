@@ -14,9 +14,12 @@ from typing import Any
 
 import torch
 
+from server.config import PipelineOptions
 from server.models.deepfloyd_if import load_deepfloyd_if
 from server.models.files import ModelNotFoundError, model_index_class
 from server.models.flow import load_flow
+from server.models.full_size import FULL_SIZE_MODELS, load_full_size
+from server.models.performance import apply_options
 from server.models.kandinsky import load_kandinsky22
 from server.models.sd import load_sd, with_refiner
 from server.models.tiny import TINY_MODELS, load_tiny
@@ -26,8 +29,8 @@ from server.pipelines.kandinsky import KandinskyV22DifferentialPipeline
 from server.pipelines.sd import StableDiffusionDifferentialPipeline, StableDiffusionXLDifferentialPipeline
 from server.pipelines.sd3 import StableDiffusion3DifferentialPipeline
 
-__all__ = ["FAMILIES", "PIPELINE_CLASSES", "TINY_MODELS", "ModelNotFoundError", "family_of",
-           "load_pipeline"]
+__all__ = ["FAMILIES", "FULL_SIZE_MODELS", "PIPELINE_CLASSES", "TINY_MODELS", "ModelNotFoundError",
+           "family_of", "load_pipeline"]
 
 PIPELINE_CLASSES: tuple[type, ...] = (
     StableDiffusionDifferentialPipeline,
@@ -47,6 +50,8 @@ def family_of(model: str) -> str:
 
     SD and SDXL are told apart here by name only (``xl``); their loader reads the files and
     decides for sure. '' for a built-in-looking id that is no model."""
+    if model in FULL_SIZE_MODELS:
+        return "sdxl" if model == "sdxl-size" else "sd"
     if model.startswith("tiny-"):
         family = model.removeprefix("tiny-")
         return family if family in FAMILIES else ""
@@ -95,21 +100,26 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     refiner: str | None = None,
     config: str | None = None,
+    options: PipelineOptions | None = None,
 ) -> Any:
     """A differential-diffusion pipeline for ``model``.
 
     ``model``: a built-in tiny id (:data:`TINY_MODELS`: random weights, offline, deterministic),
+    a full-size one (:data:`FULL_SIZE_MODELS`: SD 1.5's or SDXL's architecture, random weights),
     a local diffusers folder, a local single-file ``.safetensors`` checkpoint (SD / SDXL), or a
     Hugging Face hub id (default cache). ``refiner`` (SDXL only): the same kinds of id for an
     SDXL refiner. ``config`` (single-file checkpoints): a local diffusers folder of the same
     architecture (``model_index.json`` and the components' configs; weights not needed), so
     that nothing is downloaded. By default a folder beside the checkpoint with its name
     (``x.safetensors`` -> ``x/``) is used when there is one, else the configs of the original
-    repository, from the Hugging Face cache or (once) the hub.
+    repository, from the Hugging Face cache or (once) the hub. ``options``: how it runs
+    (channels-last, compiled, a tiled VAE above a size, tiny-autoencoder previews).
     """
     family = family_of(model)
     if model in TINY_MODELS:
         pipe = load_tiny(model)
+    elif model in FULL_SIZE_MODELS:
+        pipe = load_full_size(model, device)  # built where it runs: no CPU copy of SDXL's 14 GB
     elif family == "kandinsky22":
         pipe = load_kandinsky22(model, dtype)
     elif family == "if":
@@ -120,4 +130,4 @@ def load_pipeline(
         pipe = load_sd(model, dtype, config)
     if refiner is not None:
         pipe = with_refiner(pipe, refiner, dtype)
-    return pipe.to(device=device, dtype=dtype)
+    return apply_options(pipe.to(device=device, dtype=dtype), options or PipelineOptions())

@@ -24,6 +24,7 @@ from server.models.files import (
     hub_failure,
     one_line,
 )
+from server.models.full_size import FULL_SIZE_MODELS
 from server.models.tiny import TINY_MODELS, TINY_REFINER, tiny_components
 from server.pipelines.sd import (
     StableDiffusionDifferentialPipeline,
@@ -101,7 +102,7 @@ def _load_diffusers(model: str, dtype: torch.dtype, refiner: bool, config: str |
                 f"Refusing {path.name}: only .safetensors checkpoints are loaded (pickled "
                 f"{path.suffix} files can run code). Convert it to .safetensors first.")
         return _load_single_file(path, dtype, refiner, config)
-    tried = (f"Model {model!r} not found. Tried: the built-in ids ({', '.join(TINY_MODELS)}); "
+    tried = (f"Model {model!r} not found. Tried: the built-in ids ({', '.join(TINY_MODELS + FULL_SIZE_MODELS)}); "
              f"a local folder or .safetensors file at {path.resolve()} (nothing there)")
     looks_like_path = model.startswith((".", "/", "~")) or model.endswith(".safetensors") \
         or model.count("/") > 1

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -56,6 +57,7 @@ class StepInfo:
     family: str = "sd"
     latent_size: tuple[int, int] | None = None  # (w, h) of the unpadded image on the latent grid
     backdrop: PreviewBackdrop | None = None  # the input and the composite's weights
+    decoder: Callable[[torch.Tensor], np.ndarray] | None = None  # a tiny autoencoder; None: linear
 
     def preview(self, variant: int = 0) -> np.ndarray:
         """A cheap uint8 h x w x 3 RGB preview of one variant, composited over the input like
@@ -64,11 +66,16 @@ class StepInfo:
         return rgb if self.backdrop is None else self.backdrop.composite(rgb)
 
     def generated_preview(self, variant: int = 0) -> np.ndarray:
-        """The generated picture alone: the clean estimate (or the latents) mapped to RGB."""
+        """The generated picture alone: the clean estimate (or the latents) mapped to RGB, by the
+        linear map (latent size) or the pipeline's preview decoder (a few times larger)."""
         source = self.denoised if self.denoised is not None else self.latents
-        rgb = latents_to_rgb(source[variant], self.family)
+        if self.decoder is not None:
+            rgb = self.decoder(source[variant])
+        else:
+            rgb = latents_to_rgb(source[variant], self.family)
         if self.latent_size is not None:
-            rgb = rgb[: self.latent_size[1], : self.latent_size[0]]
+            scale = rgb.shape[0] // source.shape[-2]
+            rgb = rgb[: self.latent_size[1] * scale, : self.latent_size[0] * scale]
         return np.ascontiguousarray(rgb)
 
 
@@ -291,6 +298,10 @@ class DifferentialPipeline:
     model_name = "unet"
     helper: Any
     vae_scale_factor: int
+    # Set by server.models.performance: the VAE runs tiled for pictures with a side above this
+    # many pixels (None: never); previews through a tiny autoencoder (None: the linear map).
+    vae_tile_above: int | None = None
+    preview_decoder: Callable[[torch.Tensor], np.ndarray] | None = None
 
     # -- components --------------------------------------------------------------------------------
     @property
@@ -303,9 +314,10 @@ class DifferentialPipeline:
 
     @property
     def device(self) -> torch.device:
-        # Not diffusers' _execution_device: it walks every module of every component on
-        # each read (~4 ms on SD 1.x), which the benchmark showed as run overhead.
-        return getattr(self.helper, self.model_name).device
+        # A parameter's device. diffusers' _execution_device, and even ModelMixin.device, walk
+        # every module of the model on each read (a group-offloading check: ~1,100 modules on SD
+        # 1.x), and a run reads this five times; the profile of sd15-size showed them.
+        return next(getattr(self.helper, self.model_name).parameters()).device
 
     @property
     def dtype(self) -> torch.dtype:
@@ -356,11 +368,19 @@ class DifferentialPipeline:
         self.check_refiner_split(refiner_split)
         image_tensor, original = self.prepare_image(image)
         height, width = original.shape[:2]
+        self.tile_vae_for(height, width)
         pixel_map = to_change_map(change_map, (width, height))
         steps = prepare_steps(pixel_map, self.pad_multiple, self.vae_scale_factor, k, self.device)
         cell = self.vae_scale_factor
         return Run(image, original, pixel_map, steps, k, batch, output_type, keep_unchanged_exact,
                    image_tensor, latent_size=(-(-width // cell), -(-height // cell)))
+
+    def tile_vae_for(self, height: int, width: int) -> None:
+        """Above ``vae_tile_above`` px per side the VAE encodes and decodes in overlapping tiles
+        (diffusers' tiling: tiles of its ``sample_size``), so its memory stays that of a tile."""
+        vae = getattr(self.helper, "vae", None)
+        if vae is not None and hasattr(vae, "enable_tiling"):
+            vae.use_tiling = self.vae_tile_above is not None and max(height, width) > self.vae_tile_above
 
     def unchanged_result(self, run: Run, generator: Generator) -> DifferentialDiffusionOutput:
         """An all-zero map: nothing may change, so no prompt is read and no model step runs

@@ -242,7 +242,8 @@ class StableDiffusionDifferentialPipeline(DifferentialPipeline):
             if callback is not None:
                 callback(StepInfo(step=j + 1, total=len(timesteps), latents=latents,
                                   denoised=clean_estimate(sched, out), family=self.family,
-                                  latent_size=run.latent_size, backdrop=run.backdrop))
+                                  latent_size=run.latent_size, backdrop=run.backdrop,
+                                  decoder=self.preview_decoder))
         # Strength-0 regions end exactly on the original latent.
         latents = torch.where(steps == 0, z_init, latents)
 
