@@ -78,6 +78,7 @@ class Session:
         self._reading = asyncio.Event()  # clear while over the limit: its messages wait
         self._reading.set()
         self.closed = False
+        self.live_jobs: list[int] = []  # its live (submit.replace) jobs, which the next one replaces
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.connection.remote_address}>"
@@ -337,6 +338,8 @@ class DiffusionServer:
         request = complete.request
         try:
             job = await asyncio.to_thread(self._make_job, session, complete)
+            if request.replace:
+                self._replace_live(session, job.id)
             self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
         except p.ProtocolError as exc:
             if exc.code == p.E_SHUTTING_DOWN:  # like every job of a stopping server: cancelled
@@ -351,6 +354,13 @@ class DiffusionServer:
         log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
                   session.id, request.mode, request.width, request.height, request.steps,
                   request.variants)
+
+    def _replace_live(self, session: Session, job_id: int) -> None:
+        """A live submit (``replace``): cancel the client's earlier live jobs (a queued one at
+        once, the running one within a step) before the new one queues; nothing else of its."""
+        for old in session.live_jobs:
+            self.worker.cancel(session, old, p.REPLACED_REASON)  # False: it had ended already
+        session.live_jobs = [job_id]
 
     def _make_job(self, session: Session, complete: p.CompleteSubmit) -> Job:
         request = complete.request
