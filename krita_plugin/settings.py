@@ -28,6 +28,7 @@ DEFAULT_MAP_LAYER = "Change Map"
 MAX_SOFTNESS_PX = 512
 MAX_GROW_PX = 256
 MAX_PREVIEW_EVERY = 100
+MAX_LIVE_DEBOUNCE_MS = 5000
 
 
 def limits_for(capabilities=None) -> dict:
@@ -88,6 +89,10 @@ class Settings:
     # The model's own options the painter chose (SDXL refiner split, IF stages...): a JSON object
     # by option name, shared by the models that take the option; unset ones keep the default.
     model_options: str = ""
+    # Live mode (live.py): the pause after a stroke before its job goes, the steps and scheduler.
+    live_debounce_ms: int = 250
+    live_steps: int = 6
+    live_scheduler: str = ""
 
     def validated(self) -> Settings:
         """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
@@ -107,6 +112,8 @@ class Settings:
         s.source = s.source if s.source in SOURCES else "projection"
         s.region = s.region if s.region in REGIONS else "canvas"
         s.preview_every = min(max(int(s.preview_every), 0), MAX_PREVIEW_EVERY)
+        s.live_debounce_ms = min(max(int(s.live_debounce_ms), 0), MAX_LIVE_DEBOUNCE_MS)
+        s.live_steps = min(max(int(s.live_steps), 1), limits["steps"])
         s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""
         return s
 

@@ -53,7 +53,7 @@ async def test_a_burst_of_replace_submits_leaves_only_the_last_live_job(gated_pi
     # Each queued live job is cancelled before the next one is accepted (the running one ends
     # at its next step, later).
     order = [(type(e).__name__, e.job_id) for e in a.seen if isinstance(e, (p.Accepted, p.Cancelled))]
-    for earlier, later in zip(live[1:], live[2:]):
+    for earlier, later in zip(live[1:], live[2:], strict=False):
         assert order.index(("Cancelled", earlier)) < order.index(("Accepted", later))
 
 
