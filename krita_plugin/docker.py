@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .controller import Controller
+from .live_controls import LiveBox
 from .option_controls import OptionsBox, decimal_box
 from .qt import (
     ARROW_DOWN,
@@ -190,6 +191,8 @@ class DiffDiffPanel(QWidget):
         self.mode_pages.addWidget(page)
         self.mode_pages.setCurrentIndex(MODES.index(s.mode))
         layout.addWidget(self.mode_pages)
+        self.live_box = LiveBox(c)  # Live mode (issue 16): its toggle, Keep and its settings
+        layout.addWidget(self.live_box)
 
         # Advanced: folded by default.
         self.advanced_toggle = QToolButton()
@@ -379,6 +382,7 @@ class DiffDiffPanel(QWidget):
         self.generate.setEnabled(not blocker)
         self.generate.setToolTip(blocker)
         self.cancel.setEnabled(c.busy)
+        self.live_box.refresh()
 
     def refresh_history(self) -> None:
         self.history.clear()

@@ -166,3 +166,30 @@ def test_closing_the_document_turns_live_off_quietly():
     canvas.close()
     c.live.tick()
     assert not c.live.enabled and not [n for n in notices if n[0] == "error"]
+
+
+def test_the_docker_live_toggle_keep_and_settings():
+    from krita_plugin.docker import DiffDiffPanel
+    from plugin_fakes import FakeHost
+
+    canvas, _ = map_canvas()
+    c, client, _, _ = make(canvas)
+    c.capabilities.schedulers = ["DDIM", "Euler", "LCM"]
+    panel = DiffDiffPanel(FakeHost(canvas), controller=c)
+    panel.refresh()
+    box = panel.live_box
+    assert box.options.isHidden() and not box.keep.isEnabled()
+    box.toggle.setChecked(True)
+    assert c.live.enabled and len(client.frames) == 1 and not box.options.isHidden()
+    assert box.scheduler.itemData(1) == "LCM"  # the few-step scheduler proposed first
+    box.steps.setValue(4)
+    box.debounce.setValue(400)
+    assert (c.settings.live_steps, c.settings.live_debounce_ms) == (4, 400)
+    accept(client, job_id=3)
+    client.feed(result(3, 0, 11, Region(0, 0, W, H), picture(9)[..., [2, 1, 0, 3]]), protocol.Done(3, 1, 6, {}))
+    panel.refresh()
+    assert box.keep.isEnabled()
+    box.keep.click()
+    assert len(c.history.entries) == 1
+    box.toggle.setChecked(False)
+    assert not c.live.enabled and not live_layers(canvas)
