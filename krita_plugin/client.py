@@ -139,6 +139,37 @@ class ServerClient(QObject):
             frame = self._session.load_model(model)
         self._send([frame])
 
+    # -- map makers (make_map: the server makes a change map from the picture) ----------------------
+    def make_map(self, request: protocol.MakeMap, image_png: Callable[[], bytes]) -> int:
+        """Validate and queue one map request; returns its ref. Raises NotConnected or
+        protocol.ProtocolError before anything is sent; the picture is encoded off the UI thread
+        (as for submit), and a failure there comes back as an Error event carrying the ref."""
+        with self._lock:
+            session = self._session
+            if session is None or not session.connected:
+                raise NotConnected("Not connected to the server: start it, check the URL, then try again.")
+            if request.ref == 0:
+                request.ref = session.new_ref()
+            protocol.MakeMap.from_dict(request.to_dict(), session.capabilities)  # refuse early, here
+        self._run_soon(self._encode_map_and_send(session, request, image_png))
+        return request.ref
+
+    async def _encode_map_and_send(self, session: protocol.ClientSession, request: protocol.MakeMap,
+                                   encode: Callable[[], bytes]) -> None:
+        try:
+            png = await asyncio.get_running_loop().run_in_executor(None, encode)
+            with self._lock:
+                if self._session is not session:
+                    return
+                frames = session.make_map(request, png)
+        except protocol.ProtocolError as exc:
+            self._emit_event(protocol.Error(exc.code, exc.message, ref=request.ref))
+            return
+        except Exception as exc:
+            self._emit_event(protocol.Error("bad_image", f"Could not prepare the picture: {exc}", ref=request.ref))
+            return
+        await self._send_frames(frames)
+
     # -- loop thread ---------------------------------------------------------------------------------
     def _call_soon(self, fn) -> None:
         loop = self._loop

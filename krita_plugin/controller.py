@@ -28,7 +28,6 @@ methods serve the docker: `generate()` is `prepare_job` + `submit_job` with erro
 
 from __future__ import annotations
 
-import json
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -50,8 +49,9 @@ from .jobs import (
 )
 from .live import LiveMode
 from .qt import QApplication, QObject, QTimer, Signal
+from .model_choices import ModelChoicesMixin
 from .results import ResultsMixin
-from .settings import Settings, SettingsStore, limits_for, load_settings, parse_model_options, save_settings
+from .settings import Settings, SettingsStore, limits_for, load_settings, save_settings
 
 
 @dataclass
@@ -138,7 +138,7 @@ def pump_events(until, timeout_s: float, interval_s: float = 0.01) -> bool:
         time.sleep(interval_s)
 
 
-class Controller(ResultsMixin, QObject):
+class Controller(ResultsMixin, ModelChoicesMixin, QObject):
     changed = Signal()  # connection, progress or job state changed: the panel re-reads
     history_changed = Signal()
     notice = Signal(str, str)  # level ("info" | "warning" | "error"), a sentence for the painter
@@ -287,64 +287,6 @@ class Controller(ResultsMixin, QObject):
             self.notice.emit("error", exc.message)
             return False
         return True
-
-    # -- the model's own choices: its schedulers and options, as the server advertises them ---------
-    def model_name(self) -> str:
-        """The model the next job runs on: the one picked, else the server's current one."""
-        caps = self.capabilities
-        if self.settings.model and (caps is None or self.settings.model in caps.models):
-            return self.settings.model
-        return caps.current_model if caps is not None else ""
-
-    def model_info(self) -> protocol.ModelInfo | None:
-        """What the server said about the model the next job runs on (None: nothing yet)."""
-        return self.capabilities.info_for(self.model_name()) if self.capabilities is not None else None
-
-    def scheduler_names(self) -> list[str]:
-        """The schedulers that model runs with (flow-matching models have their own)."""
-        info = self.model_info()
-        if info is not None:
-            return list(info.schedulers)
-        return list(self.capabilities.schedulers) if self.capabilities is not None else []
-
-    def option_specs(self) -> list[protocol.OptionSpec]:
-        """The options that model takes (e.g. SDXL's refiner split, IF's stage II switch)."""
-        info = self.model_info()
-        return list(info.options) if info is not None else []
-
-    def _stored_options(self) -> dict:
-        return parse_model_options(self.settings.model_options) or {}
-
-    def option_value(self, spec: protocol.OptionSpec):
-        """The painter's value for an option, or its default (None: the server decides)."""
-        stored = self._stored_options().get(spec.name)
-        if stored is not None:
-            try:
-                return spec.check(stored, "options")
-            except protocol.ProtocolError:
-                pass  # stale (e.g. another model's range): the default
-        return spec.default
-
-    def set_option(self, name: str, value) -> None:
-        """Choose an option's value; None goes back to the default."""
-        values = self._stored_options()
-        if value is None:
-            values.pop(name, None)
-        else:
-            values[name] = value
-        self.update_settings(model_options=json.dumps(values, sort_keys=True) if values else "")
-
-    def chosen_options(self) -> dict:
-        """What a job sends as `options`: the painter's values for the options this model takes."""
-        stored, chosen = self._stored_options(), {}
-        for spec in self.option_specs():
-            if stored.get(spec.name) is None:
-                continue  # never chosen: the server's default
-            try:
-                chosen[spec.name] = spec.check(stored[spec.name], "options")
-            except protocol.ProtocolError:
-                pass  # stale (another model's range): the default
-        return chosen
 
     # -- scripting (blocking helpers that pump the Qt event loop; never used by the docker) --------------
     def wait_connected(self, timeout_s: float = 30.0) -> bool:

@@ -13,6 +13,8 @@ from typing import Any
 
 from .controller import Controller
 from .live_controls import LiveBox
+from .map_panel import MapsSection
+from .map_tools import MapTools
 from .option_controls import OptionsBox, decimal_box
 from .qt import (
     ARROW_DOWN,
@@ -240,6 +242,11 @@ class DiffDiffPanel(QWidget):
         form.addRow(self.options_box)
         self.advanced.setVisible(False)
         layout.addWidget(self.advanced)
+
+        # Maps: made from depth, a segment, the selection, a layer's alpha or a pattern (folded).
+        self.map_tools = MapTools(self.controller, parent=self)
+        self.maps = MapsSection(self.map_tools)
+        layout.addWidget(self.maps)
 
         # Results: thumbnails; click shows a variant on its job's layer, double-click applies it.
         self.history = QListWidget()

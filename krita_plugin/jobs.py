@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from shared import protocol
+from shared import map_transforms, protocol
 from shared.fan import fan_strengths
 from shared.protocol import Region
 from shared.regions import context_crop
@@ -200,13 +200,33 @@ def build_submit(settings: Settings, inputs: JobInputs, seed: int | None, ref: i
 # -- reading a job off a canvas (krita_io.DocumentCanvas's primitives, or a test's stand-in) -------
 
 
+MAP_NAME_SEPARATOR = " · "  # "Change Map · depth": a map the map tools made (map_tools.py)
+
+
+def is_map_layer_name(layer_name: str, name: str) -> bool:
+    """`name` itself, or `name · what` (a map made by the map tools, placed on top so it is read)."""
+    return layer_name == name or layer_name.startswith(name + MAP_NAME_SEPARATOR)
+
+
 def find_map_layer(layers, name: str, exclude: set[str] | frozenset = frozenset()):
-    """The topmost paint layer called `name` that the plugin did not make (None: there is none)."""
+    """The topmost paint layer named like the map (`is_map_layer_name`) that is not in `exclude`
+    (None: there is none)."""
     found = None
     for layer in layers:  # stack order: later = higher
-        if layer.name == name and layer.id not in exclude and layer.type != "selectionmask":
+        if is_map_layer_name(layer.name, name) and layer.id not in exclude and layer.type != "selectionmask":
             found = layer
     return found
+
+
+def maps_left_out(layers, name: str, read) -> list[str]:
+    """The layers that are maps, not picture: the map `read`, every map the map tools made
+    (`name · what`), and, when the map read is one of those, the painter's `name` layers it
+    superseded. (A painter's lower layer called exactly `name` beside a painted map on top stays
+    part of the picture, as it always did.)"""
+    read_id = read.id if read is not None else None
+    tool_made = read is not None and read.name != name
+    return [la.id for la in layers if la.type != "selectionmask" and (
+        la.id == read_id or (is_map_layer_name(la.name, name) and (la.name != name or tool_made)))]
 
 
 def nonzero_box(gray: bytes, width: int, height: int) -> Region | None:
@@ -278,6 +298,8 @@ def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = 
     full_map = box = None
     if settings.mode == "change_map":
         full_map = change_map_from_bgra(canvas.layer_pixels(map_layer.id, whole), width, height)
+        if settings.map_gamma != 1.0:  # the job's map curve (0 stays 0: kept pixels stay kept)
+            full_map = map_transforms.apply(map_transforms.gamma(settings.map_gamma), full_map)
         box = nonzero_box(full_map, width, height)
     elif soft is not None:
         box = nonzero_box(soft[1], soft[0].width, soft[0].height)
@@ -300,7 +322,7 @@ def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = 
                                 "Source to 'Visible picture'.")
         image = canvas.layer_pixels(source_node_id, crop)
     else:
-        hide = [i for i in (*hide_ids, map_layer.id if map_layer else None) if i]
+        hide = [i for i in (*hide_ids, *maps_left_out(layers, settings.map_layer, map_layer)) if i]
         image, converted = canvas.projection_pixels(crop, hide)
         if converted:
             notes.append(f"The {converted} picture was sent as 8-bit sRGB; results come back as 8-bit layers.")

@@ -329,6 +329,22 @@ class DocumentCanvas:
         self._give_back_active(painter_active)
         return True
 
+    def blur_layer(self, node_id: str, radius_px: int) -> bool:
+        """Krita's own Gaussian blur over one whole layer (the map tools soften their map with it)."""
+        node = self.node(node_id)
+        if node is None:
+            return False
+        width, height = self.size
+        blur = Krita.instance().filter("gaussian blur")
+        config = blur.configuration()
+        for key in ("horizRadius", "vertRadius"):
+            config.setProperty(key, int(radius_px))
+        blur.setConfiguration(config)
+        blur.apply(node, 0, 0, width, height)
+        self.document.waitForDone()
+        self._refresh_layer(node)
+        return True
+
     def layer_exists(self, node_id: str | None) -> bool:
         return self.node(node_id) is not None
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, fields
 from typing import Protocol
 
@@ -29,6 +30,7 @@ MAX_SOFTNESS_PX = 512
 MAX_GROW_PX = 256
 MAX_PREVIEW_EVERY = 100
 MAX_LIVE_DEBOUNCE_MS = 5000
+MIN_MAP_GAMMA, MAX_MAP_GAMMA = 0.2, 5.0
 
 
 def limits_for(capabilities=None) -> dict:
@@ -93,6 +95,8 @@ class Settings:
     live_debounce_ms: int = 250
     live_steps: int = 6
     live_scheduler: str = ""
+    # The job's map curve: a gamma on the change map sent (above 1: more change, below: gentler).
+    map_gamma: float = 1.0
 
     def validated(self) -> Settings:
         """A copy with every value clamped into its legal range (stored values can be stale or edited)."""
@@ -114,6 +118,8 @@ class Settings:
         s.preview_every = min(max(int(s.preview_every), 0), MAX_PREVIEW_EVERY)
         s.live_debounce_ms = min(max(int(s.live_debounce_ms), 0), MAX_LIVE_DEBOUNCE_MS)
         s.live_steps = min(max(int(s.live_steps), 1), limits["steps"])
+        gamma = float(s.map_gamma)
+        s.map_gamma = min(max(gamma, MIN_MAP_GAMMA), MAX_MAP_GAMMA) if math.isfinite(gamma) else 1.0
         s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""
         return s
 

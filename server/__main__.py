@@ -84,6 +84,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-region-pixels", type=int, default=None,
                         help="regions larger than this run downscaled (default: 1.5x the "
                              "model's native resolution per side, squared)")
+    parser.add_argument("--depth-model", default=None, metavar="MODEL",
+                        help="depth model for depth maps (Depth Anything, DPT; hub id or "
+                             "folder). Default: Depth-Anything-V2-Small-hf; tiny-depth beside "
+                             "a tiny --model")
+    parser.add_argument("--segment-model", default=None, metavar="MODEL",
+                        help="Segment-Anything model for maps from clicks (hub id or folder). "
+                             "Default: facebook/sam-vit-base; tiny-segments beside a tiny "
+                             "--model")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -151,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         max_pixels=args.max_pixels, max_message_bytes=args.max_message_bytes,
         max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
         extra_models=tuple(args.allow_model),
-        refiner=args.refiner, console_progress=None)
+        refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
+        segment_model=args.segment_model)
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
         from server.app import DiffusionServer  # torch, diffusers: after the bind check

@@ -36,6 +36,8 @@ from server import regions
 from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
 from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
+from server.map_jobs import MapJob, decode_picture
+from server.map_makers import MapMakers, default_map_models
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
@@ -201,7 +203,8 @@ class DiffusionServer:
         self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
                              console=ConsoleProgress(enabled=c.console_progress),
                              on_model_changed=self._model_changed,
-                             owner_ready=lambda session: not session.over_limit)
+                             owner_ready=lambda session: not session.over_limit,
+                             map_makers=self._map_makers())
         self.worker.start()
         self._listener = await serve(
             self._handle, c.host, c.port, max_size=c.max_message_bytes,
@@ -331,6 +334,23 @@ class DiffusionServer:
             session.send(p.Models(list(caps.models), caps.current_model, caps.model_info))
         elif isinstance(request, p.LoadModel):
             self.worker.submit(ModelLoad(next(self._ids), session, request.model, session.post))
+        elif isinstance(request, p.CompleteMakeMap):
+            await self._queue_map(session, request)
+
+    # --- map makers (server.map_jobs) ----------------------------------------------------------
+
+    def _map_makers(self) -> MapMakers:
+        c = self.config
+        models = default_map_models(c.model)
+        models.update({k: v for k, v in (("depth", c.depth_model),
+                                         ("segments", c.segment_model)) if v})
+        return MapMakers(models, device=str(c.device))
+
+    async def _queue_map(self, session: Session, complete: p.CompleteMakeMap) -> None:
+        request = complete.request
+        image = await asyncio.to_thread(decode_picture, complete.image_png, request.ref)
+        job = MapJob(next(self._ids), session, request, image, session.post)
+        self.worker.submit(job, session.protocol.accept(request, job.id))
 
     async def _queue_job(self, session: Session, complete: p.CompleteSubmit) -> None:
         # Decoding a big PNG and blurring a mask take a while: off the loop, so other clients'

@@ -36,6 +36,9 @@ class ServerConfig:
     # longer read (the job that is running still sends all its results).
     max_unread_bytes: int = 64 * 1024 * 1024
     console_progress: bool | None = False  # None: when stderr is a terminal
+    # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
+    depth_model: str | None = None
+    segment_model: str | None = None
 
     @property
     def models(self) -> list[str]:

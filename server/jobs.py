@@ -29,6 +29,7 @@ from PIL import Image
 
 from server.device import free_device_memory, is_out_of_memory
 from server.families import describe
+from server.map_jobs import MapJob, run_map_job
 from server.pipelines import Cancelled
 from server.regions import CanvasMap, RegionPlan, crop_inputs, paste_back, plan_region
 from shared import protocol as p
@@ -76,7 +77,7 @@ class ModelLoad:
     last_position: int | None = None
 
 
-Task = Job | ModelLoad
+Task = Job | ModelLoad | MapJob
 
 
 class ModelHost:
@@ -175,11 +176,13 @@ class Worker:
     def __init__(self, host: ModelHost, *, max_region_pixels: int | None = None,
                  console: ConsoleProgress | None = None,
                  on_model_changed: Callable[[str, Any, Task], None] | None = None,
-                 owner_ready: Callable[[Any], bool] | None = None) -> None:
+                 owner_ready: Callable[[Any], bool] | None = None,
+                 map_makers: Any = None) -> None:
         self.host = host
         # False for an owner whose earlier results still wait unread: its next task waits (the
         # others' run first) until it reads and someone calls wake().
         self.owner_ready = owner_ready or (lambda owner: True)
+        self.map_makers = map_makers  # server.map_makers.MapMakers: runs MapJob tasks
         self.max_region_pixels = max_region_pixels
         self.console = console or ConsoleProgress(enabled=False)
         self.on_model_changed = on_model_changed
@@ -296,6 +299,8 @@ class Worker:
             try:
                 if isinstance(task, ModelLoad):
                     self._run_load(task)
+                elif isinstance(task, MapJob):
+                    run_map_job(task, self.map_makers)
                 else:
                     self._run_job(task)
             except BaseException:  # the worker must survive anything one task does

@@ -14,7 +14,8 @@ Split by layer and by side, like a sans-I/O library (websockets, h11):
 - ``submit``: the submit message and its checks;
 - ``messages``: every other message, one dataclass each, encoding and decoding together;
 - ``client``: :class:`ClientSession`, the plugin's side of a connection;
-- ``server``: :class:`ServerSession`, the server's side (hello check, submit collection).
+- ``server``: :class:`ServerSession`, the server's side (hello check, submit collection);
+- ``maps``: the map makers' request (``make_map``) and answer (``map``).
 
 This module only re-exports, so ``from shared import protocol as p`` then ``p.Started`` works.
 
@@ -95,6 +96,7 @@ from .frames import (
     loads,
     png_size,
 )
+from .maps import MAP_KINDS, MAX_MAP_POINTS, CompleteMakeMap, MakeMap, MakeMapCollector, MapReady
 from .messages import (
     EVENT_TYPES,
     Accepted,
@@ -154,6 +156,7 @@ __all__ = [
     "LoadModel", "ModelInfo", "ModelLoaded", "Models", "OptionSpec", "Preview", "Progress",
     "ProtocolError", "QueuePosition", "Region", "Result", "ServerSession", "SoftInpaint",
     "Started", "SubmitCollector", "SubmitRequest", "Welcome",
+    "MAP_KINDS", "MAX_MAP_POINTS", "CompleteMakeMap", "MakeMap", "MakeMapCollector", "MapReady",
     "accepted", "cancel", "cancelled", "check_hello", "check_options", "decode_event",
     "decode_frame", "describe_close", "done", "dumps", "encode_frame", "error", "error_from",
     "hello", "is_text", "json_type", "list_models", "load_model", "loads", "model_loaded", "models",

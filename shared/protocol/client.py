@@ -16,6 +16,7 @@ from .constants import (
     ProtocolError,
 )
 from .frames import Frame, decode_frame, dumps, loads
+from .maps import MakeMap, MapReady
 from .messages import (
     Accepted,
     Cancel,
@@ -95,6 +96,14 @@ class ClientSession:
             job_id, ref = self.job_by_ref[ref], None
         return dumps(Cancel(job_id, ref).to_dict())
 
+    def make_map(self, request: MakeMap, image_png: bytes) -> list[str | bytes]:
+        """Frames to send for one map request (``request.ref`` 0 gets a fresh ref); checked
+        like the server will first."""
+        if request.ref == 0:
+            request.ref = self.new_ref()
+        MakeMap.from_dict(request.to_dict(), self.capabilities)
+        return request.frames(image_png)
+
     def list_models(self) -> str:
         return dumps(ListModels().to_dict())
 
@@ -125,14 +134,15 @@ class ClientSession:
 
     def _receive_message(self, message: dict[str, Any]) -> list[Event]:
         try:
-            event = decode_event(message)
+            event = (MapReady.from_dict(message) if message["type"] == MapReady.TYPE
+                     else decode_event(message))
         except ProtocolError as exc:
             if exc.code == E_BAD_VERSION:  # a welcome from another version: say so plainly
                 return [Error(exc.code, exc.message)]
             raise
         if event is None:
             return []
-        if isinstance(event, (Preview, Result)):
+        if isinstance(event, (Preview, Result, MapReady)):
             self._announced[(event.FRAME_KIND, event.job_id)] = event
             return []  # the event comes out with its picture, in _receive_frame
         self._track(event)

@@ -61,7 +61,7 @@ FEATURE_REPLACE = "replace"  # submit.replace: a live job replaces the client's 
 FEATURES = (FEATURE_REPLACE,)
 REPLACED_REASON = "replaced by a newer live job"
 
-CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model")
+CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model", "make_map")
 
 # Error codes (``error.code``); the message next to it is for the painter to read.
 E_BAD_JSON = "bad_json"

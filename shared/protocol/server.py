@@ -37,6 +37,7 @@ from .constants import (
 )
 from .frames import Frame, decode_frame, loads
 from .fields import is_text
+from .maps import CompleteMakeMap, MakeMap, MakeMapCollector
 from .messages import Accepted, Cancel, Cancelled, Error, Event, ListModels, LoadModel, Welcome
 from .submit import SubmitRequest, parse_submit
 
@@ -169,7 +170,7 @@ class SubmitCollector:
 
 # What ServerSession.receive hands the server to act on (a cancel's job_id is always set); an
 # Event is an answer to send as it is (a cancel by ref of a submit that was never accepted).
-ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel, Event]
+ClientRequest = Union[CompleteSubmit, Cancel, ListModels, LoadModel, CompleteMakeMap, Event]
 
 
 class ServerSession:
@@ -195,6 +196,7 @@ class ServerSession:
         self.max_jobs = max_jobs
         self.jobs_in_queue = jobs_in_queue or (lambda: 0)
         self.submits = SubmitCollector(capabilities, timeout_s=submit_timeout_s)
+        self.maps = MakeMapCollector(capabilities, timeout_s=submit_timeout_s)  # waiting for their picture
         self.job_by_ref: dict[int, int] = {}
 
     def receive_hello(self, data: str | bytes) -> Welcome:
@@ -219,13 +221,19 @@ class ServerSession:
             try:
                 frame = decode_frame(data)
             except ProtocolError as exc:
-                if exc.ref is not None:  # the header named a submit: this error ends it
+                if exc.ref is not None:  # the header named a submit (or a make_map): this error ends it
                     self.submits.drop(exc.ref)
+                    self.maps.drop(exc.ref)
                 raise
+            if self.maps.expects(frame.ref):
+                return [self.maps.add_frame(frame)]
             complete = self.submits.add_frame(frame)
             return [] if complete is None else [complete]
         message = loads(data)
         kind = message["type"]
+        if kind == "make_map":
+            self._make_map(message)
+            return []
         if kind == "submit":
             self._check_room(message)
             self.submits.add_submit(message)
@@ -241,7 +249,7 @@ class ServerSession:
         raise ProtocolError(E_UNKNOWN_TYPE, f"Unknown message type {kind!r}; expected one of "
                                             f"{', '.join(CLIENT_MESSAGE_TYPES)}.")
 
-    def accept(self, request: SubmitRequest, job_id: int, seed: int) -> Accepted:
+    def accept(self, request: SubmitRequest | MakeMap, job_id: int, seed: int = 0) -> Accepted:
         """The server queued ``request`` as job ``job_id``: its ``accepted`` (the queue fills in
         the position), and from now on a cancel by its ref names that job."""
         self.job_by_ref[request.ref] = job_id
@@ -249,16 +257,18 @@ class ServerSession:
 
     def next_deadline(self) -> float | None:
         """When the next half-sent submit expires (``time.monotonic``); None: none is waiting."""
-        return self.submits.next_deadline()
+        deadlines = [d for d in (self.submits.next_deadline(), self.maps.next_deadline()) if d is not None]
+        return min(deadlines, default=None)
 
     def expire(self) -> list[Error]:
         """The errors for submits whose frames did not come in time (they are dropped)."""
-        return [Error.from_exception(exc) for exc in self.submits.expire()]
+        return [Error.from_exception(exc) for exc in self.submits.expire() + self.maps.expire()]
 
     def _check_room(self, message: dict[str, Any]) -> None:
         if self.max_jobs is None:
             return
-        if self.jobs_in_queue() + len(self.submits.pending_refs) >= self.max_jobs:
+        waiting = len(self.submits.pending_refs) + len(self.maps.pending_refs)
+        if self.jobs_in_queue() + waiting >= self.max_jobs:
             ref = message.get("ref")
             ref = ref if type(ref) is int and 0 <= ref <= MAX_REF else None
             if ref is not None:
@@ -271,6 +281,8 @@ class ServerSession:
         if job_id is None and ref is not None:
             if self.submits.drop(ref):  # its frames never all arrived: nothing was queued
                 return [Cancelled(None, "cancelled by the client before it was accepted", ref)]
+            if self.maps.drop(ref):  # a make_map whose picture never came: nothing was queued
+                return [Cancelled(None, "cancelled by the client before it was accepted", ref)]
             job_id = self.job_by_ref.get(ref)
             if job_id is None:
                 raise ProtocolError(E_UNKNOWN_JOB, f"No submit with ref {ref} is waiting or "
@@ -279,6 +291,15 @@ class ServerSession:
             raise ProtocolError(E_BAD_MESSAGE, "cancel needs a 'job_id' (or the submit's "
                                                "'ref').")
         return [Cancel(job_id=job_id)]
+
+    def _make_map(self, message: dict[str, Any]) -> None:
+        """A ``make_map``: counted like a job; its picture frame completes it."""
+        self._check_room(message)
+        ref = message.get("ref")
+        if ref in self.submits.pending_refs:
+            raise ProtocolError(E_BAD_MESSAGE, f"ref {ref} is already waiting for a submit's "
+                                               f"frames; use a new ref.", ref=ref)
+        self.maps.add_request(message)
 
     def _load_model(self, request: LoadModel) -> LoadModel:
         models = self.capabilities.models

@@ -226,6 +226,18 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     assert generated["create_map"] == {"added": ["Change Map"], "active_kept": True}, generated["create_map"]
     assert not [line for line in log.splitlines() if "ASSERT" in line and "shape" in line], log[-3000:]
 
+    # Maps > Depth on the real server (its tiny depth model): exactly one new layer, on top, and every
+    # layer of the painter's unchanged; Invert in the transform row then rewrites that layer only.
+    maps = generated["maps"]
+    before = {la["id"]: la for la in maps["before"]}
+    made = {la["id"]: la for la in maps["made"]}
+    added = [la for la_id, la in made.items() if la_id not in before]
+    assert [la["name"] for la in added] == ["Change Map · depth"], (added, maps["notices"])
+    assert maps["made"][-1]["id"] == added[0]["id"] and all(made[i] == la for i, la in before.items())
+    shaped = {la["id"]: la for la in maps["shaped"]}
+    assert [i for i, la in made.items() if shaped[i] != la] == [added[0]["id"]]
+    assert not [n for n in maps["notices"] if n[0] == "error"], maps["notices"]
+
     # At 260 x 300 px the prompt, Generate and the progress are in sight without scrolling.
     fit = generated["fit"]
     assert fit["horizontal_scroll"] == 0, fit

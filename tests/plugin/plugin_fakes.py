@@ -188,6 +188,21 @@ class FakeCanvas:
         self._paste(region, bgra, layer.bgra)
         return True
 
+    def blur_layer(self, layer_id, radius_px):
+        """Krita blurs with its Gaussian filter; this stand-in box-blurs each channel (edges clamped)."""
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            return False
+        assert layer.owner == "plugin", "the plugin blurred a painter's layer"
+        r = int(radius_px)
+        padded = np.pad(layer.bgra.astype(np.float64), ((r, r), (r, r), (0, 0)), mode="edge")
+        kernel = np.ones(2 * r + 1) / (2 * r + 1)
+        for axis in (0, 1):
+            padded = np.apply_along_axis(lambda v: np.convolve(v, kernel, mode="same"), axis, padded)
+        layer.bgra = padded[r:r + self.height, r:r + self.width].round().astype(np.uint8)
+        return True
+
     def layer_exists(self, layer_id):
         self._alive()
         return self.find(layer_id) is not None
@@ -255,6 +270,11 @@ class RecordingClient(QObject):
     def submit(self, request, image_png, map_gray8):
         png = image_png() if callable(image_png) else image_png  # the real client encodes on its thread
         self.frames.append(self.session.submit(request, png, map_gray8))
+        return request.ref
+
+    def make_map(self, request, image_png):  # map makers (krita_plugin.map_tools)
+        png = image_png() if callable(image_png) else image_png
+        self.frames.append(self.session.make_map(request, png))
         return request.ref
 
     def cancel(self, job_id=None, ref=None):

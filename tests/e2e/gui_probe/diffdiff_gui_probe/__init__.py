@@ -360,9 +360,43 @@ class GuiProbe(Extension):
                 "added": [layer["name"] for layer in after if layer["id"] not in known],
                 "active_kept": (doc.activeNode().uniqueId().toString() if doc.activeNode() else None) == active,
             }
+            self._map_from_depth(path, report, doc)
+            return
         except Exception:
             report["errors"].append(traceback.format_exc())
         _write_json(path, report)
+
+    def _map_from_depth(self, path, report, doc):
+        """Last of all: Maps > Depth (the real server's depth model), then Invert in the transform
+        row; the layers before, once the map came, and after Invert."""
+        (dock,) = _dockers(_window())
+        panel = dock.panel
+        panel.maps.toggle.setChecked(True)
+        maps = report["maps"] = {"before": _layers(doc), "notices": []}
+        panel.controller.notice.connect(lambda kind, text: maps["notices"].append([kind, text]))
+        panel.maps.depth.click()
+        deadline = time.monotonic() + JOB_WAIT_S
+
+        def wait():
+            try:
+                if panel.map_tools.busy and time.monotonic() < deadline:
+                    QTimer.singleShot(100, wait)
+                    return
+                maps["made"] = _layers(doc)
+                panel.maps.invert.setChecked(True)  # the transform row redraws that layer a moment later
+                QTimer.singleShot(600, shaped)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
+
+        def shaped():
+            try:
+                maps["shaped"] = _layers(doc)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+        QTimer.singleShot(100, wait)
 
     def _during(self, job, panel, doc, setup, state):
         """What the painter does while the job runs, once its preview is on the canvas."""
