@@ -92,6 +92,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Segment-Anything model for maps from clicks (hub id or folder). "
                              "Default: facebook/sam-vit-base; tiny-segments beside a tiny "
                              "--model")
+    parser.add_argument("--lora", default=None, metavar="FILE",
+                        help="a LoRA (.safetensors, e.g. an LCM-LoRA for Live mode) merged into --model at start")
+    parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
+                        help="how strongly the LoRA counts (default 1)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -160,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
         max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
         extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
-        segment_model=args.segment_model)
+        segment_model=args.segment_model, lora=args.lora, lora_scale=args.lora_scale)
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
         from server.app import DiffusionServer  # torch, diffusers: after the bind check
@@ -170,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        if type(exc).__name__ == "ModelNotFoundError":
+        if type(exc).__name__ in ("ModelNotFoundError", "LoraError"):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

@@ -182,8 +182,13 @@ class DiffusionServer:
         from server.models import load_pipeline
 
         refiner = self.config.refiner if model == self.config.model else None
-        return load_pipeline(model, device=self.config.device,
+        pipe = load_pipeline(model, device=self.config.device,
                              dtype=self.config.dtype or torch.float32, refiner=refiner)
+        if self.config.lora and model == self.config.model:  # made for that model's architecture
+            from server.models.lora import merge_lora
+
+            merge_lora(pipe, self.config.lora, self.config.lora_scale)
+        return pipe
 
     # --- life cycle ---------------------------------------------------------------------------
 

@@ -39,6 +39,9 @@ class ServerConfig:
     # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
     depth_model: str | None = None
     segment_model: str | None = None
+    # --lora: a local .safetensors LoRA merged into ``model`` at load (server.models.lora).
+    lora: str | None = None
+    lora_scale: float = 1.0
 
     @property
     def models(self) -> list[str]:
