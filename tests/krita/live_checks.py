@@ -54,5 +54,6 @@ def look_cost(args: dict) -> dict:
         seen[width] = watcher.changed(canvas, layer_id)
         after_ms.append((time.perf_counter() - started) * 1000)
     doc.close()
-    return {"look_ms": look_ms, "look_after_stroke_ms": max(after_ms), "full_read_ms": full_ms, "unchanged_look_says_changed": unchanged,
+    return {"look_ms": look_ms, "look_after_stroke_ms": max(after_ms), "full_read_ms": full_ms,
+            "unchanged_look_says_changed": unchanged,
             "stroke_seen": seen, "thumbnail_px": THUMBNAIL_PX}
