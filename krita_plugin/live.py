@@ -182,8 +182,10 @@ class LiveMode(QObject):
     # -- drawing on the Live layer -------------------------------------------------------------------
     def draw(self, job: Any, region: Region, pixels: bytes) -> bool:
         """Put a live job's preview or result on the Live layer (made again if it was deleted);
-        what the last job drew elsewhere is cleared."""
+        what the last job drew elsewhere is cleared. Nothing once Live is off (a late preview)."""
         canvas = job.canvas
+        if not self.enabled or canvas is not self.canvas:
+            return False
 
         def write() -> bool:
             old = self.shown_region

@@ -114,6 +114,19 @@ def test_keep_adds_a_result_layer_and_live_off_removes_the_live_layer():
     assert client.cancels[-1]["ref"] == protocol.loads(client.frames[-1][0])["ref"]
 
 
+def test_a_preview_or_result_arriving_after_live_off_draws_nothing():
+    canvas, _ = map_canvas()
+    c, client, _, _ = make(canvas)
+    c.live.set_enabled(True)
+    accept(client, job_id=3)
+    c.live.set_enabled(False)
+    region = Region(0, 0, W, H)
+    client.feed(protocol.Preview(3, 1, region, rgba_png(np.full((H, W, 4), 90, np.uint8)), W, H))
+    pump_events(lambda: False, 0.4)
+    client.feed(result(3, 0, 11, region, picture(9)[..., [2, 1, 0, 3]]), protocol.Cancelled(3, "cancelled"))
+    assert not live_layers(canvas) and len(canvas.layers_) == 2
+
+
 def test_an_older_server_without_replace_gets_the_previous_live_job_cancelled():
     canvas, map_id = map_canvas()
     c, client, _, _ = make(canvas)
