@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import logging
 import os
 import signal
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from server.config import DEFAULT_MODEL, ConfigError, ServerConfig, check_bind
+from server.users import load_users
 from shared import protocol as p
 
 log = logging.getLogger("server")
@@ -43,6 +45,14 @@ def resolve_dtype(name: str, device: str) -> Any:
         # Half precision halves memory and doubles speed on GPUs; CPUs are slow or wrong in it.
         return torch.float32 if device == "cpu" else torch.float16
     return getattr(torch, name)
+
+
+def replicas_arg(text: str) -> int | str:
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError("a number of replicas (1 or more) or 'auto'")
+    return int(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -96,6 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a LoRA (.safetensors, e.g. an LCM-LoRA for Live mode) merged into --model at start")
     parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
                         help="how strongly the LoRA counts (default 1)")
+    studio = parser.add_argument_group("studio (many painters, many GPUs)")
+    studio.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
+                        help="inprocess: one worker in this process (default); ray: workers on "
+                             "a Ray Serve deployment (pip install '.[ray]')")
+    studio.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                        help="join this Ray cluster (auto, ray://host:10001); default: start a "
+                             "local Ray instance")
+    studio.add_argument("--replicas", type=replicas_arg, default="auto", metavar="N|auto",
+                        help="workers in the pool (auto: one per GPU; one on the CPU without)")
+    studio.add_argument("--users", default=None, metavar="FILE",
+                        help="studio users: a JSON file of name -> token, optional max_jobs and "
+                             "models (see the README's Studio section)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser.parse_args(argv)
 
@@ -149,12 +171,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    models = list(dict.fromkeys([args.model, *args.allow_model]))
     try:
         token = read_token(args, os.environ)
+        users = load_users(args.users, models) if args.users else None
         # Before the (slow) model load: a refused bind should fail at once.
-        check_bind(args.host, token)
+        check_bind(args.host, token or ("users" if users else None))
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.engine == "ray" and importlib.util.find_spec("ray") is None:
+        print("error: --engine ray needs Ray Serve: pip install '.[ray]'", file=sys.stderr)
         return 2
     device = args.device or best_device()
     config = ServerConfig(
@@ -164,7 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
         extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
-        segment_model=args.segment_model, lora=args.lora, lora_scale=args.lora_scale)
+        segment_model=args.segment_model, lora=args.lora, lora_scale=args.lora_scale, engine=args.engine,
+        ray_address=args.ray_address, replicas=args.replicas, users=users)
+    if users:
+        log.info("studio users: %s", ", ".join(u.name for u in users.users))
     log.info("loading %s on %s (%s)", args.model, device, args.dtype)
     try:
         from server.app import DiffusionServer  # torch, diffusers: after the bind check

@@ -38,6 +38,7 @@ from server.families import FAMILIES, describe, guess_info
 from server.jobs import ConsoleProgress, Job, ModelHost, ModelLoad, Worker
 from server.map_jobs import MapJob, decode_picture
 from server.map_makers import MapMakers, default_map_models
+from server.users import check_user_model, studio_user, user_models, user_welcome
 from shared import protocol as p
 
 log = logging.getLogger("server.app")
@@ -67,10 +68,11 @@ class Session:
         self.server = server
         self.connection = connection
         self.loop = asyncio.get_running_loop()
+        self.user: Any = None  # server.users.User, once the handshake named one (--users)
         self.protocol = p.ServerSession(
             server.capabilities, token=server.config.token, server_name=SERVER_NAME,
             max_jobs=server.config.max_jobs_per_client,
-            jobs_in_queue=lambda: server.worker.count(self),
+            jobs_in_queue=lambda: server.jobs_of(self),
             submit_timeout_s=server.config.submit_frames_timeout_s)
         self._outbox: asyncio.Queue[tuple[list[str | bytes], bool, int]] = asyncio.Queue()
         self._queued_previews = 0
@@ -84,6 +86,11 @@ class Session:
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.connection.remote_address}>"
+
+    @property
+    def name(self) -> str:
+        """How the log names this client: its number, and its studio user when it has one."""
+        return f"{self.id} ({self.user.name})" if self.user is not None else str(self.id)
 
     def post(self, message: p.Event) -> None:
         """Queue ``message`` for this client, from any thread (the worker's, mostly)."""
@@ -167,9 +174,11 @@ class DiffusionServer:
     """The model host, the worker and the websocket listener."""
 
     def __init__(self, config: ServerConfig, loader: Callable[[str], Any] | None = None) -> None:
-        check_bind(config.host, config.token)
+        # A users file is a token per user: the bind check counts it as one.
+        check_bind(config.host, config.token or ("users" if config.users else None))
         self.config = config
         self.host = ModelHost(loader or self._default_loader, config.model)
+        self._custom_loader = loader  # the Ray engine's replicas load with it too (tests)
         self.capabilities: p.Capabilities | None = None
         self.worker: Worker | None = None
         self._listener: Any = None
@@ -193,23 +202,36 @@ class DiffusionServer:
     # --- life cycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        pipe = await asyncio.to_thread(self.host.load_initial)
         c = self.config
+        if c.engine == "ray":  # the studio pool: the default model loads on a replica
+            from server.ray_engine import PoolOptions, RayEngine
+
+            self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas),
+                                    on_model_info=self._model_described,
+                                    loader=self._custom_loader,
+                                    owner_ready=lambda session: not session.over_limit,
+                                    map_makers=self._map_makers())
+            current, native = await self.worker.start_pool()
+            device = f"ray ({self.worker.slots} replica(s))"
+        else:
+            pipe = await asyncio.to_thread(self.host.load_initial)
+            current, native, device = describe(pipe), int(pipe.native_resolution), str(c.device)
         # Every model: its family and schedulers guessed from its id; the loaded one described
         # by its pipeline (options included), and so is each model once it has been loaded.
         info = {name: guess_info(name) for name in c.models}
-        current = info[self.host.name] = describe(pipe)
+        info[self.host.name] = current
         self.capabilities = p.Capabilities(
             models=c.models, current_model=self.host.name, schedulers=list(current.schedulers),
-            families=list(FAMILIES), native_resolution=int(pipe.native_resolution),
+            families=list(FAMILIES), native_resolution=native,
             max_pixels=c.max_pixels, max_message_bytes=c.max_message_bytes,
             max_steps=p.MAX_STEPS, max_variants=p.MAX_VARIANTS,
-            token_required=bool(c.token), device=str(c.device), model_info=info)
-        self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
-                             console=ConsoleProgress(enabled=c.console_progress),
-                             on_model_changed=self._model_changed,
-                             owner_ready=lambda session: not session.over_limit,
-                             map_makers=self._map_makers())
+            token_required=bool(c.token or c.users), device=device, model_info=info)
+        if self.worker is None:
+            self.worker = Worker(self.host, max_region_pixels=c.max_region_pixels,
+                                 console=ConsoleProgress(enabled=c.console_progress),
+                                 on_model_changed=self._model_changed,
+                                 owner_ready=lambda session: not session.over_limit,
+                                 map_makers=self._map_makers())
         self.worker.start()
         self._listener = await serve(
             self._handle, c.host, c.port, max_size=c.max_message_bytes,
@@ -243,6 +265,18 @@ class DiffusionServer:
         host = f"[{host}]" if ":" in host else host
         return f"ws://{host}:{self.port}"
 
+    def jobs_of(self, session: Session) -> int:
+        """Jobs counted against ``session``'s cap: its own, or all its studio user's."""
+        if session.user is None:
+            return self.worker.count(session)
+        return sum(self.worker.count(s) for s in {session, *self.sessions} if s.user is session.user)
+
+    def _model_described(self, model: str, info: p.ModelInfo, native: int) -> None:
+        """A pool replica loaded ``model``: later handshakes describe it from its pipeline. (The
+        pool has no single current model: each job names its own, or runs the default.)"""
+        caps = self.capabilities
+        caps.model_info = {**caps.model_info, model: info}
+
     def _model_changed(self, model: str, pipe: Any, task: Any = None) -> None:
         """Another model is loaded (by ``task``, a load or a job): new handshakes and submits see
         its schedulers and options, and every other client is told (the task's own client hears
@@ -270,14 +304,14 @@ class DiffusionServer:
         if not await self._handshake(session):
             return
         self.sessions.add(session)
-        log.info("client %d connected from %s", session.id, connection.remote_address)
+        log.info("client %s connected from %s", session.name, connection.remote_address)
         helpers = [asyncio.create_task(session.pump()), asyncio.create_task(session.expire_submits())]
         try:
             async for data in connection:
                 await self._dispatch(session, data)
                 await session.until_reading()  # a client that does not read is not read either
         except ConnectionClosed as exc:
-            log.info("client %d: connection closed (%s)", session.id, exc)
+            log.info("client %s: connection closed (%s)", session.name, exc)
         finally:
             session.closed = True
             self.sessions.discard(session)
@@ -286,7 +320,7 @@ class DiffusionServer:
                 helper.cancel()
                 with contextlib.suppress(asyncio.CancelledError, ConnectionClosed):
                     await helper
-            log.info("client %d disconnected%s", session.id,
+            log.info("client %s disconnected%s", session.name,
                      f"; cancelled {cancelled} job(s)" if cancelled else "")
 
     async def _handshake(self, session: Session) -> bool:
@@ -299,7 +333,13 @@ class DiffusionServer:
         except ConnectionClosed:
             return False
         try:
+            if self.config.users:
+                session.user = studio_user(self.config.users, first)
+                if session.user.max_jobs is not None:
+                    session.protocol.max_jobs = session.user.max_jobs
             welcome = session.protocol.receive_hello(first)
+            if session.user is not None:
+                welcome = user_welcome(welcome, session.user)
         except p.ProtocolError as exc:
             log.warning("refused %s: %s", connection.remote_address, exc.message)
             with contextlib.suppress(ConnectionClosed):
@@ -318,13 +358,15 @@ class DiffusionServer:
             for request in session.protocol.receive(data):
                 await self._serve(session, request)
         except p.ProtocolError as exc:
-            log.info("client %d: %s: %s", session.id, exc.code, exc.message)
+            log.info("client %s: %s: %s", session.name, exc.code, exc.message)
             session.send(p.Error.from_exception(exc))
         except Exception as exc:  # a bug must cost one request, not the connection
-            log.exception("client %d: unexpected error", session.id)
+            log.exception("client %s: unexpected error", session.name)
             session.send(p.Error(p.E_JOB_FAILED, f"Internal server error: {exc}"))
 
     async def _serve(self, session: Session, request: p.ClientRequest) -> None:
+        if session.user is not None:
+            check_user_model(session.user, request, self.capabilities.current_model)
         if isinstance(request, p.Event):  # the protocol's own answer (a submit cancelled by ref)
             session.send(request)
         elif isinstance(request, p.CompleteSubmit):
@@ -335,8 +377,7 @@ class DiffusionServer:
                                                        f"queued or running (it may have "
                                                        f"finished).", job_id=request.job_id)
         elif isinstance(request, p.ListModels):
-            caps = self.capabilities
-            session.send(p.Models(list(caps.models), caps.current_model, caps.model_info))
+            session.send(user_models(session.user, self.capabilities))
         elif isinstance(request, p.LoadModel):
             self.worker.submit(ModelLoad(next(self._ids), session, request.model, session.post))
         elif isinstance(request, p.CompleteMakeMap):
@@ -373,11 +414,11 @@ class DiffusionServer:
             exc.ref = request.ref  # every error about a submit names it
             raise
         except Exception as exc:  # a bug: this submit fails, with its ref, and the log says why
-            log.exception("client %d: submit %d failed", session.id, request.ref)
+            log.exception("client %s: submit %d failed", session.name, request.ref)
             raise p.ProtocolError(p.E_JOB_FAILED, f"Internal server error: {exc}",
                                   ref=request.ref) from None
-        log.debug("job %d queued for client %d: %s %dx%d, %d steps, %d variant(s)", job.id,
-                  session.id, request.mode, request.width, request.height, request.steps,
+        log.debug("job %d queued for client %s: %s %dx%d, %d steps, %d variant(s)", job.id,
+                  session.name, request.mode, request.width, request.height, request.steps,
                   request.variants)
 
     def _replace_live(self, session: Session, job_id: int) -> None:

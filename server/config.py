@@ -42,6 +42,11 @@ class ServerConfig:
     # --lora: a local .safetensors LoRA merged into ``model`` at load (server.models.lora).
     lora: str | None = None
     lora_scale: float = 1.0
+    # --- studio (issue 17): the engine running jobs, and who may connect ---
+    engine: str = "inprocess"  # or "ray": workers on a Ray Serve deployment (server.ray_engine)
+    ray_address: str | None = None  # None: start a local Ray instance
+    replicas: int | str = "auto"  # ray: a number, or "auto" (one per GPU; one CPU replica without)
+    users: Any = None  # server.users.Users (--users FILE): per-user tokens, caps and models
 
     @property
     def models(self) -> list[str]:

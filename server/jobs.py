@@ -18,7 +18,6 @@ import logging
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -28,6 +27,7 @@ import torch
 from PIL import Image
 
 from server.device import free_device_memory, is_out_of_memory
+from server.fair_queue import FairQueue
 from server.families import describe
 from server.map_jobs import MapJob, run_map_job
 from server.pipelines import Cancelled
@@ -187,7 +187,7 @@ class Worker:
         self.console = console or ConsoleProgress(enabled=False)
         self.on_model_changed = on_model_changed
         self._cv = threading.Condition()
-        self._pending: deque[Task] = deque()
+        self._pending: FairQueue[Task] = FairQueue()  # round-robin by client (server.fair_queue)
         self._running: Task | None = None
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="diffusion-worker", daemon=True)
@@ -204,11 +204,12 @@ class Worker:
             if self._stopping:
                 raise p.ProtocolError(p.E_SHUTTING_DOWN, "The server is shutting down.")
             self._pending.append(task)
-            position = len(self._pending) - 1 + (self._running is not None)
+            position = self._pending.index(task) + (self._running is not None)
             task.last_position = position
             if accepted is not None:
                 task.send(replace(accepted, position=position))
             self._cv.notify()
+        self._announce_positions()  # a newcomer may go before another client's later tasks
         return position
 
     def wake(self) -> None:
@@ -293,21 +294,26 @@ class Worker:
                     self._cv.wait(1.0 if self._pending else None)
                 if self._stopping:
                     return
-                self._pending.remove(task)
+                self._pending.take(task)  # its owner's turn is used (server.fair_queue)
                 self._running = task
             self._announce_positions()
             try:
-                if isinstance(task, ModelLoad):
-                    self._run_load(task)
-                elif isinstance(task, MapJob):
-                    run_map_job(task, self.map_makers)
-                else:
-                    self._run_job(task)
-            except BaseException:  # the worker must survive anything one task does
-                log.exception("task %d crashed the worker loop", task.id)
+                self.run(task)
             finally:
                 with self._cv:
                     self._running = None
+
+    def run(self, task: Task) -> None:
+        """Run one task on the calling thread, now (the loop's body; a Ray replica's too)."""
+        try:
+            if isinstance(task, ModelLoad):
+                self._run_load(task)
+            elif isinstance(task, MapJob):
+                run_map_job(task, self.map_makers)
+            else:
+                self._run_job(task)
+        except BaseException:  # the worker must survive anything one task does
+            log.exception("task %d crashed the worker loop", task.id)
 
     def _announce_positions(self) -> None:
         """Tell each waiting task's client its new place in the queue, when it changed."""

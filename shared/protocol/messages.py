@@ -119,10 +119,14 @@ class Welcome(Event):
     TYPE: ClassVar[str] = "welcome"
     capabilities: Capabilities
     server: str = ""
+    user: str = ""  # the studio user the token names (server --users); "" without
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "welcome", "protocol": PROTOCOL_VERSION, "server": self.server,
-                "capabilities": self.capabilities.to_dict()}
+        message = {"type": "welcome", "protocol": PROTOCOL_VERSION, "server": self.server,
+                   "capabilities": self.capabilities.to_dict()}
+        if self.user:
+            message["user"] = self.user
+        return message
 
     @classmethod
     def from_dict(cls, m: dict[str, Any]) -> Welcome:
@@ -132,7 +136,7 @@ class Welcome(Event):
                                                f"this plugin speaks {PROTOCOL_VERSION}. Update "
                                                f"the plugin or the server so they match.")
         caps = Capabilities.from_dict(read_obj(m, "capabilities", required=True, where="welcome"))
-        return cls(caps, str(m.get("server", "")))
+        return cls(caps, str(m.get("server", "")), str(m.get("user", "")))
 
 
 @dataclass
