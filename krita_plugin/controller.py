@@ -47,6 +47,7 @@ from .jobs import (
     pick_seed,
     read_job_inputs,
 )
+from .live import LiveMode
 from .qt import QApplication, QObject, QTimer, Signal
 from .model_choices import ModelChoicesMixin
 from .results import ResultsMixin
@@ -74,6 +75,7 @@ class ActiveJob:
     preview_id: str | None = None
     preview_region: Region | None = None
     pending_preview: Any = None  # the newest preview not drawn yet (older ones are skipped)
+    live: bool = False  # a Live mode job: drawn on the Live layer (live.py), replaced by the next
 
 
 @dataclass
@@ -166,6 +168,7 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         self._changed_timer.setSingleShot(True)
         self._changed_timer.timeout.connect(self.changed.emit)
         self._init_results()
+        self.live = LiveMode(self)
 
     def settled(self) -> bool:
         """Nothing waiting to be drawn: no preview and no panel refresh pending (for scripts)."""
@@ -227,17 +230,19 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         self.changed.emit()
 
     # -- generating ----------------------------------------------------------------------------------
-    def prepare_job(self) -> PreparedJob:
-        """Read the active document and build its job (nothing is sent).
+    def prepare_job(self, settings: Settings | None = None) -> PreparedJob:
+        """Read the active document and build its job (nothing is sent); `settings` instead of the
+        painter's (Live mode's).
 
         Raises JobInputError, ImageError or protocol.ProtocolError with a sentence for the painter.
         """
         canvas = self.host.active_canvas()
         if canvas is None:
             raise JobInputError("Open a document first.")
-        settings = self.settings.validated()
+        settings = (settings or self.settings).validated()
         try:
             hide = tuple(job.preview_id for job in self.jobs.values() if job.preview_id and job.canvas is canvas)
+            hide += self.live.hidden_layers(canvas)
             native = self.capabilities.native_resolution if self.capabilities is not None else None
             inputs = read_job_inputs(canvas, settings, native, hide)
         except DocumentGone:
@@ -252,8 +257,9 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         request.options = self.chosen_options() or None
         return PreparedJob(request, inputs.change_map if request.needs_map else None, inputs, canvas, seed)
 
-    def submit_job(self, job: PreparedJob) -> JobOutcome:
-        """Send a prepared job; raises NotConnected or protocol.ProtocolError (e.g. over the server's limits)."""
+    def submit_job(self, job: PreparedJob, live: bool = False) -> JobOutcome:
+        """Send a prepared job (`live`: Live mode's, see live.py); raises NotConnected or
+        protocol.ProtocolError (e.g. over the server's limits)."""
         settings = self.settings.validated()
         ref = self.client.submit(job.request, job.encode, job.map_gray8)  # encoded off the UI thread
         self.last_seed = job.seed
@@ -263,8 +269,8 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         crop = inputs.crop or Region(0, 0, inputs.width, inputs.height)
         layer = JobLayer(job.canvas, above, below, job.map_gray8, crop)
         self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=inputs.label,
-                                      layer=layer, variants=settings.variants, seed=job.seed,
-                                      submitted_at=time.monotonic(), outcome=outcome)
+                                      layer=layer, variants=job.request.variants, seed=job.seed,
+                                      submitted_at=time.monotonic(), outcome=outcome, live=live)
         for note in inputs.notes:
             self.notice.emit("warning", note)
         self.changed.emit()
@@ -408,7 +414,8 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         server = ev.timings.get("total_s")
         on_server = f" ({server:.1f} s on the server)" if server is not None else ""
         text = f"Done in {waited:.1f} s{on_server}: {ev.images} image(s), {ev.steps_run} steps."
-        self.notice.emit("info", text)
+        if not job.live:  # a live job a stroke: no notice each time
+            self.notice.emit("info", text)
         self._finish(job, "done", text)
 
     def _on_Cancelled(self, ev: protocol.Cancelled) -> None:
@@ -418,7 +425,8 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
             return
         self._remove_preview(job)
         text = "Cancelled." if job.cancel_requested else f"The server stopped the job: {ev.reason}."
-        self.notice.emit("info" if job.cancel_requested else "warning", text)
+        if not job.live:  # live jobs are replaced all the time: that is no news
+            self.notice.emit("info" if job.cancel_requested else "warning", text)
         self._finish(job, "cancelled", ev.reason)
 
     def _on_Error(self, ev: protocol.Error) -> None:

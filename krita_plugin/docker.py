@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from .controller import Controller
+from .live_controls import LiveBox
 from .map_panel import MapsSection
 from .map_tools import MapTools
 from .option_controls import OptionsBox, decimal_box
@@ -192,6 +193,8 @@ class DiffDiffPanel(QWidget):
         self.mode_pages.addWidget(page)
         self.mode_pages.setCurrentIndex(MODES.index(s.mode))
         layout.addWidget(self.mode_pages)
+        self.live_box = LiveBox(c)  # Live mode (issue 16): its toggle, Keep and its settings
+        layout.addWidget(self.live_box)
 
         # Advanced: folded by default.
         self.advanced_toggle = QToolButton()
@@ -386,6 +389,7 @@ class DiffDiffPanel(QWidget):
         self.generate.setEnabled(not blocker)
         self.generate.setToolTip(blocker)
         self.cancel.setEnabled(c.busy)
+        self.live_box.refresh()
 
     def refresh_history(self) -> None:
         self.history.clear()

@@ -18,6 +18,7 @@ from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 
 from shared.protocol import Region
 
+from .images import image_to_bgra
 from .jobs import DocumentGone, JobInputError, LayerInfo
 from .qt import SCROLL_OFF, QApplication, QScrollArea, QTimer
 from .settings import SETTINGS_GROUP
@@ -163,6 +164,16 @@ class DocumentCanvas:
         if len(data) != region.width * region.height * 4:
             raise JobInputError(f"Could not read the pixels of layer '{node.name()}'.")
         return data
+
+    def layer_thumbnail(self, node_id: str, max_side: int) -> bytes:
+        """A small BGRA copy of one layer, `max_side` px on the canvas's long side: Krita samples the
+        layer at that size, so it costs the same on a 4K canvas as on a small one (Live mode's look)."""
+        node = self.node(node_id)
+        if node is None:
+            raise JobInputError("The layer is gone: pick it again.")
+        width, height = self.size
+        scale = min(1.0, max_side / max(width, height))
+        return image_to_bgra(node.thumbnail(max(1, round(width * scale)), max(1, round(height * scale))))
 
     def projection_pixels(self, region: Region, hide_ids: list[str]) -> tuple[bytes, str]:
         """The visible picture over `region` without the layers in `hide_ids`, as 8-bit BGRA, and

@@ -75,6 +75,10 @@ class ResultsMixin:
             pixels = self._safely(lambda e=ev, j=job: shown_pixels(j.layer, e.region, event_pixels(e)), job.canvas)
             if pixels is None:
                 continue
+            if job.live:
+                if self.live.draw(job, region, pixels) and job.outcome is not None:
+                    job.outcome.previews += 1
+                continue
             job.preview_region = region
             if job.preview_id is not None and self._safely(
                     lambda j=job, r=region, p=pixels: j.canvas.write_layer(j.preview_id, r, p), job.canvas):
@@ -98,6 +102,11 @@ class ResultsMixin:
         if job is None:
             return
         region = on_canvas(job.layer, ev.region)
+        if job.live:
+            bgra = self._safely(lambda: shown_pixels(job.layer, ev.region, event_pixels(ev)), job.canvas)
+            if bgra is not None:
+                self.live.on_result(job, ev, region, bgra)
+            return
         if job.results == 0:
             if job.preview_id is not None and job.preview_region == region and job.layer.layer_id is None:
                 # The preview's layer becomes the result's: rewritten in place, no layer removed or

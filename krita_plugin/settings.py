@@ -29,6 +29,7 @@ DEFAULT_MAP_LAYER = "Change Map"
 MAX_SOFTNESS_PX = 512
 MAX_GROW_PX = 256
 MAX_PREVIEW_EVERY = 100
+MAX_LIVE_DEBOUNCE_MS = 5000
 MIN_MAP_GAMMA, MAX_MAP_GAMMA = 0.2, 5.0
 
 
@@ -90,6 +91,10 @@ class Settings:
     # The model's own options the painter chose (SDXL refiner split, IF stages...): a JSON object
     # by option name, shared by the models that take the option; unset ones keep the default.
     model_options: str = ""
+    # Live mode (live.py): the pause after a stroke before its job goes, the steps and scheduler.
+    live_debounce_ms: int = 250
+    live_steps: int = 6
+    live_scheduler: str = ""
     # The job's map curve: a gamma on the change map sent (above 1: more change, below: gentler).
     map_gamma: float = 1.0
 
@@ -111,6 +116,8 @@ class Settings:
         s.source = s.source if s.source in SOURCES else "projection"
         s.region = s.region if s.region in REGIONS else "canvas"
         s.preview_every = min(max(int(s.preview_every), 0), MAX_PREVIEW_EVERY)
+        s.live_debounce_ms = min(max(int(s.live_debounce_ms), 0), MAX_LIVE_DEBOUNCE_MS)
+        s.live_steps = min(max(int(s.live_steps), 1), limits["steps"])
         gamma = float(s.map_gamma)
         s.map_gamma = min(max(gamma, MIN_MAP_GAMMA), MAX_MAP_GAMMA) if math.isfinite(gamma) else 1.0
         s.model_options = s.model_options if isinstance(parse_model_options(s.model_options), dict) else ""

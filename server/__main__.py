@@ -114,6 +114,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Segment-Anything model for maps from clicks (hub id or folder). "
                              "Default: facebook/sam-vit-base; tiny-segments beside a tiny "
                              "--model")
+    parser.add_argument("--lora", default=None, metavar="FILE",
+                        help="a LoRA (.safetensors, e.g. an LCM-LoRA for Live mode) merged into --model at start")
+    parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
+                        help="how strongly the LoRA counts (default 1)")
     studio = parser.add_argument_group("studio (many painters, many GPUs)")
     studio.add_argument("--engine", choices=("inprocess", "ray"), default="inprocess",
                         help="inprocess: one worker in this process (default); ray: workers on "
@@ -188,6 +192,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if args.engine == "ray" and args.lora:
+        # The replicas load their models themselves and do not merge a LoRA yet: refuse, never ignore.
+        print("error: --lora does not work with --engine ray yet; run the in-process engine for it",
+              file=sys.stderr)
+        return 2
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
         print("error: --engine ray needs Ray Serve: pip install '.[ray]'", file=sys.stderr)
         return 2
@@ -199,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
         extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
-        segment_model=args.segment_model, engine=args.engine,
+        segment_model=args.segment_model, lora=args.lora, lora_scale=args.lora_scale, engine=args.engine,
         ray_address=args.ray_address, replicas=args.replicas, users=users,
         pipeline_options=PipelineOptions(
             channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,
@@ -215,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
     except Exception as exc:
-        if type(exc).__name__ == "ModelNotFoundError":
+        if type(exc).__name__ in ("ModelNotFoundError", "LoraError"):
             print(f"error: {exc}", file=sys.stderr)
             return 1
         raise

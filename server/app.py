@@ -82,6 +82,7 @@ class Session:
         self._reading = asyncio.Event()  # clear while over the limit: its messages wait
         self._reading.set()
         self.closed = False
+        self.live_jobs: list[int] = []  # its live (submit.replace) jobs, which the next one replaces
 
     def __repr__(self) -> str:
         return f"<client {self.id} {self.connection.remote_address}>"
@@ -190,9 +191,16 @@ class DiffusionServer:
         from server.models import load_pipeline
 
         refiner = self.config.refiner if model == self.config.model else None
-        return load_pipeline(model, device=self.config.device,
+        pipe = load_pipeline(model, device=self.config.device,
                              dtype=self.config.dtype or torch.float32, refiner=refiner,
                              options=self.config.pipeline_options)
+        if self.config.lora and model == self.config.model:  # made for that model's architecture
+            # Merged in place into the loaded weights (compiled or channels-last modules read
+            # the same parameter tensors).
+            from server.models.lora import merge_lora
+
+            merge_lora(pipe, self.config.lora, self.config.lora_scale)
+        return pipe
 
     # --- life cycle ---------------------------------------------------------------------------
 
@@ -399,6 +407,8 @@ class DiffusionServer:
         request = complete.request
         try:
             job = await asyncio.to_thread(self._make_job, session, complete)
+            if request.replace:
+                self._replace_live(session, job.id)
             self.worker.submit(job, session.protocol.accept(request, job.id, job.seed))
         except p.ProtocolError as exc:
             if exc.code == p.E_SHUTTING_DOWN:  # like every job of a stopping server: cancelled
@@ -413,6 +423,13 @@ class DiffusionServer:
         log.debug("job %d queued for client %s: %s %dx%d, %d steps, %d variant(s)", job.id,
                   session.name, request.mode, request.width, request.height, request.steps,
                   request.variants)
+
+    def _replace_live(self, session: Session, job_id: int) -> None:
+        """A live submit (``replace``): cancel the client's earlier live jobs (a queued one at
+        once, the running one within a step) before the new one queues; nothing else of its."""
+        for old in session.live_jobs:
+            self.worker.cancel(session, old, p.REPLACED_REASON)  # False: it had ended already
+        session.live_jobs = [job_id]
 
     def _make_job(self, session: Session, complete: p.CompleteSubmit) -> Job:
         request = complete.request

@@ -50,6 +50,9 @@ class ServerConfig:
     # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
     depth_model: str | None = None
     segment_model: str | None = None
+    # --lora: a local .safetensors LoRA merged into ``model`` at load (server.models.lora).
+    lora: str | None = None
+    lora_scale: float = 1.0
     # --- studio (issue 17): the engine running jobs, and who may connect ---
     engine: str = "inprocess"  # or "ray": workers on a Ray Serve deployment (server.ray_engine)
     ray_address: str | None = None  # None: start a local Ray instance

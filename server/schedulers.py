@@ -15,6 +15,7 @@ from diffusers import (
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
+    LCMScheduler,
     PNDMScheduler,
     UniPCMultistepScheduler,
 )
@@ -57,6 +58,9 @@ _SCHEDULERS: dict[str, tuple[type[SchedulerMixin], dict[str, Any]]] = {
     "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
     # diffusers' own LMS needs scipy (not a dependency here); with it installed, it is used as is.
     "LMS": (LMSDiscreteScheduler if importlib.util.find_spec("scipy") else LMSWithoutScipy, {}),
+    # Few-step sampling (Live mode): LCM for LCM-distilled models and LCM-LoRAs (4-8 steps, low
+    # guidance); turbo/lightning checkpoints take "Euler a" or "DPM++ 2M SDE" above.
+    "LCM": (LCMScheduler, {}),
 }
 
 SCHEDULER_NAMES: tuple[str, ...] = tuple(_SCHEDULERS)

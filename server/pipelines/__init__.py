@@ -218,7 +218,9 @@ def uses_learned_variance(scheduler: Any) -> bool:
 def clean_estimate(scheduler: Any, out: Any) -> torch.Tensor | None:
     """The scheduler's estimate of the finished sample after a step (previews show it)."""
     estimate = getattr(out, "pred_original_sample", None)
-    if estimate is not None:  # DDIM, DDPM, Euler (a), LMS
+    if estimate is None:
+        estimate = getattr(out, "denoised", None)  # LCM
+    if estimate is not None:  # DDIM, DDPM, Euler (a), LMS, LCM
         return estimate
     # DPM-Solver++ and UniPC (predict_x0) keep their clean prediction as the last model output;
     # the noisy sample would preview as noise for most of the run.

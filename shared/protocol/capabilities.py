@@ -20,6 +20,7 @@ from .constants import (
     MAX_SIDE,
     MAX_STEPS,
     MAX_VARIANTS,
+    FEATURES,
     MODES,
     OPTION_TYPES,
     ProtocolError,
@@ -207,6 +208,11 @@ class Capabilities:
     device: str = "cpu"
     # Per model id: family, schedulers and options (servers before options sent none).
     model_info: dict[str, ModelInfo] = field(default_factory=dict)
+    # Capability flags (``FEATURE_*``); a welcome without the field (an older server) has none.
+    features: list[str] = field(default_factory=lambda: list(FEATURES))
+
+    def supports(self, feature: str) -> bool:
+        return feature in self.features
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -217,6 +223,7 @@ class Capabilities:
             "max_variants": self.max_variants, "token_required": self.token_required,
             "modes": list(self.modes), "device": self.device,
             "model_info": {k: v.to_dict() for k, v in self.model_info.items()},
+            "features": list(self.features),
         }
 
     def info_for(self, model: str | None = None) -> ModelInfo | None:
@@ -244,4 +251,5 @@ class Capabilities:
             modes=read_str_list(data, "modes", where) or list(MODES),
             device=read_str(data, "device", max_len=100, default="cpu", where=where),
             model_info=read_model_info_map(data.get("model_info"), where),
+            features=read_str_list(data, "features", where),
         )

@@ -55,6 +55,12 @@ OPTION_TYPES = ("bool", "int", "float")
 MAX_OPTIONS = 32  # options in one submit (a model advertises a handful)
 MAX_OPTION_NAME = 64
 
+# Capability flags a server lists in ``capabilities.features`` (older servers send none): a client
+# checks for one before it relies on what it names.
+FEATURE_REPLACE = "replace"  # submit.replace: a live job replaces the client's earlier live jobs
+FEATURES = (FEATURE_REPLACE,)
+REPLACED_REASON = "replaced by a newer live job"
+
 CLIENT_MESSAGE_TYPES = ("hello", "submit", "cancel", "list_models", "load_model", "make_map")
 
 # Error codes (``error.code``); the message next to it is for the painter to read.

@@ -97,6 +97,16 @@ def read_str(obj: dict[str, Any], key: str, *, max_len: int, default: str | None
     return value
 
 
+def read_bool(obj: dict[str, Any], key: str, *, default: bool, where: str = "message") -> bool:
+    if _missing(obj, key, False, where):
+        return default
+    value = obj[key]
+    if not isinstance(value, bool):
+        raise ProtocolError(E_BAD_MESSAGE, f"{where}: '{key}' must be true or false, "
+                                           f"got {type(value).__name__}.")
+    return value
+
+
 def read_obj(obj: dict[str, Any], key: str, *, required: bool = False,
              where: str = "message") -> Any:
     if _missing(obj, key, required, where):

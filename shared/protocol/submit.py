@@ -34,7 +34,7 @@ from .constants import (
     MODES_WITH_MAP,
     ProtocolError,
 )
-from .fields import Region, read_float, read_int, read_obj, read_str
+from .fields import Region, read_bool, read_float, read_int, read_obj, read_str
 from .frames import dumps, encode_frame, png_size
 
 
@@ -88,6 +88,8 @@ class SubmitRequest:
     soft_inpaint: SoftInpaint | None = None
     fan: FanSpec | None = None
     options: dict[str, Any] | None = None
+    # A live job: queueing it cancels this client's earlier live jobs (capability "replace").
+    replace: bool = False
 
     @property
     def needs_map(self) -> bool:
@@ -111,6 +113,8 @@ class SubmitRequest:
             message["fan"] = {"count": self.fan.count, "low": self.fan.low, "high": self.fan.high}
         if self.options:
             message["options"] = dict(self.options)
+        if self.replace:
+            message["replace"] = True
         return message
 
 
@@ -165,6 +169,7 @@ def _parse_submit(message: dict[str, Any], caps: Capabilities | None, ref: int) 
         variants=read_int(message, "variants", lo=1, hi=max_variants, default=1, where=where),
         preview_every=read_int(message, "preview_every", lo=0, hi=max_steps, default=None,
                                where=where),
+        replace=read_bool(message, "replace", default=False, where=where),
     )
     options = read_obj(message, "options", where=where)
     info = None

@@ -238,6 +238,22 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     assert [i for i, la in made.items() if shaped[i] != la] == [added[0]["id"]]
     assert not [n for n in maps["notices"] if n[0] == "error"], maps["notices"]
 
+    # Live (issue 16): three strokes on the map 400 ms apart start at most three jobs; one Live layer
+    # shows the last job's result; the painter's layers stay as they were; Keep adds one layer, Live
+    # off removes the Live layer.
+    live = generated["live"]
+    assert not [n for n in live["notices"] if n[0] == "error"], live["notices"]
+    assert 1 <= live["jobs"] <= 3 and live["latest"] == live["results"][-1], live
+    before = {la["id"]: la for la in live["before"] if la["name"] != "Differential Diffusion live"}
+    at_end = {la["id"]: la for la in live["at_end"]}
+    changed = [la["name"] for i, la in before.items() if at_end.get(i) != la]
+    assert changed == [live["map_name"]], changed  # only the map the test painted on
+    assert [la["name"] for la in live["at_end"]].count("Differential Diffusion live") == 1
+    kept = [la for la in live["kept"] if la["id"] not in at_end]
+    assert len(kept) == 1 and "seed" in kept[0]["name"], kept
+    assert [la["id"] for la in live["off"]] == [la["id"] for la in live["kept"]
+                                                if la["name"] != "Differential Diffusion live"]
+
     # At 260 x 300 px the prompt, Generate and the progress are in sight without scrolling.
     fit = generated["fit"]
     assert fit["horizontal_scroll"] == 0, fit

@@ -60,6 +60,7 @@ class FakeCanvas:
         self.selection: np.ndarray | None = None
         self.active_id = "bg"
         self.writes = 0  # layers rewritten in place (previews)
+        self.thumbnails = 0  # layer_thumbnail calls (Live mode's looks)
         self.closed = False
         self.key = f"doc{id(self)}"
         self._next = 1
@@ -139,6 +140,17 @@ class FakeCanvas:
         if layer is None:
             raise JobInputError("The layer is gone: pick it again.")
         return layer.bgra[region.y:region.y + region.height, region.x:region.x + region.width].tobytes()
+
+    def layer_thumbnail(self, layer_id: str, max_side: int) -> bytes:
+        self._alive()
+        layer = self.find(layer_id)
+        if layer is None:
+            raise JobInputError("The layer is gone: pick it again.")
+        self.thumbnails += 1
+        scale = min(1.0, max_side / max(self.width, self.height))
+        rows = (np.arange(max(1, round(self.height * scale))) / scale).astype(int)
+        cols = (np.arange(max(1, round(self.width * scale))) / scale).astype(int)
+        return layer.bgra[rows][:, cols].tobytes()  # sampled, as Krita's Node.thumbnail does
 
     def projection_pixels(self, region: Region, hide_ids):
         self._alive()

@@ -402,7 +402,7 @@ def test_scheduler_names_pick_the_samplers_painters_know(tiny_sd):
     # pick: the names are checked here against the samplers they stand for.
     from diffusers import (
         DPMSolverMultistepScheduler, EulerAncestralDiscreteScheduler, EulerDiscreteScheduler,
-        PNDMScheduler, UniPCMultistepScheduler,
+        LCMScheduler, PNDMScheduler, UniPCMultistepScheduler,
     )
     from diffusers.schedulers.scheduling_lms_discrete import LMSDiscreteScheduler  # the real one, scipy or not
 
@@ -415,7 +415,7 @@ def test_scheduler_names_pick_the_samplers_painters_know(tiny_sd):
         "DPM++ 2M SDE": (dpm, {"use_karras_sigmas": False, "algorithm_type": "sde-dpmsolver++"}),
         "DPM++ 2M SDE Karras": (dpm, {"use_karras_sigmas": True, "algorithm_type": "sde-dpmsolver++"}),
         "UniPC": (UniPCMultistepScheduler, {}), "PNDM": (PNDMScheduler, {"skip_prk_steps": True}),
-        "LMS": (LMSDiscreteScheduler, {}),
+        "LMS": (LMSDiscreteScheduler, {}), "LCM": (LCMScheduler, {}),
     }
     assert set(expected) == set(SCHEDULER_NAMES)
     model = tiny_sd.scheduler.config

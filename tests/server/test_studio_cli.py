@@ -45,3 +45,10 @@ def test_a_users_file_counts_as_a_token_for_an_open_bind(tmp_path):
     done = run_server("--host", "0.0.0.0", "--users", str(users), "--model", "/nonexistent/model")
     assert "not found" in done.stderr and "Refusing to listen" not in done.stderr
     assert SECRET not in done.stderr + done.stdout
+
+
+def test_a_lora_with_the_ray_engine_is_refused_not_ignored(tmp_path, capsys):
+    from server.__main__ import main
+
+    assert main(["--engine", "ray", "--lora", str(tmp_path / "lcm.safetensors"), "--model", "tiny-sd"]) == 2
+    assert "--lora does not work with --engine ray" in capsys.readouterr().err

@@ -129,14 +129,15 @@ def _canvas_widget(window):
     return found[0] if found else None
 
 
-def _paint_stroke(window):
-    """A short brush stroke across the middle of the canvas, with mouse events as Krita gets them."""
+def _paint_stroke(window, dy=0):
+    """A short brush stroke across the middle of the canvas (`dy` px lower), with mouse events as
+    Krita gets them."""
     Krita.instance().action("KritaShape/KisToolBrush").trigger()
     widget = _canvas_widget(window)
     if widget is None:
         return "no canvas widget"
     c = widget.rect().center()
-    points = [QPoint(c.x() - 60 + 10 * i, c.y()) for i in range(13)]
+    points = [QPoint(c.x() - 60 + 10 * i, c.y() + dy) for i in range(13)]
     left, none = Qt.LeftButton, Qt.NoModifier
     QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonPress, QPointF(points[0]), left, left, none))
     for p in points[1:]:
@@ -392,11 +393,77 @@ class GuiProbe(Extension):
         def shaped():
             try:
                 maps["shaped"] = _layers(doc)
+                self._live(path, report, doc)
+                return
             except Exception:
                 report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
         QTimer.singleShot(100, wait)
+
+    def _live(self, path, report, doc):
+        """Then Live (issue 16): the docker's Live toggle, three brush strokes on the map 400 ms
+        apart (white, the painter's way), Keep, Live off; the layers at each point and the jobs the
+        strokes started."""
+        panel = _dockers(_window())[0].panel
+        c, live = panel.controller, panel.controller.live
+        out = report["live"] = {"notices": [], "results": []}
+        c.notice.connect(lambda kind, text: out["notices"].append([kind, text]))
+        c.client.event.connect(lambda ev: out["results"].append(ev.job_id) if type(ev).__name__ == "Result" else None)
+        panel.live_box.toggle.setChecked(True)
+        map_node = live.canvas.node(live._map_id())  # the map Live reads (the topmost: the depth map)
+        out["map_name"] = map_node.name()
+        deadline = time.monotonic() + JOB_WAIT_S
+        state = {"strokes": 0}
+
+        def settled():
+            return not c.busy and not live._debounce.isActive()
+
+        def stroke():
+            try:
+                if state["strokes"] == 0:
+                    if not settled() and time.monotonic() < deadline:
+                        QTimer.singleShot(100, stroke)
+                        return
+                    out["before"], out["jobs_before"] = _layers(doc), live.jobs_sent
+                map_node.setPixelData(bytes((255, 255, 255, 255)) * (40 * 40), 300 + 60 * state["strokes"], 300, 40, 40)
+                state["strokes"] += 1
+                QTimer.singleShot(400 if state["strokes"] < 3 else 600, stroke if state["strokes"] < 3 else end)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
+
+        def end():
+            try:
+                if not settled() and time.monotonic() < deadline:
+                    QTimer.singleShot(100, end)
+                    return
+                out["jobs"] = live.jobs_sent - out["jobs_before"]
+                out["latest"] = live.latest.job_id if live.latest else None
+                out["at_end"] = _layers(doc)
+                panel.live_box.keep.click()
+                QTimer.singleShot(500, kept)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
+
+        def kept():
+            try:
+                out["kept"] = _layers(doc)
+                panel.live_box.toggle.setChecked(False)
+                QTimer.singleShot(500, off)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+                _write_json(path, report)
+
+        def off():
+            try:
+                out["off"] = _layers(doc)
+            except Exception:
+                report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+        QTimer.singleShot(100, stroke)
 
     def _during(self, job, panel, doc, setup, state):
         """What the painter does while the job runs, once its preview is on the canvas."""
