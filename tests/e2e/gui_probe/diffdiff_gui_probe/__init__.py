@@ -473,6 +473,8 @@ class GuiProbe(Extension):
         previews = [o for o in panel.controller.outcomes.values() if not o.finished and o.previews > 0]
         if not previews:
             return
+        if action == "cancel" and not panel.status.text().startswith("Step "):
+            return  # the painter presses Cancel while the docker shows a step
         state["during_done"] = True
         job["status_at_action"] = panel.status.text()
         if action == "stroke":
