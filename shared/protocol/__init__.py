@@ -23,6 +23,25 @@ Change maps use the painter's convention: 255/white = change fully, 0/black = ke
 ``mu`` is the opposite: ``mu_paper = 1 - map``.)
 """
 
+from .builders import (
+    accepted,
+    cancel,
+    cancelled,
+    done,
+    error,
+    error_from,
+    hello,
+    list_models,
+    load_model,
+    model_loaded,
+    models,
+    preview,
+    progress,
+    queue_position,
+    result,
+    started,
+    welcome,
+)
 from .capabilities import Capabilities, ModelInfo, OptionSpec, check_options, read_model_info_map
 from .client import ClientSession, describe_close
 from .constants import (
@@ -116,24 +135,7 @@ from .messages import (
     Result,
     Started,
     Welcome,
-    accepted,
-    cancel,
-    cancelled,
     decode_event,
-    done,
-    error,
-    error_from,
-    hello,
-    list_models,
-    load_model,
-    model_loaded,
-    models,
-    preview,
-    progress,
-    queue_position,
-    result,
-    started,
-    welcome,
 )
 from .server import ClientRequest, CompleteSubmit, ServerSession, SubmitCollector, check_hello
 from .submit import FanSpec, SoftInpaint, SubmitRequest, parse_submit, submit_frames, variant_seed
