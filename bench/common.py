@@ -14,6 +14,15 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 
+def add_model_arguments(parser: Any, model_help: str) -> None:
+    """The options both benchmarks take to pick a model and run it as the server would."""
+    parser.add_argument("--model", default="tiny-sd", help=model_help)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
+    parser.add_argument("--channels-last", action="store_true", help="as the server's --channels-last")
+    parser.add_argument("--compile", action="store_true", help="as the server's --compile (compiled while loading)")
+
+
 def progress(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 

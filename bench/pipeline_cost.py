@@ -48,6 +48,7 @@ if str(ROOT) not in sys.path:  # run as `python bench/pipeline_cost.py` from any
     sys.path.insert(0, str(ROOT))
 
 from bench.common import (  # noqa: E402
+    add_model_arguments,
     clock,
     default_clock,
     load_average,
@@ -440,11 +441,7 @@ def default_settings(model: str, device: str, quick: bool) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd", help="tiny-sd, sd15-size, sdxl-size, or any SD / SDXL id")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    parser.add_argument("--channels-last", action="store_true", help="as the server's --channels-last")
-    parser.add_argument("--compile", action="store_true", help="as the server's --compile (compiled while loading)")
+    add_model_arguments(parser, "tiny-sd, sd15-size, sdxl-size, or any SD / SDXL id")
     parser.add_argument("--size", type=int, help="image side in px (default: see --quick and default_settings)")
     parser.add_argument("--steps", type=int, help="inference steps (default 20; full-size models 10)")
     parser.add_argument("--repeats", type=int, help="timed rounds (default 5; --quick: 3)")

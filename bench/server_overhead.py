@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # run as `python bench/server_overhead.py` from anywhere
     sys.path.insert(0, str(ROOT))
 
-from bench.common import default_clock, load_average, progress, torch_threads  # noqa: E402
+from bench.common import add_model_arguments, default_clock, load_average, progress, torch_threads  # noqa: E402
 
 PROMPT = "an oil painting of a harbour at dusk"
 NEGATIVE = "blurry"
@@ -420,11 +420,7 @@ def default_settings(model: str, device: str, quick: bool) -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-sd", help="tiny-sd, sd15-size, sdxl-size, or any model id")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"))
-    parser.add_argument("--channels-last", action="store_true", help="the server's --channels-last")
-    parser.add_argument("--compile", action="store_true", help="the server's --compile")
+    add_model_arguments(parser, "tiny-sd, sd15-size, sdxl-size, or any model id")
     parser.add_argument("--preview-vae", help="the server's --preview-vae (tiny-taesd: random weights, offline)")
     parser.add_argument("--size", type=int, help="canvas side in px (default: see default_settings)")
     parser.add_argument("--steps", type=int, help="inference steps (default 20; --quick: 10)")
