@@ -6,8 +6,13 @@ is jobs.py and the controller); this module only reads and writes what it is ask
 - a closed document raises DocumentGone from every call, never an AttributeError on None;
 - adding a layer never takes the painter's active layer: Krita activates a new layer a moment
   after it is inserted, so the painter's layer is given back once that happens;
-- pixels are written before a new layer is inserted, and a layer rewritten in place is refreshed
-  alone, so the canvas only ever recomposes the rectangle that changed.
+- pixels are written before a new layer is inserted (one "Add Layer" step in Krita's undo
+  history), and a layer rewritten in place is redrawn without adding to that history: in Krita
+  5.1 `setPixelData` is not an undo step, but every `Node.setBlendingMode` is (a refresh through
+  it filled the painter's undo history with "Composition Mode Change" steps, pushing their own
+  strokes out of it), so the image is recomposed with `Document.refreshProjection` instead.
+  `Node.addChildNode` and `Node.remove` are undo steps, `Filter.startFilter` too (checked in the
+  real GUI: tests/e2e/gui_probe).
 """
 
 from __future__ import annotations
@@ -300,9 +305,10 @@ class DocumentCanvas:
         return True
 
     def _refresh_layer(self, node) -> None:
-        # Krita 5's scripting API has no "this rectangle changed"; setting a layer's blending mode
-        # marks exactly that layer dirty, where refreshProjection() recomposes the whole image.
-        node.setBlendingMode(node.blendingMode())
+        # Krita 5's scripting API has no "this rectangle changed". Setting a layer's blending mode
+        # would mark exactly that layer dirty, but each call is a step in the painter's undo
+        # history; recomposing the image is not (a 4096 x 4096 image of two layers: ~45 ms).
+        self.document.refreshProjection()
 
     def set_layer_visible(self, node_id: str, visible: bool) -> bool:
         node = self.node(node_id)
@@ -329,8 +335,26 @@ class DocumentCanvas:
         self._give_back_active(painter_active)
         return True
 
+    def replace_layer(self, node_id: str, bgra: bytes, restore: bytes | None = None) -> str | None:
+        """A new layer holding `bgra` (the whole canvas) with the old one's name, opacity and
+        visibility, just above it; then the old one is removed. Both are steps of Krita's undo
+        history (Add Layer, Remove Layer), so two Ctrl+Z bring the old layer back; `restore` (the
+        whole canvas too) is written into the old layer first: what it shows once undone.
+        The painter's active layer stays active. None when the layer is gone."""
+        node = self.node(node_id)
+        if node is None:
+            return None
+        width, height = self.size
+        if restore is not None:
+            node.setPixelData(restore, 0, 0, width, height)
+        new_id = self.add_layer(node.name(), Region(0, 0, width, height), bgra, above_id=node_id,
+                                visible=node.visible(), opacity=node.opacity())
+        self.remove_layer(node_id)
+        return new_id
+
     def blur_layer(self, node_id: str, radius_px: int) -> bool:
-        """Krita's own Gaussian blur over one whole layer (the map tools soften their map with it)."""
+        """Krita's own Gaussian blur over one whole layer (the map tools soften their map with it),
+        run as Krita runs a filter from its menu: one step of the undo history."""
         node = self.node(node_id)
         if node is None:
             return False
@@ -340,9 +364,10 @@ class DocumentCanvas:
         for key in ("horizRadius", "vertRadius"):
             config.setProperty(key, int(radius_px))
         blur.setConfiguration(config)
-        blur.apply(node, 0, 0, width, height)
+        if not blur.startFilter(node, 0, 0, width, height):  # no view to run it in: not undoable then
+            blur.apply(node, 0, 0, width, height)
+            self._refresh_layer(node)
         self.document.waitForDone()
-        self._refresh_layer(node)
         return True
 
     def layer_exists(self, node_id: str | None) -> bool:
