@@ -23,9 +23,10 @@ from krita import DockWidget, DockWidgetFactory, DockWidgetFactoryBase, Krita
 
 from shared.protocol import Region
 
+from .canvas_point import CanvasGeometry
 from .images import image_to_bgra
 from .jobs import DocumentGone, JobInputError, LayerInfo
-from .qt import SCROLL_OFF, QApplication, QScrollArea, QTimer
+from .qt import SCROLL_OFF, QApplication, QScrollArea, QTimer, QWidget
 from .settings import SETTINGS_GROUP
 
 RGBA8 = ("RGBA", "U8")
@@ -386,6 +387,34 @@ class DocumentCanvas:
         return True
 
 
+CANVAS_WIDGETS = ("KisOpenGLCanvas2", "KisQPainterCanvas")  # Krita 5's canvas widget classes
+
+
+def canvas_widget():
+    """The canvas widget of the active window's view (the visible one), or None."""
+    window = Krita.instance().activeWindow()
+    if window is None or window.activeView() is None:
+        return None
+    for widget in window.qwindow().findChildren(QWidget):
+        if widget.metaObject().className() in CANVAS_WIDGETS and widget.isVisible():
+            return widget
+    return None
+
+
+def canvas_geometry(widget) -> CanvasGeometry | None:
+    """What canvas_point needs: the canvas controller's scroll bars (the widget's scroll area),
+    the view's zoom, rotation and mirroring, the document's resolution."""
+    area = widget.parentWidget()
+    while area is not None and not hasattr(area, "horizontalScrollBar"):
+        area = area.parentWidget()
+    view = Krita.instance().activeWindow().activeView()
+    if area is None or view is None or view.canvas() is None or view.document() is None:
+        return None
+    canvas = view.canvas()
+    return CanvasGeometry(area.horizontalScrollBar().value(), area.verticalScrollBar().value(),
+                          canvas.zoomLevel(), view.document().resolution(), canvas.rotation(), canvas.mirror())
+
+
 _DOCKERS: list = []  # every docker Krita built (one per main window), for docker_controller()
 
 
@@ -446,6 +475,12 @@ class KritaHost:
         if self.active_layer is not None:
             canvas.active_layer = self.active_layer
         return canvas
+
+    def canvas_click_target(self):
+        """The active view's canvas widget and a function giving its geometry now (for
+        canvas_point.CanvasClick), or None without a view (kritarunner has none)."""
+        widget = canvas_widget()
+        return None if widget is None else (widget, lambda: canvas_geometry(widget))
 
     def open_keys(self) -> set[str]:
         """The keys of every document still open (a canvas whose key is missing was closed)."""

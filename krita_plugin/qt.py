@@ -21,6 +21,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "QtCore": (
         "QBuffer",
         "QByteArray",
+        "QEvent",
         "QIODevice",
         "QObject",
         "QSettings",
@@ -116,6 +117,12 @@ DIALOG_OK_CANCEL = (_QtWidgets.QDialogButtonBox.StandardButton.Ok
                     | _QtWidgets.QDialogButtonBox.StandardButton.Cancel)
 COMPOSITION_SOURCE_OVER = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_SourceOver
 COMPOSITION_DESTINATION_IN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_DestinationIn
+MOUSE_PRESS = _modules["QtCore"].QEvent.Type.MouseButtonPress
+MOUSE_RELEASE = _modules["QtCore"].QEvent.Type.MouseButtonRelease
+MOUSE_DOUBLE_CLICK = _modules["QtCore"].QEvent.Type.MouseButtonDblClick
+KEY_PRESS = _modules["QtCore"].QEvent.Type.KeyPress
+LEFT_BUTTON = _Qt.MouseButton.LeftButton
+KEY_ESCAPE = _Qt.Key.Key_Escape
 COMPOSITION_SOURCE = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Source
 COMPOSITION_LIGHTEN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Lighten  # per channel max
 COMPOSITION_DARKEN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Darken  # per channel min
