@@ -20,6 +20,7 @@ from shared import map_patterns, protocol
 from shared.map_transforms import MapTransform
 from shared.protocol import Region
 
+from .canvas_point import CanvasClick
 from .client import NotConnected
 from .images import ImageError, bgra_to_png, change_map_from_bgra
 from .jobs import MAP_NAME_SEPARATOR, DocumentGone, JobInputError, find_map_layer, maps_left_out
@@ -78,6 +79,8 @@ class MapTools(QObject):
         self._by_job: dict[int, tuple[Any, str]] = {}
         self._cancelling: set[int] = set()  # job ids the painter cancelled
         self._cancelled_refs: set[int] = set()
+        target = getattr(controller.host, "canvas_click_target", lambda: None)
+        self.picker = CanvasClick(target, self._picked, self._pick_cancelled, self)
         controller.client.event.connect(self._on_event)
         controller.client.state_changed.connect(self._on_state)
 
@@ -166,18 +169,53 @@ class MapTools(QObject):
     def from_depth(self) -> bool:
         return self._ask_server("depth")
 
+    def segment_by_click(self) -> bool:
+        """Pick mode: the next left click on the canvas is the point to segment (Esc cancels).
+        Without a canvas view to click on (scripts), the selection's bounds as before."""
+        if self._canvas() is None:
+            return False
+        if self.picker.picking:  # pressed again: stop picking
+            self.picker.stop()
+            self._pick_cancelled()
+            return False
+        if not self.picker.start():
+            return self.from_segment()
+        self.status = "Click on the object to cut out (Esc cancels)."
+        self.changed.emit()
+        return True
+
+    def _picked(self, point: tuple[int, int] | None) -> None:
+        self.status = ""
+        self.changed.emit()
+        if point is None:
+            self._notice("warning", "The view is rotated or mirrored, so the click's place in the picture "
+                                    "is unknown: the selection's bounds are used instead.")
+        self.from_segment(point)
+
+    def _pick_cancelled(self) -> None:
+        self.status = ""
+        self.changed.emit()
+
     def from_segment(self, point: tuple[int, int] | None = None) -> bool:
-        """The object under `point` (image pixels: where the painter clicked), else the one
-        inside the selection's bounds (its middle as the click)."""
+        """The object under `point` (image pixels: where the painter clicked; with a selection,
+        inside its bounds too), else the one inside the selection's bounds (its middle as the
+        click)."""
         canvas = self._canvas()
         if canvas is None:
             return False
         if point is not None:
-            width, height = self.controller._safely(lambda: canvas.size, canvas) or (0, 0)
+            def where() -> tuple[tuple[int, int], Region | None]:
+                box = canvas.selection_box()
+                return canvas.size, (None if box is None else clip_to_canvas(box, *canvas.size))
+
+            (width, height), box = self.controller._safely(where, canvas) or ((0, 0), None)
             if not (0 <= point[0] < width and 0 <= point[1] < height):
                 self._notice("error", "Click on the picture itself: that point is outside the canvas.")
                 return False
-            return self._ask_server("segments", canvas, points=[tuple(point)])
+            if box is not None and not (box.x <= point[0] < box.x + box.width
+                                        and box.y <= point[1] < box.y + box.height):
+                box = None  # a selection elsewhere says nothing about this object
+            return self._ask_server("segments", canvas, points=[tuple(point)], box=box)
 
         def read() -> Region | None:
             box = canvas.selection_box()
