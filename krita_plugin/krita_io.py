@@ -6,13 +6,9 @@ is jobs.py and the controller); this module only reads and writes what it is ask
 - a closed document raises DocumentGone from every call, never an AttributeError on None;
 - adding a layer never takes the painter's active layer: Krita activates a new layer a moment
   after it is inserted, so the painter's layer is given back once that happens;
-- pixels are written before a new layer is inserted (one "Add Layer" step in Krita's undo
-  history), and a layer rewritten in place is redrawn without adding to that history: in Krita
-  5.1 `setPixelData` is not an undo step, but every `Node.setBlendingMode` is (a refresh through
-  it filled the painter's undo history with "Composition Mode Change" steps, pushing their own
-  strokes out of it), so the image is recomposed with `Document.refreshProjection` instead.
-  `Node.addChildNode` and `Node.remove` are undo steps, `Filter.startFilter` too (checked in the
-  real GUI: tests/e2e/gui_probe).
+- Krita 5.1's undo history (checked in its GUI): addChildNode, remove and startFilter are steps,
+  setPixelData is not, and neither is a redraw here (refreshProjection: every setBlendingMode
+  is a step, and a redraw through it pushed the painter's strokes out of their history).
 """
 
 from __future__ import annotations
@@ -337,11 +333,8 @@ class DocumentCanvas:
         return True
 
     def replace_layer(self, node_id: str, bgra: bytes, restore: bytes | None = None) -> str | None:
-        """A new layer holding `bgra` (the whole canvas) with the old one's name, opacity and
-        visibility, just above it; then the old one is removed. Both are steps of Krita's undo
-        history (Add Layer, Remove Layer), so two Ctrl+Z bring the old layer back; `restore` (the
-        whole canvas too) is written into the old layer first: what it shows once undone.
-        The painter's active layer stays active. None when the layer is gone."""
+        """A new layer like the old one holding `bgra` (whole canvas) just above it, then the old
+        one removed: two undo steps; `restore` goes into the old layer first (what undo shows)."""
         node = self.node(node_id)
         if node is None:
             return None

@@ -400,7 +400,7 @@ class GuiProbe(Extension):
                 maps["shaped"] = _layers(doc)
                 maps["undo_text_shaped"] = _undo_text()  # live previews are no undo steps
                 panel.maps.apply.click()  # kept: a new layer in the old one's place (undoable)
-                maps["applied"], maps["undo_text_applied"] = _layers(doc), _undo_text()
+                maps["applied"] = _layers(doc)
                 for name in ("undo1", "undo2"):  # Ctrl+Z, as the painter presses it
                     Krita.instance().action("edit_undo").trigger()
                     QApplication.processEvents()
