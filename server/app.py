@@ -246,6 +246,8 @@ class DiffusionServer:
         """Cancel every job, tell the clients, close the connections, stop the worker."""
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
+            if self.worker.map_makers is not None:
+                await asyncio.to_thread(self.worker.map_makers.close)
         # The worker posted its last 'cancelled' messages before it stopped: send them before
         # closing, but never wait long for a client that does not read.
         sessions = list(self.sessions)
@@ -393,7 +395,7 @@ class DiffusionServer:
         models = default_map_models(c.model)
         models.update({k: v for k, v in (("depth", c.depth_model),
                                          ("segments", c.segment_model)) if v})
-        return MapMakers(models, device=str(c.device))
+        return MapMakers(models, device=str(c.device), idle_s=c.map_models_idle_s)
 
     async def _queue_map(self, session: Session, complete: p.CompleteMakeMap) -> None:
         request = complete.request
