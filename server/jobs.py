@@ -84,28 +84,29 @@ class ModelHost:
     """The one loaded pipeline, swapped on request. Used from the worker thread only (and once at
     start-up, before the worker runs)."""
 
-    def __init__(self, loader: Callable[[str], Any], model: str) -> None:
+    def __init__(self, loader: Callable[[str], Any], model: str,
+                 before_load: Callable[[str], None] | None = None) -> None:
         self.loader = loader
         self.name = model
         self.pipe: Any = None
+        # Called with the model about to load (not at start-up): others make room for it.
+        self.before_load = before_load or (lambda model: None)
 
     def load_initial(self) -> Any:
         self.pipe = self.loader(self.name)
         return self.pipe
 
-    def needs_load(self, model: str | None) -> bool:
-        """Whether :meth:`ensure` of ``model`` would load weights."""
-        return self.pipe is None or (model is not None and model != self.name)
-
     def ensure(self, model: str | None) -> Any:
         """The pipeline for ``model`` (None: the current one), loading it if needed."""
         if model is None or model == self.name:
             if self.pipe is None:
+                self.before_load(self.name)
                 self.pipe = self.loader(self.name)
             return self.pipe
         previous = self.name
         # Free the old weights first: two full models rarely fit on a painter's GPU.
         self.pipe = None
+        self.before_load(model)
         free_device_memory()
         try:
             self.pipe = self.loader(model)
@@ -332,16 +333,9 @@ class Worker:
         for task, position in updates:
             task.send(p.QueuePosition(task.id, position))
 
-    def _free_map_models(self, reason: str) -> None:
-        """The diffusion model needs the room: free the map models (they load again on use)."""
-        if self.map_makers is not None:
-            self.map_makers.unload(reason)
-
     def _run_load(self, task: ModelLoad) -> None:
         started = time.monotonic()
         try:
-            if self.host.needs_load(task.model):
-                self._free_map_models(f"{task.model} loads")
             pipe = self.host.ensure(task.model)
         except BaseException as exc:
             if is_out_of_memory(exc):
@@ -381,8 +375,6 @@ class Worker:
         """The job's model, loaded (and every other client told) if another one was."""
         try:
             previous_model = self.host.name
-            if self.host.needs_load(job.request.model):
-                self._free_map_models(f"{job.request.model or previous_model} loads")
             pipe = self.host.ensure(job.request.model)
             if self.host.name != previous_model and self.on_model_changed is not None:
                 self.on_model_changed(self.host.name, pipe, job)
@@ -456,7 +448,8 @@ class Worker:
                                         job_id=job.id)) from None
         # Out of memory: freed here, outside the except block, so the traceback (and the tensors
         # its frames hold) is gone; the map models go too, so a retry has their room.
-        self._free_map_models(f"job {job.id} ran out of memory")
+        if self.map_makers is not None:
+            self.map_makers.unload(f"job {job.id} ran out of memory")
         free_device_memory()
         log.error("job %d: out of memory at %dx%d", job.id, *plan.size)
         raise _JobEnded(p.Error(p.E_OUT_OF_MEMORY, out_of_memory_advice(plan, request.variants),
