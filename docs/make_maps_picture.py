@@ -8,12 +8,12 @@ xvfb-run, with the plugin installed in a throw-away profile and a docs-only help
 (docs/maps_picture_probe) that opens the scene as a document, adds the depth through the
 docker's map tools (a new layer "Change Map · depth" on top, as when the server's map arrives),
 reshapes that layer with the docker's transform code (shared/map_transforms.py) and grabs the
-canvas widget after each step. This script checks each grab against the map it should show,
-then puts the three side by side with their labels.
+canvas widget after each step. This script checks each grab against what it should show
+(the scene, the map, each transform of it), then puts the four side by side with labels.
 
     python docs/make_maps_picture.py [--out docs/maps.png] [--keep DIR]
 
-Needs Krita 5, Xvfb and a display-less machine is fine; about a minute.
+Needs Krita 5 and Xvfb (no display); about 40 s.
 """
 
 from __future__ import annotations
