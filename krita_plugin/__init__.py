@@ -22,6 +22,6 @@ except ImportError:
 
 if _Krita is not None and not os.environ.get("DIFFDIFF_NO_REGISTER"):
     from .docker import DiffDiffPanel
-    from .krita_io import register_docker
+    from .krita_host import register_docker
 
     register_docker(DiffDiffPanel)

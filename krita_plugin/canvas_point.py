@@ -1,5 +1,5 @@
 """Where a click on Krita's canvas lands in the image, from what Krita 5.1's scripting API and its
-canvas widget tell, and the click picker (Krita-free: krita_io finds the widget and reads the
+canvas widget tell, and the click picker (Krita-free: krita_host finds the widget and reads the
 numbers).
 
 Krita 5.1 has no widget-to-image transform in its Python API (Canvas.flakeToImageTransform and

@@ -1,14 +1,14 @@
 """The docker's brain, without widgets and without Krita: jobs, previews, results, history.
 
-It reads the canvas through a `host` (krita_io.KritaHost in Krita, a fake in tests), talks to the
+It reads the canvas through a `host` (krita_host.KritaHost in Krita, a fake in tests), talks to the
 server through client.ServerClient, and tells the panel what changed through signals. All of it
 runs on the UI thread; the client's events arrive here as queued Qt signals.
 
 Driving it from a script (inside Krita, e.g. under kritarunner, or from the docker's own
 controller in the GUI), without any widget::
 
-    from krita_plugin.krita_io import script_controller  # packaged: differential_diffusion.krita_io
-    c = script_controller("ws://127.0.0.1:7860", document=doc)  # or krita_io.docker_controller()
+    from krita_plugin.krita_host import script_controller  # packaged: differential_diffusion.krita_host
+    c = script_controller("ws://127.0.0.1:7860", document=doc)  # or krita_host.docker_controller()
     c.wait_connected(timeout_s=30)            # pumps the Qt event loop until the handshake is done
     c.update_settings(mode="fan", prompt="a red barn", random_seed=False, seed=7, fan_columns=4)
     c.option_specs()                          # the model's own options, as the server advertises them

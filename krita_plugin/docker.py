@@ -1,4 +1,4 @@
-"""The docker's widgets. Krita-free: krita_io wraps this panel in a Krita DockWidget.
+"""The docker's widgets. Krita-free: krita_host wraps this panel in a Krita DockWidget.
 
 Laid out for Krita's default docker slot (about 260 x 300 px): the prompt, Generate/Cancel and
 the progress come first and are always in sight; the mode and its one or two controls next;

@@ -8,7 +8,7 @@ Qt 5) or no Krita at all (the tests) gets the first of PyQt5, PyQt6 that imports
 
 Enums: PyQt6 and Krita 6's own bindings only accept the scoped spelling
 (``Qt.AlignmentFlag.AlignTop``); PyQt5 5.15 and Krita 5's bindings accept it too. So every enum the
-plugin needs is spelled once, scoped, here (Krita's in krita_io) and re-exported under one name;
+plugin needs is spelled once, scoped, here (Krita's in krita_io and krita_host) and re-exported under one name;
 tests/test_plugin_bindings.py refuses any other spelling in the plugin.
 """
 

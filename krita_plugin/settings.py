@@ -1,6 +1,6 @@
 """The docker's settings: one dataclass, persisted as strings in a key/value store.
 
-In Krita the store is Krita's own configuration (kritarc, via krita_io); in tests a dict.
+In Krita the store is Krita's own configuration (kritarc, via krita_host); in tests a dict.
 """
 
 from __future__ import annotations

@@ -48,7 +48,7 @@ class PluginRun:
 
     def __init__(self, doc, url: str, settings: dict) -> None:
         from differential_diffusion.jobs import PREVIEW_LAYER_NAME
-        from differential_diffusion.krita_io import script_controller
+        from differential_diffusion.krita_host import script_controller
 
         self.doc = doc
         self.preview_name = PREVIEW_LAYER_NAME

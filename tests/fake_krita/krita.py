@@ -1,4 +1,4 @@
-"""A stand-in for Krita's `krita` module: just the API krita_io calls, with Krita's binding rules.
+"""A stand-in for Krita's `krita` module: just the API krita_io and krita_host call, with Krita's binding rules.
 
 Which Krita it plays follows pykrita (FAKE_KRITA_QT, see pykrita.py):
 
@@ -166,6 +166,9 @@ class Document:
 
     def colorDepth(self) -> str:
         return "U8"
+
+    def refreshProjection(self) -> None:
+        pass  # the fake composes when its picture is read
 
     def pixelData(self, x: int, y: int, w: int, h: int) -> QByteArray:
         visible = [n for n in self._root.childNodes() if n.visible()]

@@ -44,7 +44,7 @@ def map_from_depth(args: dict) -> dict:
     from krita_plugin.controller import Controller
     from krita_plugin.docker import DiffDiffPanel
     from krita_plugin.images import png_to_bgra
-    from krita_plugin.krita_io import KritaHost
+    from krita_plugin.krita_host import KritaHost
     from krita_plugin.settings import DictStore
     from shared import protocol
 
@@ -97,7 +97,7 @@ def speeds(args: dict) -> dict:
     import time
 
     from krita_plugin.controller import Controller
-    from krita_plugin.krita_io import KritaHost
+    from krita_plugin.krita_host import KritaHost
     from krita_plugin.map_tools import MapTools
     from krita_plugin.settings import DictStore
     from shared import map_patterns

@@ -301,7 +301,7 @@ def batch(args: dict) -> list:
 
 def _fake_controller(doc, active_layer=None):
     from krita_plugin.controller import Controller
-    from krita_plugin.krita_io import KritaHost
+    from krita_plugin.krita_host import KritaHost
     from krita_plugin.settings import DictStore
 
     host = KritaHost(document=doc, store=DictStore(), active_layer=active_layer)
@@ -361,7 +361,7 @@ def sources(args: dict) -> dict:
     """Source 'Active layer' sends that layer alone (results go right above it); 'Visible
     picture' sends the composite. Through script_controller, the scripting entry point."""
     from krita_plugin.images import png_to_bgra
-    from krita_plugin.krita_io import script_controller
+    from krita_plugin.krita_host import script_controller
 
     w, h = args["width"], args["height"]
     doc = picture_document(args)
@@ -413,7 +413,7 @@ def panel_create_map(args: dict) -> dict:
 
 def settings_write(args: dict) -> dict:
     """Save every setting through Krita's own configuration (what the docker does on each edit)."""
-    from krita_plugin.krita_io import KritaSettingsStore
+    from krita_plugin.krita_host import KritaSettingsStore
     from krita_plugin.settings import load_settings, save_settings
 
     settings = _settings(**args["values"])
@@ -425,7 +425,7 @@ def settings_read(args: dict) -> dict:
     """In a later Krita session: what the docker would load."""
     import dataclasses
 
-    from krita_plugin.krita_io import KritaSettingsStore
+    from krita_plugin.krita_host import KritaSettingsStore
     from krita_plugin.settings import load_settings
 
     return dataclasses.asdict(load_settings(KritaSettingsStore()))

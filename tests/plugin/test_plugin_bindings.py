@@ -79,6 +79,20 @@ def test_the_plugin_spells_every_qt_and_krita_name_one_way() -> None:
     assert not in_widgets, f"{sorted(in_widgets)} live in QtGui under PyQt6"
 
 
+def test_only_the_krita_modules_import_krita() -> None:
+    """krita_io (documents) and krita_host (docker, settings, canvas widget) call Krita; the rest
+    is Krita-free, so it runs under the tests' fakes. __init__ only asks whether Krita is there."""
+    importers = set()
+    for path in sorted(PLUGIN.rglob("*.py")):
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else [])
+            if any(name.split(".")[0] == "krita" for name in names):
+                importers.add(path.name)
+    assert importers == {"__init__.py", "krita_io.py", "krita_host.py"}
+
+
 def test_the_scan_finds_each_kind_of_breaker() -> None:
     source = """
 from krita import DockWidgetFactoryBase
