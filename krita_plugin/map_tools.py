@@ -341,7 +341,7 @@ class MapTools(QObject):
                 made.base = change_map_from_bgra(pixels, made.width, made.height)
             made.transform = transform
             return made.canvas.write_layer(made.layer_id, Region(0, 0, made.width, made.height),
-                                           gray_to_bgra(transform.apply(made.base)))
+                                           gray_to_bgra(made.base, transform.lut()))
 
         if not self.controller._safely(write, made.canvas):  # the layer or its document is gone
             self._forget_current()

@@ -211,6 +211,41 @@ def test_gray_to_bgra_is_opaque_gray_and_reads_back_as_the_same_map(width, heigh
     assert (bgra[:, 3] == 255).all() and change_map_from_bgra(bgra.tobytes(), width, height) == gray
 
 
+def test_gray_to_bgra_maps_through_a_table_in_chunks(monkeypatch):
+    """The live transform's one pass: table, then gray BGRA; a map longer than one chunk of Qt's
+    work is the same as in one piece."""
+    from krita_plugin import map_pixels
+    from shared.map_transforms import MapTransform
+
+    gray = np.random.default_rng(2).integers(0, 256, 1000, dtype=np.uint8).tobytes()
+    lut = MapTransform(gamma=1.7, invert=True).lut()
+    whole = gray_to_bgra(gray, lut)
+    monkeypatch.setattr(map_pixels, "EXPAND_PIXELS", 64)
+    assert gray_to_bgra(gray, lut) == whole and len(whole) == 4000
+    bgra = np.frombuffer(whole, np.uint8).reshape(-1, 4)
+    mapped = np.frombuffer(lut, np.uint8)[np.frombuffer(gray, np.uint8)]
+    assert (bgra[:, :3] == mapped[:, None]).all() and (bgra[:, 3] == 255).all()
+    assert gray_to_bgra(b"") == b""
+    with pytest.raises(ValueError):
+        gray_to_bgra(gray, b"\0" * 255)
+
+
+def test_change_map_of_gray_and_coloured_bands():
+    """Gray bands take the quick road (their blue bytes), coloured ones qGray: both in one map."""
+    from krita_plugin.images import GRAY_BAND_ROWS, change_map_from_bgra
+
+    width, height = 9, 2 * GRAY_BAND_ROWS + 3
+    rng = np.random.default_rng(4)
+    bgra = np.repeat(rng.integers(0, 256, (height, width, 1), dtype=np.uint8), 4, axis=2)
+    bgra[..., 3] = rng.choice([0, 255], (height, width))  # gray, some transparent: still gray over black
+    bgra[GRAY_BAND_ROWS + 5, 3] = (0, 0, 255, 255)  # one red pixel in the middle band
+    over_black = (2 * bgra[..., :3].astype(np.int64) * bgra[..., 3:] + 255) // 510
+    expected = (5 * over_black[..., 0] + 16 * over_black[..., 1] + 11 * over_black[..., 2]) // 32
+    got = np.frombuffer(change_map_from_bgra(bgra.tobytes(), width, height), np.uint8).reshape(height, width)
+    np.testing.assert_array_equal(got, expected)
+    assert got[GRAY_BAND_ROWS + 5, 3] == 87
+
+
 def test_a_selection_reaching_past_the_canvas_is_cut_to_it():
     gray = bytes(range(1, 13))  # a 4 x 3 box
     out = np.frombuffer(paste_gray(protocol.Region(-1, 1, 4, 3), gray, 5, 3), np.uint8).reshape(3, 5)
