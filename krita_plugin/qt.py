@@ -29,7 +29,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
         "QTimer",
         "pyqtSignal",
     ),
-    "QtGui": ("QColor", "QIcon", "QImage", "QPainter", "QPixmap", "QRadialGradient"),
+    "QtGui": ("QColor", "QIcon", "QImage", "QPainter", "QPixmap", "QRadialGradient", "QTransform"),
     "QtWidgets": (
         "QApplication",
         "QCheckBox",
@@ -96,6 +96,7 @@ FORMAT_ARGB32_PREMULTIPLIED = _QImage.Format.Format_ARGB32_Premultiplied
 FORMAT_INDEXED8 = _QImage.Format.Format_Indexed8
 FORMAT_GRAYSCALE8 = _QImage.Format.Format_Grayscale8
 FORMAT_RGB32 = _QImage.Format.Format_RGB32
+FORMAT_RGB888 = _QImage.Format.Format_RGB888
 READ_WRITE = _modules["QtCore"].QIODevice.OpenModeFlag.ReadWrite
 ALIGN_TOP = _Qt.AlignmentFlag.AlignTop
 HORIZONTAL = _Qt.Orientation.Horizontal
