@@ -79,6 +79,7 @@ class MapTools(QObject):
         self._by_job: dict[int, tuple[Any, str]] = {}
         self._cancelling: set[int] = set()  # job ids the painter cancelled
         self._cancelled_refs: set[int] = set()
+        self.last_request: protocol.MakeMap | None = None  # the last map request sent (scripts, tests)
         target = getattr(controller.host, "canvas_click_target", lambda: None)
         self.picker = CanvasClick(target, self._picked, self._pick_cancelled, self)
         controller.client.event.connect(self._on_event)
@@ -255,6 +256,7 @@ class MapTools(QObject):
             self._notice("error", exc.message)
             return False
         self._by_ref[ref] = (canvas, kind)
+        self.last_request = request
         self.status = f"Making a {MAKER_LABELS[kind]} map…"
         self.changed.emit()
         return True

@@ -267,6 +267,25 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     assert [la["id"] for la in live["off"]] == [la["id"] for la in live["kept"]
                                                 if la["name"] != "Differential Diffusion live"]
 
+    # Segment by a click, at 100 % and at 200 %: a marker put into the picture is found on the screen
+    # where Krita draws it and clicked (Segment pressed first); the image point the plugin sends is
+    # the marker's middle (within a pixel), the click reaches no tool (no layer changes), and the
+    # server's segment map comes as one new layer.
+    segment = generated["segment"]
+    assert [round(s["zoom_level"], 3) for s in segment] == [1.0, 2.0], segment
+    for s in segment:
+        x, y, side = s["marker"]
+        left, top, right, bottom = s["on_screen"]  # None: Krita did not show the marker
+        assert abs((right - left + 1) - side * s["zoom_level"]) <= 2, s  # drawn at the zoom
+        assert s["picking"] and s["sent"] is not None and s["sent"]["kind"] == "segments", s
+        (point,) = s["sent"]["points"]
+        assert abs(point[0] + 0.5 - (x + side / 2)) <= 1 and abs(point[1] + 0.5 - (y + side / 2)) <= 1, s
+        assert s["kept"] and s["added"] == ["Change Map · segment"], s
+        assert not [n for n in s["notices"] if n[0] == "error"], s["notices"]
+    print("GUI Segment by a click: " + "; ".join(
+        f"zoom {s['zoom_level']:g}: marker at {s['marker'][:2]} drawn at widget {s['on_screen'][:2]}, "
+        f"sent {s['sent']['points'][0]}" for s in segment))
+
     # At 260 x 300 px the prompt, Generate and the progress are in sight without scrolling.
     fit = generated["fit"]
     assert fit["horizontal_scroll"] == 0, fit

@@ -175,6 +175,7 @@ def test_segment_by_click_sends_the_point_and_falls_back_without_a_view():
     tools.picker.eventFilter(target.widget, _mouse(MOUSE_PRESS, 7, 5))
     request = protocol.MakeMap.from_dict(protocol.loads(client.frames[-1][0]))
     assert request.points == [(7, 5)] and request.box == protocol.Region(4, 4, 20, 10)
+    assert tools.last_request.to_dict() == request.to_dict()  # what scripts and the GUI probe read
     tools.picker.stop()
     assert tools.segment_by_click()
     tools.picker.eventFilter(target.widget, _mouse(MOUSE_PRESS, W + 5, 1))

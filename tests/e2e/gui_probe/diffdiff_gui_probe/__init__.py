@@ -74,6 +74,9 @@ BIG = (3000, 2000)
 TICK_MS = 20  # the event-loop probe: a timer this often; a late tick is a gap the painter feels
 GO_WAIT_MS = 60000  # how long the probe waits for the test's go-ahead
 JOB_WAIT_S = 90  # and then for the job it started
+SEGMENT_ZOOMS = (1.0, 2.0)  # Segment by a click at 100 %, then at 200 % (a 72 ppi document)
+MARKER_AT, MARKER_PX = (440, 331), 6  # a magenta square put into the picture there (image pixels)
+MARKER_BGRA = bytes((255, 0, 255, 255))
 
 
 def _big_document(window):
@@ -145,6 +148,41 @@ def _paint_stroke(window, dy=0):
     QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonRelease, QPointF(points[-1]), left, Qt.NoButton,
                                                none))
     return widget.metaObject().className()
+
+
+def _stroke(widget, points):
+    """A left-button drag through `points` of the widget (one point: a click), as Krita gets one."""
+    left, none = Qt.LeftButton, Qt.NoModifier
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonPress, QPointF(points[0]), left, left, none))
+    for p in points[1:]:
+        QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseMove, QPointF(p), left, left, none))
+    QApplication.sendEvent(widget, QMouseEvent(QEvent.MouseButtonRelease, QPointF(points[-1]), left, Qt.NoButton,
+                                               none))
+
+
+def _click(widget, point):
+    _stroke(widget, [point])
+
+
+def _find_on_screen(widget, bgra):
+    """The widget-pixel box [left, top, right, bottom] (inclusive) where the screen shows the colour
+    `bgra` inside the widget, or None."""
+    origin = widget.mapToGlobal(QPoint(0, 0))
+    shot = QApplication.primaryScreen().grabWindow(0, origin.x(), origin.y(), widget.width(), widget.height())
+    image = shot.toImage().convertToFormat(QImage.Format_RGB32)
+    stride, bits = image.bytesPerLine(), image.constBits()
+    bits.setsize(stride * image.height())
+    data = bytes(bits)
+    xs, ys = [], []
+    for y in range(image.height()):
+        row = data[y * stride:y * stride + image.width() * 4]
+        at = row.find(bgra)
+        while at >= 0:
+            if at % 4 == 0:
+                xs.append(at // 4)
+                ys.append(y)
+            at = row.find(bgra, at + 1)
+    return [min(xs), min(ys), max(xs), max(ys)] if xs else None
 
 
 def _write_json(path, data):
@@ -475,11 +513,81 @@ class GuiProbe(Extension):
         def off():
             try:
                 out["off"] = _layers(doc)
+                self._segment_clicks(path, report, doc)
+                return
             except Exception:
                 report["errors"].append(traceback.format_exc())
             _write_json(path, report)
 
         QTimer.singleShot(100, stroke)
+
+    def _segment_clicks(self, path, report, doc):
+        """Last: at 100 % and at 200 %, a magenta marker put into the picture at a known image
+        point (a layer of the probe's), found on the screen where Krita draws it; then Segment
+        pressed and the canvas clicked at the marker's middle: the map request the plugin sent,
+        and what it added."""
+        panel = _dockers(_window())[0].panel
+        tools = panel.map_tools
+        out = report["segment"] = []
+        zooms = list(SEGMENT_ZOOMS)
+        panel.controller.notice.connect(lambda kind, text: out[-1]["notices"].append([kind, text]) if out else None)
+
+        def failed():
+            report["errors"].append(traceback.format_exc())
+            _write_json(path, report)
+
+        def next_zoom():
+            try:
+                if not zooms:
+                    _write_json(path, report)
+                    return
+                zoom = zooms.pop(0)
+                _window().activeView().canvas().setZoomLevel(zoom)
+                x, y = MARKER_AT
+                layer = doc.createNode(f"probe marker {zoom:g}", "paintlayer")
+                layer.setPixelData(MARKER_BGRA * (MARKER_PX * MARKER_PX), x, y, MARKER_PX, MARKER_PX)
+                doc.rootNode().addChildNode(layer, None)
+                QTimer.singleShot(800, lambda: click(zoom))  # the view zooms and draws the marker
+            except Exception:
+                failed()
+
+        def click(zoom):
+            try:
+                widget = _canvas_widget(_window())
+                entry = {"zoom_level": _window().activeView().canvas().zoomLevel(), "notices": [],
+                         "marker": [*MARKER_AT, MARKER_PX], "on_screen": _find_on_screen(widget, MARKER_BGRA)}
+                out.append(entry)
+                if entry["on_screen"] is None:
+                    next_zoom()
+                    return
+                left, top, right, bottom = entry["on_screen"]
+                point = QPoint((left + right) // 2, (top + bottom) // 2)
+                before = _layers(doc)
+                panel.maps.segment.click()
+                entry["picking"] = tools.picker.picking
+                tools.last_request = None
+                _click(widget, point)  # the picker takes it: Krita's tool must not get it
+                request = tools.last_request
+                entry["sent"] = request.to_dict() if request is not None else None
+                deadline = time.monotonic() + JOB_WAIT_S
+                QTimer.singleShot(300, lambda: made(entry, before, deadline))
+            except Exception:
+                failed()
+
+        def made(entry, before, deadline):
+            try:
+                if tools.busy and time.monotonic() < deadline:
+                    QTimer.singleShot(100, lambda: made(entry, before, deadline))
+                    return
+                after = _layers(doc)
+                known = {la["id"]: la for la in after}
+                entry["kept"] = all(known.get(la["id"]) == la for la in before)  # the click painted nothing
+                entry["added"] = [la["name"] for la in after if la["id"] not in {b["id"] for b in before}]
+                next_zoom()
+            except Exception:
+                failed()
+
+        next_zoom()
 
     def _during(self, job, panel, doc, setup, state):
         """What the painter does while the job runs, once its preview is on the canvas."""
