@@ -331,6 +331,10 @@ class RayEngine:
                 if isinstance(event, ENDS):
                     ended = True
                     self._ended.add(job)
+                    if isinstance(event, p.Done):  # the replica's own line is in its log file
+                        log.info("job %d done: %d image(s), %.2fs (queued %.2fs)", job.id,
+                                 event.images, event.timings.get("run_s", 0.0),
+                                 event.timings.get("queued_s", 0.0))
         except asyncio.CancelledError:
             # Serve raises this in the reader when the request was cancelled before a replica
             # took it; otherwise it is this task being cancelled (the loop closing).
