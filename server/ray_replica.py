@@ -148,8 +148,10 @@ class DiffusionReplica:
 
     def stats(self) -> dict[str, Any]:
         """The replica's counters (tests and the operator)."""
+        import torch
+
         return {"pid": os.getpid(), "steps_by_job": dict(self.steps_by_job),
-                "models_loaded": list(self.models_loaded)}
+                "models_loaded": list(self.models_loaded), "torch_threads": torch.get_num_threads()}
 
 
 def quiet_console() -> None:
