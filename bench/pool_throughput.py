@@ -5,12 +5,22 @@
 
 Both servers run in this process (the real websocket front, ``server.app``), one with the default
 in-process engine, one with ``--engine ray`` on a local Ray instance of ``--replicas`` CPUs. Each
-round, ``--jobs`` clients connect and submit one change-map job each at once; the time is from the
-first submit sent to the last ``done`` received. Both servers are warmed first (every replica has
-the model loaded and has run a job). The rounds alternate which engine goes first; the figure is
-the median of the per-round ratios (pool / in-process), goal <= 0.65 with 2 replicas.
-OMP_NUM_THREADS=1 (set here before torch loads, and inherited by the replicas): one thread per
+round, ``--jobs`` clients connect and submit one change-map job each at once (previews every 5
+steps, as the docker asks); the time is from the first submit sent to the last ``done`` received.
+Both servers are warmed first (every replica has the model loaded and has run a job). The rounds
+alternate which engine goes first; the figure is the median of the per-round ratios (pool /
+in-process), goal <= 0.65 with 2 replicas. OMP_NUM_THREADS=1 (set here before torch loads, and
+inherited by the replicas; the torch threads each side really has are printed): one thread per
 process, so the pool's gain is its parallelism, not thread contention.
+
+The job's size (tiny-sd, 256 px, 20 steps: about 1 s of one core) keeps what the pool adds per job
+(handing the job to a replica, streaming its ~25 messages back, starting the next) a few percent
+of it, as a real model's seconds on a GPU would; the printout measures that share ("a slot's
+time outside the pipeline"). It also prints each job's pipeline seconds on both sides (a replica
+slower than the in-process worker is short of CPU), and the share of the CPUs that other
+processes used during each engine's rounds (from /proc): the pool needs every core free, the
+in-process engine one, so on a shared machine other people's work raises the ratio, and the
+figure counts only when that share is near 0.
 The last line holds ``name=value`` pairs for scripts.
 """
 
