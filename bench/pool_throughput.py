@@ -30,6 +30,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # as the server sets it (server.ray_engine)
 
 import argparse
 import asyncio

@@ -125,6 +125,9 @@ class RayEngine:
         return info, native
 
     def _deploy(self) -> None:
+        # Every replica's warnings at once: Ray's deduplication holds a line like one another
+        # replica wrote until the next line arrives, for ever if none does (read when Ray loads).
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
         from ray import serve
 

@@ -26,6 +26,7 @@ from server.app import DiffusionServer, ServerConfig, run_server
 from shared import protocol as p
 from tests.conftest import make_test_image
 
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # as the server sets it: before Ray loads
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
@@ -245,6 +246,26 @@ def test_out_of_memory_on_a_replica_fails_that_job_only(pool):
     oom, fine = run(jobs())
     assert oom[-1].code == p.E_OUT_OF_MEMORY and "memory" in oom[-1].message
     assert isinstance(fine[-1], p.Done)
+
+
+def test_replicas_log_to_their_files_and_only_their_errors_reach_the_server_log(pool, capfd):
+    async def fine_then_oom():
+        client = await connect(pool)
+        return list((await submit_all(client, [{"seed": 42}, {"prompt": "oom"}])).values())
+
+    fine, oom = run(fine_then_oom())
+    capfd.readouterr()  # what came before this test
+    deadline, console = time.monotonic() + 30, ""
+    while f"job {oom[0].job_id}: out of memory" not in console and time.monotonic() < deadline:
+        time.sleep(0.2)  # Ray forwards a replica's console to the driver's in batches
+        console += capfd.readouterr().err
+    # The error reached the server's console; Serve's line per request did not, nor our INFO.
+    assert f"job {oom[0].job_id}: out of memory" in console, console
+    assert "CALL run" not in console and f"job {fine[0].job_id}: " not in console
+    # Both are in the replicas' files, under the Ray session's logs/serve/.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    files = "".join(f.read_text() for f in logs.glob(f"replica_{pool.server.worker.app_name}_*"))
+    assert f"job {fine[0].job_id}: " in files and "CALL run OK" in files
 
 
 def test_a_replica_killed_mid_job_fails_that_job_and_the_next_ones_run(pool):
