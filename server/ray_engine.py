@@ -118,8 +118,14 @@ class RayEngine:
         self.loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._deploy)
         started = time.monotonic()
-        info, native = await self.handle.options(
-            multiplexed_model_id=self.config.model).describe.remote()
+        try:
+            info, native = await self.handle.options(
+                multiplexed_model_id=self.config.model).describe.remote()
+        except Exception as exc:  # the replica's own error (a model or LoRA not found), unwrapped
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
         log.info("pool ready: %d replica(s); %s loaded in %.1fs", self.slots, self.config.model,
                  time.monotonic() - started)
         return info, native
