@@ -211,12 +211,9 @@ class DiffusionServer:
         c = self.config
         sock = None
         if c.engine == "ray":  # the studio pool: the default model loads on a replica
-            from server.ray_engine import PoolOptions, RayEngine, default_app_name
+            from server.ray_engine import PoolOptions, RayEngine, bind_first, default_app_name
 
-            # Bound first: a second server on this port stops here, before it replaces the first
-            # one's Serve application (named after the port); port 0 gets its port now too.
-            sock = socket.create_server((c.host, c.port), family=socket.AF_INET6 if ":" in c.host
-                                        else socket.AF_INET)
+            sock = bind_first(c.host, c.port)  # before the pool: its name has the port
             app_name = c.ray_app_name or default_app_name(sock.getsockname()[1])
             self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas, app_name=app_name),
                                     on_model_info=self._model_described,

@@ -57,6 +57,14 @@ def default_app_name(port: int, machine: str | None = None) -> str:
     return f"{APP_PREFIX}-{machine}-{port if port else secrets.token_hex(3)}"
 
 
+def bind_first(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before the pool is deployed: a second server started
+    on a port in use stops here, before it replaces the first one's Serve application (named
+    after the port); port 0 gets its port now, for the name."""
+    return socket.create_server((host, port),
+                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
+
+
 def replica_count(replicas: int | str, gpus: float, cpus: float) -> int:
     """``--replicas``: a number, or ``auto``: one replica per GPU, or one on the CPU."""
     if replicas == "auto":

@@ -304,6 +304,12 @@ def test_a_second_server_on_the_same_ray_has_its_own_application_and_its_lora(po
     from tests.server.test_lora import _kohya
 
     lora, _ = _kohya(tmp_path)
+    # A server started on the first one's port stops before it deploys anything.
+    taken = DiffusionServer(ServerConfig(model="tiny-sd", engine="ray", replicas=1,
+                                         port=pool.server.port))
+    with pytest.raises(OSError):
+        asyncio.run(taken.start())
+    assert set(serve.status().applications) == {pool.server.worker.app_name}
     # Ray's 3 CPUs: 2 for the first pool's replicas, 1 for this one's.
     second = PoolServer(loader=None, replicas=1, lora=str(lora))
     try:
