@@ -252,6 +252,39 @@ def changed_rows(bgra: bytes, width: int, height: int) -> tuple[int, int]:
     return top, bottom
 
 
+def changed_columns(bgra: bytes, width: int, top: int, bottom: int) -> tuple[int, int]:
+    """Columns ``[left, right)`` of rows ``[top, bottom)`` outside which each row's pixels are all
+    opaque black or all transparent (see :func:`changed_rows`): per row, the longest plain prefix
+    and suffix by bisection, each probe one comparison in C."""
+    stride = width * 4
+    plain = memoryview(b"\0\0\0\xff" * width), memoryview(bytes(stride))
+    left, right = width, 0
+    for y in range(top, bottom):
+        start = y * stride
+
+        def prefix(n: int, start: int = start) -> bool:
+            return any(bgra.startswith(p[:4 * n], start) for p in plain)
+
+        def suffix(n: int, start: int = start) -> bool:
+            return any(bgra.endswith(p[:4 * n], start, start + stride) for p in plain)
+
+        left = min(left, _longest(prefix, left))
+        right = max(right, width - _longest(suffix, width - right))
+    return left, max(right, left)
+
+
+def _longest(holds, limit: int) -> int:
+    """The largest ``n <= limit`` with ``holds(n)``, for a ``holds`` true up to some n and false after."""
+    low, high = 0, limit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if holds(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
+
+
 def nonzero_box(gray: bytes, width: int, height: int) -> Region | None:
     """The smallest rectangle holding every non-zero byte of a one-byte-per-pixel map."""
     stripped = gray.lstrip(b"\0")
@@ -323,14 +356,18 @@ def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = 
         # Only the rows holding paint are converted (the rest are 0): the cost follows the edit.
         bgra = canvas.layer_pixels(map_layer.id, whole)
         top, bottom = changed_rows(bgra, width, height)
-        band = Region(0, top, width, bottom - top)
-        band_map = change_map_from_bgra(bgra[top * width * 4:bottom * width * 4], width, band.height) \
-            if band.height else b""
+        left, right = changed_columns(bgra, width, top, bottom)
+        band = Region(left, top, right - left, bottom - top)
+        band_map = b""
+        if band.width and band.height:
+            stride = width * 4
+            painted = b"".join(bgra[y * stride + left * 4:y * stride + right * 4] for y in range(top, bottom))
+            band_map = change_map_from_bgra(painted, band.width, band.height)
         del bgra  # 64 MB on a 4K canvas
         if settings.map_gamma != 1.0:  # the job's map curve (0 stays 0: kept pixels stay kept)
             band_map = map_transforms.apply(map_transforms.gamma(settings.map_gamma), band_map)
-        box = nonzero_box(band_map, width, band.height)
-        box = Region(box.x, box.y + top, box.width, box.height) if box else None
+        box = nonzero_box(band_map, band.width, band.height)
+        box = Region(box.x + left, box.y + top, box.width, box.height) if box else None
     elif soft is not None:
         box = nonzero_box(soft[1], soft[0].width, soft[0].height)
         box = Region(box.x + soft[0].x, box.y + soft[0].y, box.width, box.height) if box else None

@@ -11,7 +11,7 @@ from plugin_fakes import FakeCanvas, qapp
 from test_plugin_controller import make, picture
 
 import krita_plugin.images as images
-from krita_plugin.jobs import changed_rows, crop_gray, nonzero_box
+from krita_plugin.jobs import changed_columns, changed_rows, crop_gray, nonzero_box
 from shared.regions import context_crop
 
 W, H = 48, 32
@@ -39,7 +39,7 @@ def test_only_the_painted_rows_are_converted_and_the_map_is_the_same(monkeypatch
     convert = images.change_map_from_bgra
 
     def recording(bgra, width, height):
-        converted.append(height)
+        converted.append((width, height))
         return convert(bgra, width, height)
 
     whole = convert(layer.tobytes(), W, H)  # what the whole conversion gives, before the patch
@@ -51,7 +51,7 @@ def test_only_the_painted_rows_are_converted_and_the_map_is_the_same(monkeypatch
     got = client.received()
     box = nonzero_box(whole, W, H)
     assert (box.x, box.y, box.width, box.height) == (5, 10, 25, 8)
-    assert converted == [20 - 10 if kind == "black" else 18 - 10]  # the band only
+    assert converted == [(25, 10) if kind == "black" else (25, 8)]  # the painted box only
     crop = context_crop(box, (W, H), client.session.capabilities.native_resolution)
     assert got.map_gray8 == crop_gray(whole, W, crop)
 
@@ -65,3 +65,13 @@ def test_changed_rows_finds_the_band_or_none():
     assert changed_rows(empty.tobytes(), W, H) == (0, 0)
     empty[H - 1, W - 1] = (1, 0, 0, 255)
     assert changed_rows(empty.tobytes(), W, H) == (H - 1, H)
+
+
+def test_changed_columns_finds_the_painted_columns_of_those_rows():
+    black = map_layer("black").tobytes()
+    assert changed_columns(black, W, 10, 20) == (5, 30)  # row 19: a plain prefix, a plain suffix
+    assert changed_columns(black, W, 10, 18) == (5, 30)
+    assert changed_columns(map_layer("transparent").tobytes(), W, 10, 18) == (5, 30)
+    assert changed_columns(black, W, 0, 0) == (W, W)  # no rows: nothing
+    full = np.full((1, W, 4), 200, np.uint8).tobytes()
+    assert changed_columns(full, W, 0, 1) == (0, W)
