@@ -252,6 +252,33 @@ def changed_rows(bgra: bytes, width: int, height: int) -> tuple[int, int]:
     return top, bottom
 
 
+MAP_BAND_ROWS = 64  # rows of the map layer read at a time: 1 MB on a 4K canvas
+
+
+def painted_rows(bands, width: int) -> tuple[int, int, bytes]:
+    """Rows ``[top, bottom)`` of a BGRA layer read as ``(first row, bytes)`` bands, outside which
+    every row is plain (see :func:`changed_rows`), and their pixels; only those rows are kept."""
+    stride = width * 4
+    top = bottom = None
+    kept: list[bytes] = []
+    plain_since: list[bytes] = []  # plain bands after the last painted one: kept only if more paint follows
+    for y, data in bands:
+        first, last = changed_rows(data, width, len(data) // stride)
+        if first == last:
+            if top is not None:
+                plain_since.append(data)
+            continue
+        if top is None:
+            top, data = y + first, data[first * stride:]
+        kept += plain_since
+        plain_since = []
+        kept.append(data)
+        bottom = y + last
+    if top is None:
+        return 0, 0, b""
+    return top, bottom, b"".join(kept)[:(bottom - top) * stride]
+
+
 def changed_columns(bgra: bytes, width: int, top: int, bottom: int) -> tuple[int, int]:
     """Columns ``[left, right)`` of rows ``[top, bottom)`` outside which each row's pixels are all
     opaque black or all transparent (see :func:`changed_rows`): per row, the longest plain prefix
@@ -354,16 +381,16 @@ def read_job_inputs(canvas, settings: Settings, native_resolution: int | None = 
     band = box = None
     if settings.mode == "change_map":
         # Only the rows holding paint are converted (the rest are 0): the cost follows the edit.
-        bgra = canvas.layer_pixels(map_layer.id, whole)
-        top, bottom = changed_rows(bgra, width, height)
-        left, right = changed_columns(bgra, width, top, bottom)
+        top, bottom, rows = painted_rows(canvas.layer_bands(map_layer.id, MAP_BAND_ROWS), width)
+        left, right = changed_columns(rows, width, 0, bottom - top)
         band = Region(left, top, right - left, bottom - top)
         band_map = b""
         if band.width and band.height:
             stride = width * 4
-            painted = b"".join(bgra[y * stride + left * 4:y * stride + right * 4] for y in range(top, bottom))
+            painted = rows if band.width == width else b"".join(
+                rows[y * stride + left * 4:y * stride + right * 4] for y in range(band.height))
             band_map = change_map_from_bgra(painted, band.width, band.height)
-        del bgra  # 64 MB on a 4K canvas
+        del rows
         if settings.map_gamma != 1.0:  # the job's map curve (0 stays 0: kept pixels stay kept)
             band_map = map_transforms.apply(map_transforms.gamma(settings.map_gamma), band_map)
         box = nonzero_box(band_map, band.width, band.height)

@@ -11,7 +11,7 @@ from plugin_fakes import FakeCanvas, qapp
 from test_plugin_controller import make, picture
 
 import krita_plugin.images as images
-from krita_plugin.jobs import changed_columns, changed_rows, crop_gray, nonzero_box
+from krita_plugin.jobs import changed_columns, changed_rows, crop_gray, nonzero_box, painted_rows
 from shared.regions import context_crop
 
 W, H = 48, 32
@@ -75,3 +75,13 @@ def test_changed_columns_finds_the_painted_columns_of_those_rows():
     assert changed_columns(black, W, 0, 0) == (W, W)  # no rows: nothing
     full = np.full((1, W, 4), 200, np.uint8).tobytes()
     assert changed_columns(full, W, 0, 1) == (0, W)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 7, H])
+def test_painted_rows_keeps_only_the_rows_between_the_first_and_last_paint(rows):
+    layer = map_layer("black")
+    data = layer.tobytes()
+    bands = [(y, layer[y:y + rows].tobytes()) for y in range(0, H, rows)]
+    stride = W * 4
+    assert painted_rows(bands, W) == (10, 20, data[10 * stride:20 * stride])
+    assert painted_rows([(y, bytes(len(b))) for y, b in bands], W) == (0, 0, b"")
