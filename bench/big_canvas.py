@@ -8,8 +8,9 @@ loopback port; kritarunner (offscreen) drives the installed plugin's script cont
 Background picture and a black, half-opaque 'Change Map' layer with the same 512x512 white square at its
 centre, so both jobs change the same area: only the canvas differs. Timed per run: click (prepare_job: the
 map read, the crop, the picture read and encoded) -> result layer in the document (the job's 'done'),
-median of --runs after one warm-up job per size. What must hold (issue 15): ratio = 4096 / 1024 <= 1.3.
---profile adds the plugin's cProfile of one more 4096 run (Krita side; the server's work is inside
+median of --runs after one warm-up job per size, the sizes taking turns (forwards, then backwards).
+What must hold (issue 15): ratio = 4096 / 1024 <= 1.3.
+--profile adds the plugin's cProfile of one more run per size (Krita side; the server's work is inside
 'wait_for'). The last line holds `name=value` pairs for scripts.
 """
 
@@ -89,7 +90,7 @@ def summary(results: dict, sizes: Sequence[int]) -> dict[str, float]:
 
 def format_report(results: dict, sizes: Sequence[int], args: argparse.Namespace, load: float) -> str:
     lines = [f"bench/big_canvas.py: model {args.model}, {args.steps} steps, a {args.area}x{args.area} painted area "
-             f"at the centre, median of {args.runs} runs after a warm-up; load average {load:.1f} on "
+             f"at the centre, median of {args.runs} interleaved runs after a warm-up; load average {load:.1f} on "
              f"{os.cpu_count()} CPUs", "",
              f"{'canvas':<12}{'click->layer s':>16}{'(min-max)':>18}{'prepare s':>11}{'rest s':>9}  crop sent"]
     for size in sizes:
@@ -101,9 +102,10 @@ def format_report(results: dict, sizes: Sequence[int], args: argparse.Namespace,
                      f"{statistics.median(r['after_prepare_s'] for r in runs):>9.3f}  {runs[0]['crop']}")
     values = summary(results, sizes)
     lines += ["", f"ratio {max(sizes)} / {min(sizes)}: {values['ratio']:.3f} (goal <= {GOAL})"]
-    profile = results[str(max(sizes))].get("profile")
-    if profile:
-        lines += ["", f"Plugin profile of one {max(sizes)} run (cProfile inside Krita, cumulative):", profile]
+    for size in sizes:
+        profile = results[str(size)].get("profile")
+        if profile:
+            lines += ["", f"Plugin profile of one more {size} run (cProfile inside Krita, cumulative):", profile]
     return "\n".join(lines)
 
 
@@ -114,7 +116,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--area", type=int, default=512, help="side of the painted square in px")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per size (after one warm-up)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps of each job")
-    parser.add_argument("--profile", action="store_true", help="add a cProfile of one largest-canvas run")
+    parser.add_argument("--profile", action="store_true", help="add a cProfile of one more run per size (Krita side)")
     args = parser.parse_args(argv)
     if args.runs < 1 or len(args.sizes) < 2 or min(args.sizes) < args.area:
         parser.error("--runs >= 1, two sizes or more, each at least --area")

@@ -301,8 +301,11 @@ def changed_columns(bgra: bytes, width: int, top: int, bottom: int) -> tuple[int
 
 
 def _longest(holds, limit: int) -> int:
-    """The largest ``n <= limit`` with ``holds(n)``, for a ``holds`` true up to some n and false after."""
-    low, high = 0, limit
+    """The largest ``n <= limit`` with ``holds(n)``, for a ``holds`` true up to some n and false after
+    (one probe when it holds at ``limit``: the rows of a painted box mostly share their edges)."""
+    if holds(limit):
+        return limit
+    low, high = 0, limit - 1
     while low < high:
         middle = (low + high + 1) // 2
         if holds(middle):

@@ -3,7 +3,7 @@
 For each canvas size: a document whose Background holds a picture, a black half-opaque 'Change
 Map' layer (as the plugin's 'Create Change Map layer' makes it) with one white square painted
 on it, and the installed plugin's script controller connected to the real server. One warm-up
-job, then `runs` timed ones: click (prepare_job: read the map and the picture, crop, encode) ->
+job, then `runs` timed ones, the sizes taking turns: click (prepare_job: read the map and the picture, crop, encode) ->
 result layer written (the job's 'done', the layer in the document). The phases are timed apart,
 and one extra run of the largest canvas is profiled (cProfile, the plugin's functions).
 """
@@ -101,10 +101,13 @@ def _profile(controller, doc, top: int) -> str:
 
 @entry
 def measure(args: dict) -> dict:
+    """Every size's document and controller side by side; after a warm-up job each, the sizes take
+    turns (forwards, then backwards), so a load that comes and goes falls on both alike."""
     from differential_diffusion.krita_io import script_controller
 
-    results = {}
-    for size in args["sizes"]:
+    sizes = args["sizes"]
+    setups = {}
+    for size in sizes:
         doc = _document(size, args["area"])
         controller = script_controller(args["url"], document=doc)
         controller.update_settings(prompt="a lighthouse", steps=args["steps"], guidance=5.0, random_seed=False,
@@ -113,11 +116,15 @@ def measure(args: dict) -> dict:
         if not controller.wait_connected(timeout_s=60):
             raise RuntimeError(f"never connected: {controller.connection_text}")
         _one_job(controller, doc)  # warm-up: first-call costs on both sides
-        runs = [_one_job(controller, doc) for _ in range(args["runs"])]
-        entry_ = {"runs": runs}
-        if args.get("profile") and size == max(args["sizes"]):
-            entry_["profile"] = _profile(controller, doc, args.get("profile_top", 45))
-        results[str(size)] = entry_
+        setups[size] = (controller, doc)
+    results = {str(size): {"runs": []} for size in sizes}
+    for round_index in range(args["runs"]):
+        for size in sizes if round_index % 2 == 0 else sizes[::-1]:
+            results[str(size)]["runs"].append(_one_job(*setups[size]))
+    if args.get("profile"):
+        for size in sizes:
+            results[str(size)]["profile"] = _profile(*setups[size], args.get("profile_top", 45))
+    for controller, doc in setups.values():
         controller.shutdown()
         _pump(0.2)
         doc.close()
