@@ -9,7 +9,7 @@ PORT   ?= 7860
 # torch is installed on its own first so pip never resolves a surprise build of it.
 TORCH  ?= torch==2.13.0
 
-.PHONY: setup serve test test-fast test-krita lint plugin install-plugin screenshot bench eval system-deps clean
+.PHONY: setup serve test test-fast test-krita lint plugin install-plugin screenshot maps-picture bench eval system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	@PYTHON="$(PYTHON)" bash packaging/system-deps.sh --python-only
@@ -49,6 +49,10 @@ install-plugin: setup
 # Regenerates docs/docker.png: the GUI test's screenshot of Krita under Xvfb with the docker.
 screenshot: system-deps setup
 	DIFFDIFF_SCREENSHOT=docs/docker.png $(PY) -m pytest -q -m gui tests/e2e/test_gui.py
+
+# Regenerates docs/maps.png: a rendered scene's depth map and two transforms, grabbed from Krita's canvas.
+maps-picture: system-deps setup
+	$(PY) docs/make_maps_picture.py --out docs/maps.png
 
 bench: setup
 	$(PY) bench/pipeline_cost.py --quick

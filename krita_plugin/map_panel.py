@@ -73,7 +73,10 @@ class MapsSection(QWidget):
         self.depth = QPushButton("Depth")
         self.depth.setToolTip("The server estimates depth: near = white (change), far = black")
         self.segment = QPushButton("Segment")
-        self.segment.setToolTip("The server cuts out the object inside the selection's bounds")
+        self.segment.setToolTip("Then click on an object in the canvas: the server cuts it out "
+                                "(Esc cancels; a rotated or mirrored view uses the selection's bounds)")
+        self.cancel_map = QPushButton("Cancel")
+        self.cancel_map.setToolTip("Stop the depth or segment map the server is making")
         self.selection = QPushButton("Selection")
         self.selection.setToolTip("White inside the selection")
         self.alpha = QPushButton("Layer alpha")
@@ -118,6 +121,10 @@ class MapsSection(QWidget):
         self.soften_px.setSuffix(" px")
         self.soften = QPushButton("Blur")
         self.soften.setToolTip("Soften the map's edges with Krita's Gaussian blur (keeps the shaping so far)")
+        self.grow = QPushButton("Grow")
+        self.grow.setToolTip("Widen the white (change) areas: each pixel the lightest of the square around it")
+        self.shrink = QPushButton("Shrink")
+        self.shrink.setToolTip("Narrow the white (change) areas: each pixel the darkest of the square around it")
         self.apply = QPushButton("Apply")
         self.apply.setToolTip("Keep the shaped map (paint on it, or shape it again)")
         self.reset = QPushButton("Reset")
@@ -128,6 +135,7 @@ class MapsSection(QWidget):
         layout.addLayout(form)
         layout.addLayout(_pair(self.invert, self.apply, self.reset))
         layout.addLayout(_pair(self.soften_px, self.soften))
+        layout.addLayout(_pair(self.grow, self.shrink))
         self.map_gamma = decimal_box(MIN_MAP_GAMMA, MAX_MAP_GAMMA, settings.map_gamma, 0.1)
         self.map_gamma.setToolTip("Each job's map curve: above 1 every grey changes more, below 1 less "
                                   "(the layer is left as it is)")
@@ -137,7 +145,11 @@ class MapsSection(QWidget):
         layout.addLayout(curve)
         self.status = QLabel()
         self.status.setWordWrap(True)
-        layout.addWidget(self.status)
+        status_row = QHBoxLayout()
+        status_row.setContentsMargins(0, 0, 0, 0)
+        status_row.addWidget(self.status, 1)
+        status_row.addWidget(self.cancel_map)  # beside "Making a depth map…"
+        layout.addLayout(status_row)
         self.body.setVisible(False)
 
         self._live = QTimer(self)
@@ -150,7 +162,8 @@ class MapsSection(QWidget):
         t = self.tools
         self.toggle.toggled.connect(self._toggled)
         self.depth.clicked.connect(t.from_depth)
-        self.segment.clicked.connect(t.from_segment)
+        self.segment.clicked.connect(t.segment_by_click)
+        self.cancel_map.clicked.connect(t.cancel)
         self.selection.clicked.connect(lambda: self._made(t.from_selection()))
         self.alpha.clicked.connect(lambda: self._made(t.from_layer_alpha()))
         self.add_pattern.clicked.connect(lambda: self._made(t.from_pattern(self.pattern.currentData())))
@@ -161,6 +174,8 @@ class MapsSection(QWidget):
         self.apply.clicked.connect(self._apply)
         self.reset.clicked.connect(self._reset)
         self.soften.clicked.connect(self._soften)
+        self.grow.clicked.connect(lambda: self._grow(self.soften_px.value()))
+        self.shrink.clicked.connect(lambda: self._grow(-self.soften_px.value()))
         self.map_gamma.valueChanged.connect(lambda v: t.controller.update_settings(map_gamma=v))
         t.changed.connect(self.refresh)
         t.made.connect(lambda _made: self._set_controls(MapTransform()))
@@ -213,6 +228,10 @@ class MapsSection(QWidget):
         self._apply()  # what the controls show is kept first, then blurred
         self.tools.soften(self.soften_px.value())
 
+    def _grow(self, px: int) -> None:
+        self._apply()  # what the controls show is kept first, then grown
+        self.tools.grow(px)
+
     def _reset(self) -> None:
         self._set_controls(MapTransform())
         self._live.stop()
@@ -222,10 +241,12 @@ class MapsSection(QWidget):
         current = self.tools.current
         has_map = current is not None
         for widget in (self.black, self.white, self.band, self.band_width, self.gamma, self.posterise, self.low,
-                       self.high, self.invert, self.apply, self.reset, self.soften_px, self.soften):
+                       self.high, self.invert, self.apply, self.reset, self.soften_px, self.soften, self.grow,
+                       self.shrink):
             widget.setEnabled(has_map)
         for button in (self.depth, self.segment):
             button.setEnabled(not self.tools.busy)
+        self.cancel_map.setEnabled(self.tools.busy)
         text = self.tools.status or (f"Shaping '{current.name}'." if has_map else
                                      "Make a map: it goes on a new layer on top.")
         self.status.setText(text)

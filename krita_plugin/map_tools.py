@@ -20,34 +20,17 @@ from shared import map_patterns, protocol
 from shared.map_transforms import MapTransform
 from shared.protocol import Region
 
+from .canvas_point import CanvasClick
 from .client import NotConnected
 from .images import ImageError, bgra_to_png, change_map_from_bgra
 from .jobs import MAP_NAME_SEPARATOR, DocumentGone, JobInputError, find_map_layer, maps_left_out
+from .map_pixels import MAX_GROW_PX, gray_to_bgra, grow, radial
 from .qt import QObject, Signal
 
 MAP_OPACITY = 128  # like "Create Change Map layer": the picture shows through while painting
 PATTERNS = ("gradient", "radial", "fan")
 MAKER_LABELS = {"depth": "depth", "segments": "segment", "selection": "selection",
                 "alpha": "layer alpha", "gradient": "gradient", "radial": "radial", "fan": "fan"}
-
-
-_OPAQUE_BLACK: dict[int, bytes] = {}  # n pixels of opaque black BGRA, for the last size asked
-
-
-def gray_to_bgra(gray: bytes) -> bytes:
-    """Opaque gray BGRA (B = G = R = the map's byte, A = 255): a map as a layer's pixels, read
-    back by images.change_map_from_bgra as the same map. Three strided copies run in C (a 2K map
-    in about 35 ms), the same under every Qt binding."""
-    n = len(gray)
-    template = _OPAQUE_BLACK.get(n)
-    if template is None:
-        _OPAQUE_BLACK.clear()
-        template = _OPAQUE_BLACK[n] = b"\0\0\0\xff" * n
-    out = bytearray(template)
-    out[0::4] = gray
-    out[1::4] = gray
-    out[2::4] = gray
-    return bytes(out)
 
 
 def paste_gray(box: Region, gray: bytes, width: int, height: int) -> bytes:
@@ -94,6 +77,10 @@ class MapTools(QObject):
         self.status = ""
         self._by_ref: dict[int, tuple[Any, str]] = {}  # requests sent, until accepted
         self._by_job: dict[int, tuple[Any, str]] = {}
+        self._cancelling: set[int] = set()  # job ids the painter cancelled
+        self._cancelled_refs: set[int] = set()
+        target = getattr(controller.host, "canvas_click_target", lambda: None)
+        self.picker = CanvasClick(target, self._picked, self._pick_cancelled, self)
         controller.client.event.connect(self._on_event)
         controller.client.state_changed.connect(self._on_state)
 
@@ -144,6 +131,8 @@ class MapTools(QObject):
             try:
                 if pattern == "fan":
                     return map_patterns.fan(width, height, s.fan_columns, s.fan_low, s.fan_high)
+                if pattern == "radial":  # Qt's gradient: tens of ms on 4K, where Python takes seconds
+                    return radial(width, height)
                 return map_patterns.PATTERNS[pattern](width, height)
             except ValueError as exc:  # e.g. more fan columns than pixels: a sentence, not a traceback
                 raise JobInputError(str(exc)) from None
@@ -180,11 +169,53 @@ class MapTools(QObject):
     def from_depth(self) -> bool:
         return self._ask_server("depth")
 
-    def from_segment(self) -> bool:
-        """The object inside the selection's bounds (its middle as the click)."""
+    def segment_by_click(self) -> bool:
+        """Pick mode: the next left click on the canvas is the point to segment (Esc cancels).
+        Without a canvas view to click on (scripts), the selection's bounds as before."""
+        if self._canvas() is None:
+            return False
+        if self.picker.picking:  # pressed again: stop picking
+            self.picker.stop()
+            self._pick_cancelled()
+            return False
+        if not self.picker.start():
+            return self.from_segment()
+        self.status = "Click on the object to cut out (Esc cancels)."
+        self.changed.emit()
+        return True
+
+    def _picked(self, point: tuple[int, int] | None) -> None:
+        self.status = ""
+        self.changed.emit()
+        if point is None:
+            self._notice("warning", "The view is rotated or mirrored, so the click's place in the picture "
+                                    "is unknown: the selection's bounds are used instead.")
+        self.from_segment(point)
+
+    def _pick_cancelled(self) -> None:
+        self.status = ""
+        self.changed.emit()
+
+    def from_segment(self, point: tuple[int, int] | None = None) -> bool:
+        """The object under `point` (image pixels: where the painter clicked; with a selection,
+        inside its bounds too), else the one inside the selection's bounds (its middle as the
+        click)."""
         canvas = self._canvas()
         if canvas is None:
             return False
+        if point is not None:
+            def where() -> tuple[tuple[int, int], Region | None]:
+                box = canvas.selection_box()
+                return canvas.size, (None if box is None else clip_to_canvas(box, *canvas.size))
+
+            (width, height), box = self.controller._safely(where, canvas) or ((0, 0), None)
+            if not (0 <= point[0] < width and 0 <= point[1] < height):
+                self._notice("error", "Click on the picture itself: that point is outside the canvas.")
+                return False
+            if box is not None and not (box.x <= point[0] < box.x + box.width
+                                        and box.y <= point[1] < box.y + box.height):
+                box = None  # a selection elsewhere says nothing about this object
+            return self._ask_server("segments", canvas, points=[tuple(point)], box=box)
 
         def read() -> Region | None:
             box = canvas.selection_box()
@@ -236,8 +267,16 @@ class MapTools(QObject):
     def _handle(self, ev: protocol.Event) -> None:
         if isinstance(ev, protocol.Accepted) and ev.ref in self._by_ref:
             self._by_job[ev.job_id] = self._by_ref.pop(ev.ref)
+            if ev.ref in self._cancelled_refs:  # cancelled by ref while on its way: the server ends it
+                self._cancelled_refs.discard(ev.ref)
+                self._cancelling.add(ev.job_id)
             return
         job_id = getattr(ev, "job_id", None)
+        if isinstance(ev, protocol.Cancelled) and job_id is None and ev.ref in self._by_ref:
+            self._by_ref.pop(ev.ref)  # cancelled before the server queued it
+            self._notice("info", "Map cancelled.")
+            self._settle()
+            return
         if isinstance(ev, protocol.Error) and job_id is None and ev.ref in self._by_ref:
             self._by_ref.pop(ev.ref)  # refused before it was queued (the controller says why)
             if ev.code == protocol.E_UNKNOWN_TYPE:
@@ -254,7 +293,25 @@ class MapTools(QObject):
             self._add_map(canvas, kind, ev.gray8)
         elif isinstance(ev, (protocol.Done, protocol.Cancelled, protocol.Error)):
             del self._by_job[job_id]
+            if isinstance(ev, protocol.Cancelled):
+                self._notice("info", "Map cancelled." if job_id in self._cancelling else
+                             f"The server stopped the map: {ev.reason}.")
+            self._cancelling.discard(job_id)
             self._settle()
+
+    def cancel(self) -> bool:
+        """Cancel every map request still running (by job id once accepted, else by ref)."""
+        if not self.busy:
+            return False
+        for job_id in self._by_job:
+            self._cancelling.add(job_id)
+            self.controller.client.cancel(job_id=job_id)
+        for ref in self._by_ref:
+            self._cancelled_refs.add(ref)
+            self.controller.client.cancel(ref=ref)
+        self.status = "Cancelling the map…"
+        self.changed.emit()
+        return True
 
     def _settle(self) -> None:
         self.status = "Making a map…" if self.busy else ""
@@ -267,6 +324,8 @@ class MapTools(QObject):
     def _forget_requests(self) -> None:
         self._by_ref.clear()
         self._by_job.clear()
+        self._cancelling.clear()
+        self._cancelled_refs.clear()
         self._settle()
 
     # -- the transform row -----------------------------------------------------------------------
@@ -290,7 +349,8 @@ class MapTools(QObject):
         return True
 
     def soften(self, radius_px: int) -> bool:
-        """Blur the current map layer with Krita's own filter; transforms then start from it."""
+        """Blur the current map layer with Krita's own filter (a step of Krita's undo history);
+        transforms then start from it."""
         made = self.current
         if made is None or radius_px <= 0:
             return False
@@ -301,15 +361,55 @@ class MapTools(QObject):
         self.changed.emit()
         return True
 
+    def grow(self, px: int) -> bool:
+        """Dilate (`px` > 0) or erode (`px` < 0) the current map by |px| pixels (a square: each
+        pixel the max / min of the (2|px| + 1)-pixel square around it), kept like Apply."""
+        made = self.current
+        if made is None or px == 0:
+            return False
+        px = max(-MAX_GROW_PX, min(MAX_GROW_PX, px))
+
+        def shaped() -> bytes:
+            return grow(self._layer_map(made), made.width, made.height, px)
+
+        return self._bake(made, shaped)
+
     def apply_transform(self) -> bool:
-        """Keep what the layer shows: the next transform starts from it (and from any painting)."""
+        """Keep what the layer shows: the next transform starts from it (and from any painting).
+
+        The shaped map goes on a new layer in the old one's place (Krita's undo history gets an
+        "Add Layer" and a "Remove Layer" step: two Ctrl+Z bring back the map as it was before
+        shaping; the previews in between are not steps of their own)."""
         made = self.current
         if made is None:
             return False
-        if not self._layer_alive(made):
+        if made.transform.is_identity or made.base is None:  # nothing shaped: nothing to keep
+            if not self._layer_alive(made):
+                self._forget_current()
+                return False
+            made.base, made.transform = None, MapTransform()
+            self.changed.emit()
+            return True
+        return self._bake(made, lambda: made.transform.apply(made.base))
+
+    def _layer_map(self, made: MadeMap) -> bytes:
+        pixels = made.canvas.layer_pixels(made.layer_id, Region(0, 0, made.width, made.height))
+        return change_map_from_bgra(pixels, made.width, made.height)
+
+    def _bake(self, made: MadeMap, shaped) -> bool:
+        """Replace the map layer by one holding `shaped()` (undoable in Krita); the old layer gets
+        back the map it had before the previews, so undoing brings back that."""
+
+        def replace() -> str | None:
+            gray = shaped()
+            restore = gray_to_bgra(made.base) if made.base is not None else None
+            return made.canvas.replace_layer(made.layer_id, gray_to_bgra(gray), restore)
+
+        new_id = self.controller._safely(replace, made.canvas)
+        if new_id is None:
             self._forget_current()
             return False
-        made.base, made.transform = None, MapTransform()
+        made.layer_id, made.base, made.transform = new_id, None, MapTransform()
         self.changed.emit()
         return True
 

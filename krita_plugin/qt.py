@@ -21,6 +21,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
     "QtCore": (
         "QBuffer",
         "QByteArray",
+        "QEvent",
         "QIODevice",
         "QObject",
         "QSettings",
@@ -28,7 +29,7 @@ _NAMES: dict[str, tuple[str, ...]] = {
         "QTimer",
         "pyqtSignal",
     ),
-    "QtGui": ("QColor", "QIcon", "QImage", "QPainter", "QPixmap"),
+    "QtGui": ("QColor", "QIcon", "QImage", "QPainter", "QPixmap", "QRadialGradient"),
     "QtWidgets": (
         "QApplication",
         "QCheckBox",
@@ -93,6 +94,8 @@ _QImage = _modules["QtGui"].QImage
 FORMAT_ARGB32 = _QImage.Format.Format_ARGB32
 FORMAT_ARGB32_PREMULTIPLIED = _QImage.Format.Format_ARGB32_Premultiplied
 FORMAT_INDEXED8 = _QImage.Format.Format_Indexed8
+FORMAT_GRAYSCALE8 = _QImage.Format.Format_Grayscale8
+FORMAT_RGB32 = _QImage.Format.Format_RGB32
 READ_WRITE = _modules["QtCore"].QIODevice.OpenModeFlag.ReadWrite
 ALIGN_TOP = _Qt.AlignmentFlag.AlignTop
 HORIZONTAL = _Qt.Orientation.Horizontal
@@ -114,6 +117,15 @@ DIALOG_OK_CANCEL = (_QtWidgets.QDialogButtonBox.StandardButton.Ok
                     | _QtWidgets.QDialogButtonBox.StandardButton.Cancel)
 COMPOSITION_SOURCE_OVER = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_SourceOver
 COMPOSITION_DESTINATION_IN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_DestinationIn
+MOUSE_PRESS = _modules["QtCore"].QEvent.Type.MouseButtonPress
+MOUSE_RELEASE = _modules["QtCore"].QEvent.Type.MouseButtonRelease
+MOUSE_DOUBLE_CLICK = _modules["QtCore"].QEvent.Type.MouseButtonDblClick
+KEY_PRESS = _modules["QtCore"].QEvent.Type.KeyPress
+LEFT_BUTTON = _Qt.MouseButton.LeftButton
+KEY_ESCAPE = _Qt.Key.Key_Escape
+COMPOSITION_SOURCE = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Source
+COMPOSITION_LIGHTEN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Lighten  # per channel max
+COMPOSITION_DARKEN = _modules["QtGui"].QPainter.CompositionMode.CompositionMode_Darken  # per channel min
 
 Signal = _modules["QtCore"].pyqtSignal
 

@@ -55,6 +55,16 @@ def replicas_arg(text: str) -> int | str:
     return int(text)
 
 
+def idle_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise argparse.ArgumentTypeError("a number of seconds, 0 or more (0: never)")
+    return seconds
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m server",
@@ -114,6 +124,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="Segment-Anything model for maps from clicks (hub id or folder). "
                              "Default: facebook/sam-vit-base; tiny-segments beside a tiny "
                              "--model")
+    parser.add_argument("--map-models-idle", type=idle_seconds, default=ServerConfig.map_models_idle_s,
+                        metavar="SECONDS",
+                        help="free the depth and segment models after this long unused (they load "
+                             "again on the next map); 0 keeps them loaded. Default: %(default)g")
     parser.add_argument("--lora", default=None, metavar="FILE",
                         help="a LoRA (.safetensors, e.g. an LCM-LoRA for Live mode) merged into --model at start")
     parser.add_argument("--lora-scale", type=float, default=1.0, metavar="S",
@@ -208,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         max_region_pixels=args.max_region_pixels, max_unread_bytes=args.max_unread_bytes,
         extra_models=tuple(args.allow_model),
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
-        segment_model=args.segment_model, lora=args.lora, lora_scale=args.lora_scale, engine=args.engine,
+        segment_model=args.segment_model, map_models_idle_s=args.map_models_idle,
+        lora=args.lora, lora_scale=args.lora_scale, engine=args.engine,
         ray_address=args.ray_address, replicas=args.replicas, users=users,
         pipeline_options=PipelineOptions(
             channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,

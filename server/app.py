@@ -177,7 +177,10 @@ class DiffusionServer:
         # A users file is a token per user: the bind check counts it as one.
         check_bind(config.host, config.token or ("users" if config.users else None))
         self.config = config
-        self.host = ModelHost(loader or self._default_loader, config.model)
+        self.map_makers = self._map_makers()  # depth and segments, loaded on first use
+        # Before another diffusion model loads, the map models make room (a map loads them again).
+        self.host = ModelHost(loader or self._default_loader, config.model,
+                              before_load=lambda model: self.map_makers.unload(f"{model} loads"))
         self._custom_loader = loader  # the Ray engine's replicas load with it too (tests)
         self.capabilities: p.Capabilities | None = None
         self.worker: Worker | None = None
@@ -213,7 +216,7 @@ class DiffusionServer:
                                     on_model_info=self._model_described,
                                     loader=self._custom_loader,
                                     owner_ready=lambda session: not session.over_limit,
-                                    map_makers=self._map_makers())
+                                    map_makers=self.map_makers)
             current, native = await self.worker.start_pool()
             device = f"ray ({self.worker.slots} replica(s))"
         else:
@@ -234,7 +237,7 @@ class DiffusionServer:
                                  console=ConsoleProgress(enabled=c.console_progress),
                                  on_model_changed=self._model_changed,
                                  owner_ready=lambda session: not session.over_limit,
-                                 map_makers=self._map_makers())
+                                 map_makers=self.map_makers)
         self.worker.start()
         self._listener = await serve(
             self._handle, c.host, c.port, max_size=c.max_message_bytes,
@@ -246,6 +249,7 @@ class DiffusionServer:
         """Cancel every job, tell the clients, close the connections, stop the worker."""
         if self.worker is not None:
             await asyncio.to_thread(self.worker.stop)
+        await asyncio.to_thread(self.map_makers.close)
         # The worker posted its last 'cancelled' messages before it stopped: send them before
         # closing, but never wait long for a client that does not read.
         sessions = list(self.sessions)
@@ -393,7 +397,7 @@ class DiffusionServer:
         models = default_map_models(c.model)
         models.update({k: v for k, v in (("depth", c.depth_model),
                                          ("segments", c.segment_model)) if v})
-        return MapMakers(models, device=str(c.device))
+        return MapMakers(models, device=str(c.device), idle_s=c.map_models_idle_s)
 
     async def _queue_map(self, session: Session, complete: p.CompleteMakeMap) -> None:
         request = complete.request

@@ -9,6 +9,8 @@ from typing import Any
 from shared import protocol as p
 
 DEFAULT_MODEL = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# Seconds the depth and segment models may stay loaded unused (--map-models-idle; 0: kept).
+DEFAULT_MAP_MODELS_IDLE_S = 300.0
 
 
 class ConfigError(ValueError):
@@ -50,6 +52,7 @@ class ServerConfig:
     # Map makers (make_map); None: server.map_makers.default_map_models picks by --model.
     depth_model: str | None = None
     segment_model: str | None = None
+    map_models_idle_s: float = DEFAULT_MAP_MODELS_IDLE_S  # freed after this long unused (--map-models-idle); 0: kept
     # --lora: a local .safetensors LoRA merged into ``model`` at load (server.models.lora).
     lora: str | None = None
     lora_scale: float = 1.0

@@ -84,10 +84,13 @@ class ModelHost:
     """The one loaded pipeline, swapped on request. Used from the worker thread only (and once at
     start-up, before the worker runs)."""
 
-    def __init__(self, loader: Callable[[str], Any], model: str) -> None:
+    def __init__(self, loader: Callable[[str], Any], model: str,
+                 before_load: Callable[[str], None] | None = None) -> None:
         self.loader = loader
         self.name = model
         self.pipe: Any = None
+        # Called with the model about to load (not at start-up): others make room for it.
+        self.before_load = before_load or (lambda model: None)
 
     def load_initial(self) -> Any:
         self.pipe = self.loader(self.name)
@@ -97,11 +100,13 @@ class ModelHost:
         """The pipeline for ``model`` (None: the current one), loading it if needed."""
         if model is None or model == self.name:
             if self.pipe is None:
+                self.before_load(self.name)
                 self.pipe = self.loader(self.name)
             return self.pipe
         previous = self.name
         # Free the old weights first: two full models rarely fit on a painter's GPU.
         self.pipe = None
+        self.before_load(model)
         free_device_memory()
         try:
             self.pipe = self.loader(model)
@@ -442,7 +447,9 @@ class Worker:
                 raise _JobEnded(p.Error(p.E_JOB_FAILED, f"The job failed: {exc}",
                                         job_id=job.id)) from None
         # Out of memory: freed here, outside the except block, so the traceback (and the tensors
-        # its frames hold) is gone.
+        # its frames hold) is gone; the map models go too, so a retry has their room.
+        if self.map_makers is not None:
+            self.map_makers.unload(f"job {job.id} ran out of memory")
         free_device_memory()
         log.error("job %d: out of memory at %dx%d", job.id, *plan.size)
         raise _JobEnded(p.Error(p.E_OUT_OF_MEMORY, out_of_memory_advice(plan, request.variants),

@@ -1,7 +1,9 @@
 """Map makers: a change map from the picture itself, by monocular depth or by segmentation
 (the paper's Fig. 14 and §12: "from a single depth map, many change maps can be created").
 
-Each model loads on first use (on the worker thread, beside the diffusion model) and stays.
+Each model loads on first use (on the worker thread, beside the diffusion model) and is freed
+again after ``idle_s`` seconds unused (``--map-models-idle``), before the worker loads another
+diffusion model, and when a diffusion job runs out of memory; the next map loads it again.
 Real checkpoints and the built-in tiny ones (random weights from a config, for tests and
 ``tiny-sd`` demos) take the same path: a model and its image processor, run the same way.
 Maps run in float32 whatever the diffusion dtype: these models are small, and half precision
@@ -15,12 +17,15 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from server.config import DEFAULT_MAP_MODELS_IDLE_S
+from server.device import free_device_memory
 from server.maps import soft_inpaint_map
 from shared import protocol as p
 
@@ -155,35 +160,98 @@ def load_map_model(kind: str, model_id: str) -> tuple[Any, Any]:
 
 
 class MapMakers:
-    """The map models by kind, each loaded on first use; used from the worker thread."""
+    """The map models by kind, each loaded on first use and freed when unused.
+
+    One lock guards the models: a map is made under it, so nothing frees a model in use. After
+    ``idle_s`` seconds with no map made, a small daemon thread frees them all (0: never)."""
 
     def __init__(self, models: dict[str, str], device: str = "cpu",
-                 loader: Callable[[str, str], tuple[Any, Any]] = load_map_model) -> None:
+                 loader: Callable[[str, str], tuple[Any, Any]] = load_map_model,
+                 idle_s: float = DEFAULT_MAP_MODELS_IDLE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        if not idle_s >= 0:
+            raise ValueError(f"idle_s must be a number of seconds >= 0, got {idle_s}")
         self.models = dict(models)
         self.device = device
         self.loader = loader
+        self.idle_s = idle_s
+        self.clock = clock
         self._loaded: dict[str, tuple[Any, Any]] = {}
-        self._lock = threading.Lock()
+        self._cv = threading.Condition(threading.RLock())
+        self._last_used = 0.0
+        self._reaper: threading.Thread | None = None
+        self._closed = False
 
     def is_loaded(self, kind: str) -> bool:
         return kind in self._loaded
 
+    def loaded(self, kind: str) -> Any:
+        """The loaded model of ``kind`` (None when it is not loaded); does not count as a use."""
+        entry = self._loaded.get(kind)
+        return None if entry is None else entry[0]
+
     def ensure(self, kind: str) -> tuple[Any, Any]:
-        with self._lock:
+        with self._cv:
             if kind not in self._loaded:
                 model_id = self.models[kind]
                 log.info("loading the %s map model %s", kind, model_id)
                 model, processor = self.loader(kind, model_id)
                 self._loaded[kind] = (model.to(self.device).eval(), processor)
+            self._used()
             return self._loaded[kind]
+
+    def unload(self, reason: str) -> list[str]:
+        """Free every loaded map model (one log line saying why); the kinds freed. The next map
+        of a kind loads it again."""
+        with self._cv:
+            kinds = list(self._loaded)
+            if not kinds:
+                return []
+            self._loaded.clear()
+            self._cv.notify_all()  # the reaper has nothing left to watch
+        free_device_memory()  # the last references are gone: give the memory back
+        log.info("unloaded the %s map model(s) (%s)", ", ".join(kinds), reason)
+        return kinds
+
+    def close(self) -> None:
+        """The server stops: end the reaper thread (the models go with the process)."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+            reaper = self._reaper
+        if reaper is not None:
+            reaper.join(5.0)
+
+    def _used(self) -> None:
+        """Under the lock: a map was just made; start the reaper if none watches."""
+        self._last_used = self.clock()
+        if self.idle_s > 0 and self._reaper is None and not self._closed:
+            self._reaper = threading.Thread(target=self._reap, name="map-models-idle",
+                                            daemon=True)
+            self._reaper.start()
+
+    def _reap(self) -> None:
+        """Wait until the models have been unused for ``idle_s``, then free them."""
+        with self._cv:
+            while self._loaded and not self._closed:
+                left = self._last_used + self.idle_s - self.clock()
+                if left <= 0:
+                    break
+                self._cv.wait(left)
+            idle = bool(self._loaded) and not self._closed
+            self._reaper = None
+            if idle:
+                self.unload(f"unused for {self.idle_s:g} s")
 
     def make(self, request: p.MakeMap, image: Image.Image) -> bytes:
         """The map for ``request`` from ``image`` (RGB, the request's size), as gray8 bytes."""
-        model, processor = self.ensure(request.kind)
-        if request.kind == "depth":
-            gray = self._depth(model, processor, image)
-        else:
-            gray = self._segments(model, processor, image, request)
+        with self._cv:  # the model cannot be freed while it runs
+            model, processor = self.ensure(request.kind)
+            if request.kind == "depth":
+                gray = self._depth(model, processor, image)
+            else:
+                gray = self._segments(model, processor, image, request)
+            self._used()
         assert gray.shape == (image.height, image.width), gray.shape
         return gray.tobytes()
 

@@ -237,6 +237,19 @@ def test_krita_gui_starts_with_the_docker_shown_and_connected(tmp_path):
     shaped = {la["id"]: la for la in maps["shaped"]}
     assert [i for i, la in made.items() if shaped[i] != la] == [added[0]["id"]]
     assert not [n for n in maps["notices"] if n[0] == "error"], maps["notices"]
+    # Krita's undo: the map's creation is one step, the live previews none (the last step is still
+    # "Add Layer"); Apply puts the shaped map on a new layer in the old one's place, and two Ctrl+Z
+    # bring back the map as the server made it; two redos the shaped one.
+    assert maps["undo_text_shaped"] == "Undo Add Layer", maps["undo_text_shaped"]
+    depth_id = added[0]["id"]
+    applied = {la["id"]: la for la in maps["applied"]}
+    (kept,) = [la for i, la in applied.items() if i not in made]
+    assert depth_id not in applied and kept["name"] == "Change Map · depth" and maps["applied"][-1] == kept
+    assert kept["sha256"] == shaped[depth_id]["sha256"]  # the shaped map, baked
+    undo1 = {la["id"]: la for la in maps["undo1"]}
+    assert undo1[depth_id]["sha256"] == made[depth_id]["sha256"] and kept["id"] in undo1
+    assert maps["undo2"] == maps["made"]  # as before Apply and before the previews
+    assert maps["redone"] == maps["applied"]
 
     # Live (issue 16): three strokes on the map 400 ms apart start at most three jobs; one Live layer
     # shows the last job's result; the painter's layers stay as they were; Keep adds one layer, Live

@@ -110,6 +110,16 @@ def speeds(args: dict) -> dict:
     started = time.perf_counter()
     map_patterns.radial(4096, 4096)
     radial_s = time.perf_counter() - started
+    from krita_plugin import map_pixels
+
+    started = time.perf_counter()
+    map_pixels.radial(4096, 4096)  # what "Radial" draws: Qt's gradient
+    radial_qt_s = time.perf_counter() - started
+    grow_s = []
+    for px in (8, 64):
+        started = time.perf_counter()
+        map_pixels.grow(big, 4096, 4096, px)
+        grow_s.append(time.perf_counter() - started)
 
     side = args["side"]
     doc = new_document(side, side)
@@ -124,7 +134,8 @@ def speeds(args: dict) -> dict:
         assert tools.preview_transform(MapTransform(gamma=gamma))
         doc.waitForDone()
         steps.append(time.perf_counter() - started)
-    return {"transform_4096_s": transform_s, "radial_4096_s": radial_s, "live_steps_s": steps,
+    return {"transform_4096_s": transform_s, "radial_4096_s": radial_s, "radial_qt_4096_s": radial_qt_s,
+            "grow_4096_s": grow_s, "live_steps_s": steps,
             "layer": made.name if made else None}
 
 

@@ -62,6 +62,7 @@ class FakeCanvas:
         self.writes = 0  # layers rewritten in place (previews)
         self.thumbnails = 0  # layer_thumbnail calls (Live mode's looks)
         self.closed = False
+        self.removed: list[FakeLayer] = []  # layers the plugin removed (Krita's undo would bring them back)
         self.key = f"doc{id(self)}"
         self._next = 1
 
@@ -234,7 +235,21 @@ class FakeCanvas:
         if layer is None:
             return False
         self.layers_.remove(layer)
+        self.removed.append(layer)
         return True
+
+    def replace_layer(self, layer_id, bgra, restore=None):
+        """Krita's way: `restore` into the old layer, a new layer like it just above, the old removed."""
+        self._alive()
+        old = self.find(layer_id)
+        if old is None:
+            return None
+        if restore is not None:
+            old.bgra = np.frombuffer(restore, np.uint8).reshape(self.height, self.width, 4).copy()
+        new_id = self.add_layer(old.name, Region(0, 0, self.width, self.height), bgra, above_id=layer_id,
+                                visible=old.visible, opacity=old.opacity)
+        self.remove_layer(layer_id)
+        return new_id
 
     def fill_layer(self, layer_id, bgra_pixel):
         self._alive()

@@ -94,8 +94,18 @@ def test_the_transform_row_rewrites_only_the_new_layer_and_apply_keeps_it():
     assert np.array_equal(gray_of(layer).ravel(), np.frombuffer(shaped.apply(base.tobytes()), np.uint8))
     assert tools.preview_transform(MapTransform(posterise=3))  # from the map as made, not the last preview
     assert set(gray_of(layer).ravel().tolist()) == {0, 128, 255}
+    index = canvas.layers_.index(layer)
     assert tools.apply_transform()
+    # Kept the Krita way (undoable there): a new layer in the old one's place, like it, holding the
+    # shaped map; the old one removed, holding the map as made again (what Ctrl+Z brings back).
+    kept_layer = canvas.find(tools.current.layer_id)
+    assert canvas.removed == [layer] and np.array_equal(gray_of(layer).ravel(), base)
+    assert canvas.layers_.index(kept_layer) == index and kept_layer.name == layer.name
+    assert (kept_layer.opacity, kept_layer.visible) == (layer.opacity, layer.visible)
+    layer = kept_layer
     kept = gray_of(layer)
+    assert set(kept.ravel().tolist()) == {0, 128, 255}
+    assert tools.apply_transform() and canvas.find(layer.id) is layer  # nothing shaped since: no new layer
     layer.bgra[0:4, 0:4] = 255  # the painter paints on the new map after Apply
     assert tools.preview_transform(MapTransform(invert=True))
     expected = 255 - kept
@@ -177,6 +187,8 @@ def test_the_maps_section_is_folded_fits_and_drives_the_tools():
     panel.maps._live.timeout.emit()  # what the timer does 30 ms later
     assert layer.bgra[0, 0, 0] == 255 and layer.bgra[0, -1, 0] == 0
     panel.maps.apply.click()
+    layer = canvas.layers_[-1]  # the shaped map, kept on a new layer in the old one's place
+    assert layer.name == "Change Map · gradient" and len(canvas.plugin_layers()) == 1
     assert not panel.maps.invert.isChecked() and layer.bgra[0, 0, 0] == 255
     panel.maps.band.setValue(0)  # keep what is black now (the right edge), change the rest
     panel.maps.band_width.setValue(10)

@@ -179,6 +179,11 @@ def _layers(doc):
     return out
 
 
+def _undo_text():
+    action = Krita.instance().action("edit_undo")
+    return action.text() if action is not None else None
+
+
 def _window():
     # The Window passed to createActions is a short-lived wrapper: ask Krita for it each time.
     windows = Krita.instance().windows()
@@ -393,6 +398,17 @@ class GuiProbe(Extension):
         def shaped():
             try:
                 maps["shaped"] = _layers(doc)
+                maps["undo_text_shaped"] = _undo_text()  # live previews are no undo steps
+                panel.maps.apply.click()  # kept: a new layer in the old one's place (undoable)
+                maps["applied"] = _layers(doc)
+                for name in ("undo1", "undo2"):  # Ctrl+Z, as the painter presses it
+                    Krita.instance().action("edit_undo").trigger()
+                    QApplication.processEvents()
+                    maps[name] = _layers(doc)
+                for _ in range(2):
+                    Krita.instance().action("edit_redo").trigger()
+                    QApplication.processEvents()
+                maps["redone"] = _layers(doc)
                 self._live(path, report, doc)
                 return
             except Exception:
