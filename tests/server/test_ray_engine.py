@@ -253,8 +253,8 @@ def test_replicas_log_to_their_files_and_only_their_errors_reach_the_server_log(
         client = await connect(pool)
         return list((await submit_all(client, [{"seed": 42}, {"prompt": "oom"}])).values())
 
-    fine, oom = run(fine_then_oom())
     capfd.readouterr()  # what came before this test
+    fine, oom = run(fine_then_oom())
     deadline, console = time.monotonic() + 30, ""
     while f"job {oom[0].job_id}: out of memory" not in console and time.monotonic() < deadline:
         time.sleep(0.2)  # Ray forwards a replica's console to the driver's in batches
