@@ -32,6 +32,62 @@ def load_average() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
+# -- who used the CPUs: this process and its children vs everything else (Linux /proc) -------------
+def _ticks() -> float:
+    return float(os.sysconf("SC_CLK_TCK"))
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds every core spent busy since boot (NaN without /proc); a hypervisor's steal is
+    left out (nobody's work here)."""
+    try:
+        with open("/proc/stat") as stat:
+            user, nice, system, _idle, _iowait, irq, softirq = map(int, stat.readline().split()[1:8])
+    except OSError:
+        return float("nan")
+    return (user + nice + system + irq + softirq) / _ticks()
+
+
+def family_cpu_seconds(root: int | None = None) -> float:
+    """CPU seconds used so far by process ``root`` (default: this one) and its live descendants
+    (a local Ray instance's raylet, GCS and workers are), NaN without /proc."""
+    if not os.path.isdir("/proc"):
+        return float("nan")
+    used: dict[int, tuple[int, float]] = {}  # pid -> (parent, seconds)
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        used[int(name)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / _ticks())
+    family, added = {root or os.getpid()}, True
+    while added:
+        added = False
+        for pid, (parent, _) in used.items():
+            if parent in family and pid not in family:
+                family.add(pid)
+                added = True
+    return sum(seconds for pid, (_, seconds) in used.items() if pid in family)
+
+
+class OthersCpu:
+    """The share of the machine's CPUs that other processes (other people's) used meanwhile:
+    ``with OthersCpu() as others: ...`` then ``others.share`` (0: the machine was ours)."""
+
+    def __enter__(self) -> OthersCpu:
+        self.started = time.perf_counter()
+        self.busy, self.ours = busy_cpu_seconds(), family_cpu_seconds()
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        wall = time.perf_counter() - self.started
+        others = (busy_cpu_seconds() - self.busy) - (family_cpu_seconds() - self.ours)
+        self.share = max(0.0, others) / ((os.cpu_count() or 1) * wall)
+
+
 @contextlib.contextmanager
 def torch_threads(threads: int | None) -> Iterator[None]:
     """torch's CPU threads set to `threads` for the block (None: left as they are), then restored.

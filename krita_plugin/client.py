@@ -302,7 +302,8 @@ class ServerClient(QObject):
                         if isinstance(ev, protocol.Welcome):
                             self._attempts = 0
                             caps = ev.capabilities
-                            self._set_state("connected", f"Connected to {ev.server or url} "
+                            who = f" as {ev.user}" if ev.user else ""  # a studio server's user
+                            self._set_state("connected", f"Connected to {ev.server or url}{who} "
                                                          f"({caps.current_model} on {caps.device}).")
                         elif isinstance(ev, protocol.Error) and ev.code in (
                                 protocol.E_BAD_VERSION, protocol.E_UNAUTHORIZED, protocol.E_HANDSHAKE_REQUIRED):

@@ -141,6 +141,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "local Ray instance")
     studio.add_argument("--replicas", type=replicas_arg, default="auto", metavar="N|auto",
                         help="workers in the pool (auto: one per GPU; one on the CPU without)")
+    studio.add_argument("--ray-app-name", default=None, metavar="NAME",
+                        help="the Serve application of this server's workers (default: "
+                             "diffdiff-<machine>-<port>, one per server on a shared cluster)")
     studio.add_argument("--users", default=None, metavar="FILE",
                         help="studio users: a JSON file of name -> token, optional max_jobs and "
                              "models (see the README's Studio section)")
@@ -206,11 +209,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    if args.engine == "ray" and args.lora:
-        # The replicas load their models themselves and do not merge a LoRA yet: refuse, never ignore.
-        print("error: --lora does not work with --engine ray yet; run the in-process engine for it",
-              file=sys.stderr)
-        return 2
     if args.engine == "ray" and importlib.util.find_spec("ray") is None:
         print("error: --engine ray needs Ray Serve: pip install '.[ray]'", file=sys.stderr)
         return 2
@@ -224,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         refiner=args.refiner, console_progress=None, depth_model=args.depth_model,
         segment_model=args.segment_model, map_models_idle_s=args.map_models_idle,
         lora=args.lora, lora_scale=args.lora_scale, engine=args.engine,
-        ray_address=args.ray_address, replicas=args.replicas, users=users,
+        ray_address=args.ray_address, replicas=args.replicas, ray_app_name=args.ray_app_name,
+        users=users,
         pipeline_options=PipelineOptions(
             channels_last=args.channels_last, compile=args.compile, preview_vae=args.preview_vae,
             vae_tile_above=args.vae_tile_above))

@@ -209,15 +209,22 @@ class DiffusionServer:
 
     async def start(self) -> None:
         c = self.config
+        sock = None
         if c.engine == "ray":  # the studio pool: the default model loads on a replica
-            from server.ray_engine import PoolOptions, RayEngine
+            from server.ray_engine import PoolOptions, RayEngine, bind_first, default_app_name
 
-            self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas),
+            sock = bind_first(c.host, c.port)  # before the pool: its name has the port
+            app_name = c.ray_app_name or default_app_name(sock.getsockname()[1])
+            self.worker = RayEngine(c, PoolOptions(c.ray_address, c.replicas, app_name=app_name),
                                     on_model_info=self._model_described,
                                     loader=self._custom_loader,
                                     owner_ready=lambda session: not session.over_limit,
                                     map_makers=self.map_makers)
-            current, native = await self.worker.start_pool()
+            try:
+                current, native = await self.worker.start_pool()
+            except BaseException:
+                sock.close()
+                raise
             device = f"ray ({self.worker.slots} replica(s))"
         else:
             pipe = await asyncio.to_thread(self.host.load_initial)
@@ -239,8 +246,9 @@ class DiffusionServer:
                                  owner_ready=lambda session: not session.over_limit,
                                  map_makers=self.map_makers)
         self.worker.start()
+        where = {"sock": sock} if sock is not None else {"host": c.host, "port": c.port}
         self._listener = await serve(
-            self._handle, c.host, c.port, max_size=c.max_message_bytes,
+            self._handle, **where, max_size=c.max_message_bytes,
             compression=None,  # PNG is compressed already; deflate would only cost CPU
             max_queue=4,  # frames buffered per client before reading pauses (backpressure)
         )

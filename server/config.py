@@ -60,6 +60,7 @@ class ServerConfig:
     engine: str = "inprocess"  # or "ray": workers on a Ray Serve deployment (server.ray_engine)
     ray_address: str | None = None  # None: start a local Ray instance
     replicas: int | str = "auto"  # ray: a number, or "auto" (one per GPU; one CPU replica without)
+    ray_app_name: str | None = None  # ray: the Serve application; None: diffdiff-<machine>-<port>
     users: Any = None  # server.users.Users (--users FILE): per-user tokens, caps and models
     pipeline_options: PipelineOptions = field(default_factory=PipelineOptions)
 

@@ -20,6 +20,8 @@ class ReplicaSettings:
     refiner: str | None = None  # for ``default_model`` only, as in the single-process server
     max_region_pixels: int | None = None
     pipeline_options: Any = None  # server.config.PipelineOptions (--channels-last, --compile, ...); None: defaults
+    lora: str | None = None  # --lora: a .safetensors file at this path on every node
+    lora_scale: float = 1.0
     loader: Callable[[str], Any] | None = None  # model name -> pipeline; None: load_pipeline
 
 

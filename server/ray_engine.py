@@ -17,6 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
+import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -32,7 +35,7 @@ from shared import protocol as p
 
 log = logging.getLogger("server.ray_engine")
 
-APP_NAME = "diffdiff"
+APP_PREFIX = "diffdiff"
 ENDS = (p.Done, p.Cancelled, p.Error)
 ModelInfoCallback = Callable[[str, p.ModelInfo, int], None]
 
@@ -42,6 +45,24 @@ class PoolOptions:
     address: str | None = None  # None: start a local Ray instance; "auto", "ray://host:10001"
     replicas: int | str = "auto"  # a number, or "auto": one per GPU (one CPU replica without)
     cpus_per_replica: float | None = None  # CPU replicas: None = the cluster's CPUs shared out
+    app_name: str | None = None  # the Serve application; None: default_app_name(port)
+
+
+def default_app_name(port: int, machine: str | None = None) -> str:
+    """``diffdiff-<machine>-<port>``: one application per server on a shared cluster. A server
+    restarted on the same machine and port takes its own application back (one left by a crash
+    does not hold GPUs for ever); port 0 (any free port: tests, benchmarks) gets a random suffix
+    instead, as the port is not known yet."""
+    machine = re.sub(r"[^A-Za-z0-9_-]+", "-", (machine or socket.gethostname()).split(".")[0])
+    return f"{APP_PREFIX}-{machine}-{port if port else secrets.token_hex(3)}"
+
+
+def bind_first(host: str, port: int) -> socket.socket:
+    """The server's listening socket, bound before the pool is deployed: a second server started
+    on a port in use stops here, before it replaces the first one's Serve application (named
+    after the port); port 0 gets its port now, for the name."""
+    return socket.create_server((host, port),
+                                family=socket.AF_INET6 if ":" in host else socket.AF_INET)
 
 
 def replica_count(replicas: int | str, gpus: float, cpus: float) -> int:
@@ -80,11 +101,15 @@ class RayEngine:
         self.on_model_info = on_model_info
         self.loader = loader  # replaces load_pipeline in the replicas (tests); must pickle
         self.slots = 1
+        self.app_name = self.pool.app_name or default_app_name(getattr(config, "port", 0))
         self.handle: Any = None
         self.loop: asyncio.AbstractEventLoop | None = None
         self._pending: FairQueue[Task] = FairQueue()
         self._running: dict[Task, asyncio.Task] = {}
         self._responses: dict[Task, Any] = {}
+        # Jobs whose last message went out while their stream still closes: no longer the
+        # client's (nothing to cancel, not counted), still holding their replica.
+        self._ended: set[Task] = set()
         self.runs_on: dict[int, Any] = {}  # running job id -> RunsOn (the replica's process)
         self.jobs_by_replica: Counter[int] = Counter()  # replica pid -> jobs it started
         self._stopping = False
@@ -101,13 +126,22 @@ class RayEngine:
         self.loop = asyncio.get_running_loop()
         await asyncio.to_thread(self._deploy)
         started = time.monotonic()
-        info, native = await self.handle.options(
-            multiplexed_model_id=self.config.model).describe.remote()
+        try:
+            info, native = await self.handle.options(
+                multiplexed_model_id=self.config.model).describe.remote()
+        except Exception as exc:  # the replica's own error (a model or LoRA not found), unwrapped
+            cause = getattr(exc, "cause", None)
+            if isinstance(cause, Exception):
+                raise cause from None
+            raise
         log.info("pool ready: %d replica(s); %s loaded in %.1fs", self.slots, self.config.model,
                  time.monotonic() - started)
         return info, native
 
     def _deploy(self) -> None:
+        # Every replica's warnings at once: Ray's deduplication holds a line like one another
+        # replica wrote until the next line arrives, for ever if none does (read when Ray loads).
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")
         import ray
         from ray import serve
 
@@ -120,7 +154,11 @@ class RayEngine:
             ray.init(address=self.pool.address, include_dashboard=False, logging_level="WARNING",
                      runtime_env={"env_vars": {"PYTHONPATH": path}})
             self._started_ray = True
-        serve.start(proxy_location="Disabled")  # only our front talks to the replicas
+        quiet_serve_logs()
+        # Only our front talks to the replicas. The controller (when this starts it) puts its
+        # warnings on the console, which Ray forwards to this server's log; its INFO lines
+        # (deploying, adding and removing replicas) say what this log says already.
+        serve.start(proxy_location="Disabled", logging_config={"log_level": "WARNING"})
         resources = ray.cluster_resources()
         gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 1.0)
         self.slots = replica_count(self.pool.replicas, gpus, cpus)
@@ -134,11 +172,17 @@ class RayEngine:
             dtype = torch.float16
         settings = ReplicaSettings(default_model=c.model, device=device, dtype=dtype,
                                    refiner=c.refiner, max_region_pixels=c.max_region_pixels,
-                                   pipeline_options=c.pipeline_options, loader=self.loader)
-        log.info("deploying %d %s replica(s) (%s) on Ray", self.slots, device, actor)
+                                   pipeline_options=c.pipeline_options, lora=c.lora,
+                                   lora_scale=c.lora_scale, loader=self.loader)
+        if self.app_name in serve.status().applications:
+            log.warning("replacing the Serve application %r already on the cluster (this "
+                        "server's, left by an earlier run, or another server's of that name)",
+                        self.app_name)
+        log.info("deploying %d %s replica(s) (%s) on Ray as Serve application %r", self.slots,
+                 device, actor, self.app_name)
         app = DiffusionReplica.options(num_replicas=self.slots,
                                        ray_actor_options=actor).bind(settings)
-        self.handle = serve.run(app, name=APP_NAME, route_prefix=None)
+        self.handle = serve.run(app, name=self.app_name, route_prefix=None)
 
     def start(self) -> None:  # the in-process worker's; the pool started in start_pool
         pass
@@ -156,7 +200,7 @@ class RayEngine:
             ray.shutdown()
             return
         try:  # a shared cluster: take our application down, leave the rest
-            serve.delete(APP_NAME)
+            serve.delete(self.app_name)
         except Exception:  # the cluster may be gone already; nothing left to stop then
             log.warning("could not delete the Serve application", exc_info=True)
 
@@ -184,12 +228,15 @@ class RayEngine:
         self._dispatch()
         return position
 
+    def _tasks(self) -> list[Task]:
+        """Every task still the clients' (running or waiting)."""
+        return [t for t in [*self._running, *self._pending] if t not in self._ended]
+
     def count(self, owner: Any) -> int:
-        return sum(t.owner is owner for t in [*self._running, *self._pending])
+        return sum(t.owner is owner for t in self._tasks())
 
     def find(self, owner: Any, task_id: int) -> Task | None:
-        return next((t for t in [*self._running, *self._pending]
-                     if t.id == task_id and t.owner is owner), None)
+        return next((t for t in self._tasks() if t.id == task_id and t.owner is owner), None)
 
     def cancel(self, owner: Any, task_id: int, reason: str = "cancelled by the client") -> bool:
         task = self.find(owner, task_id)
@@ -207,7 +254,7 @@ class RayEngine:
     def cancel_owner(self, owner: Any, reason: str) -> int:
         """Cancel everything ``owner`` has queued or running: the client went away."""
         self._model_of.pop(owner, None)
-        mine = [t for t in [*self._running, *self._pending] if t.owner is owner]
+        mine = [t for t in self._tasks() if t.owner is owner]
         for task in mine:
             self.cancel(owner, task.id, reason)
         return len(mine)
@@ -258,6 +305,7 @@ class RayEngine:
         finally:
             self._running.pop(task, None)
             self._responses.pop(task, None)
+            self._ended.discard(task)
             self.runs_on.pop(task.id, None)
             self._dispatch()
 
@@ -297,7 +345,13 @@ class RayEngine:
                 job.send(event)
                 # Read on to the stream's end, not just this job's last message: the replica
                 # counts as busy (to Serve's router) until its generator has returned.
-                ended = ended or isinstance(event, ENDS)
+                if isinstance(event, ENDS):
+                    ended = True
+                    self._ended.add(job)
+                    if isinstance(event, p.Done):  # the replica's own line is in its log file
+                        log.info("job %d done: %d image(s), %.2fs (queued %.2fs)", job.id,
+                                 event.images, event.timings.get("run_s", 0.0),
+                                 event.timings.get("queued_s", 0.0))
         except asyncio.CancelledError:
             # Serve raises this in the reader when the request was cancelled before a replica
             # took it; otherwise it is this task being cancelled (the loop closing).
@@ -320,6 +374,12 @@ class RayEngine:
         else:  # a replica's generator should never end a job silently; say so if it did
             job.send(p.Error(p.E_JOB_FAILED, "The worker ended this job without a result; "
                                              "submit it again.", job_id=job.id))
+
+
+def quiet_serve_logs() -> None:
+    """Serve's INFO lines in this process ("Started Serve", "Application ... is ready", "Deleting
+    app") stay out of the server's log; its warnings and errors still show."""
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
 
 
 def _reason(exc: BaseException) -> str:

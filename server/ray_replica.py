@@ -39,6 +39,7 @@ MODELS_PER_REPLICA = 2  # e.g. SDXL and Flux on one 80 GB GPU; the least recentl
 @serve.deployment(max_ongoing_requests=1, health_check_period_s=2, health_check_timeout_s=30)
 class DiffusionReplica:
     def __init__(self, settings: ReplicaSettings) -> None:
+        quiet_console()
         self.settings = settings
         self.node = os.uname().nodename
         self._one_job = threading.Lock()  # a cancelled job's last step ends before the next starts
@@ -60,6 +61,10 @@ class DiffusionReplica:
             refiner = s.refiner if model == s.default_model else None
             pipe = load_pipeline(model, device=s.device, dtype=s.dtype or torch.float32,
                                  refiner=refiner, options=s.pipeline_options)
+            if s.lora and model == s.default_model:  # as the in-process server: that model only
+                from server.models.lora import merge_lora
+
+                merge_lora(pipe, s.lora, s.lora_scale)
         self.models_loaded.append(model)
         log.info("replica %d loaded %s in %.1fs", os.getpid(), model, time.monotonic() - started)
         return pipe
@@ -143,5 +148,21 @@ class DiffusionReplica:
 
     def stats(self) -> dict[str, Any]:
         """The replica's counters (tests and the operator)."""
+        import torch
+
         return {"pid": os.getpid(), "steps_by_job": dict(self.steps_by_job),
-                "models_loaded": list(self.models_loaded)}
+                "models_loaded": list(self.models_loaded), "torch_threads": torch.get_num_threads()}
+
+
+def quiet_console() -> None:
+    """This replica's log lines, Serve's (one per request) and ours (``server.*``), go to its log
+    file in the Ray session's ``logs/serve/``; its console, which Ray forwards to the server's
+    log, gets only warnings and errors."""
+    serve_log = logging.getLogger("ray.serve")
+    ours = logging.getLogger("server")
+    ours.setLevel(logging.INFO)
+    ours.propagate = False
+    for handler in serve_log.handlers:
+        if type(handler) is logging.StreamHandler:  # the console; the file is behind a MemoryHandler
+            handler.setLevel(logging.WARNING)
+        ours.addHandler(handler)

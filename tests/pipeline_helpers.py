@@ -131,9 +131,9 @@ def record_keeps(monkeypatch, pipe, view: Callable[[torch.Tensor], Any]) -> list
     keeps: list = []
     reinject = pipe.reinject
 
-    def recording(scheduler, latents, z_init, noise, t, keep):
+    def recording(scheduler, latents, z_init, noise, t, keep, **kwargs):
         keeps.append(view(keep))
-        return reinject(scheduler, latents, z_init, noise, t, keep)
+        return reinject(scheduler, latents, z_init, noise, t, keep, **kwargs)
 
     monkeypatch.setattr(pipe, "reinject", recording)
     return keeps
@@ -172,9 +172,9 @@ class ReinjectionProbe:
             monkeypatch.setattr(model, "forward", recording_forward)
         reinject = pipe.reinject
 
-        def recording(scheduler, latents, z_init, noise, t, keep):
+        def recording(scheduler, latents, z_init, noise, t, keep, **kwargs):
             self.originals.append((z_init.clone(), noise.clone()))
-            return reinject(scheduler, latents, z_init, noise, t, keep)
+            return reinject(scheduler, latents, z_init, noise, t, keep, **kwargs)
 
         monkeypatch.setattr(pipe, "reinject", recording)
 

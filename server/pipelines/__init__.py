@@ -110,7 +110,15 @@ def unchanged_blend_weight(change_map: np.ndarray, num_inference_steps: int) -> 
     values below ``1/k`` buy no denoising step, so blending them loses nothing the model made and
     avoids a seam at the border of kept regions.
     """
-    t = np.clip(change_map.astype(np.float64) * num_inference_steps, 0.0, 1.0)
+    return _smoothstep(_steps_fraction(change_map, num_inference_steps))
+
+
+def _steps_fraction(change_map: np.ndarray, k: int) -> np.ndarray:
+    """``clip(m * k, 0, 1)`` in float64: 1 from one whole step up."""
+    return np.clip(change_map.astype(np.float64) * k, 0.0, 1.0)
+
+
+def _smoothstep(t: np.ndarray) -> np.ndarray:
     return (t * t * (3.0 - 2.0 * t)).astype(np.float32)
 
 
@@ -185,6 +193,14 @@ def skip_to_longest(sched: Any, k: int, longest: int) -> tuple[int, torch.Tensor
     return start, timesteps
 
 
+def reinjection_changes(j: int, i: int, k: int, fewest: int) -> bool:
+    """Whether re-injection at the ``j``-th step run (step index ``i`` of ``k``) can change the
+    latents: not at the first step (every region is the noised original already: the latents
+    were made by the same ``add_noise`` at the same timestep), and not once every region runs
+    (``k - i < fewest``: no cell is held; a uniform map's whole run)."""
+    return j > 0 and k - i >= fewest
+
+
 def run_timesteps(name: str | None, base_scheduler: Any, k: int, longest: int,
                   device: torch.device) -> tuple[Any, int, torch.Tensor]:
     """A fresh scheduler for one run (``name``, or a copy of the model's), set to ``k`` steps;
@@ -244,9 +260,21 @@ def unchanged_output(image: Image.Image, original: np.ndarray, batch: int,
 
 def composite_unchanged(generated: np.ndarray, original: np.ndarray, pixel_map: np.ndarray,
                         k: int) -> np.ndarray:
-    """The kept pixels put back exactly: B x H x W x 3 generated over the H x W x 3 input."""
-    weight = unchanged_blend_weight(pixel_map, k)[None, :, :, None]
-    return generated * weight + original[None] * (1.0 - weight)
+    """The kept pixels put back exactly: B x H x W x 3 generated over the H x W x 3 input, as
+    ``generated * w + original * (1 - w)`` (``w``: :func:`unchanged_blend_weight`), written into
+    ``generated``. Where ``w`` is 1 (a map at or above ``1/k``) that is ``generated`` itself, so
+    only the box around the pixels below ``1/k`` is computed: a uniform map costs one ``min``."""
+    t = _steps_fraction(pixel_map, k)
+    rows, cols = np.flatnonzero(t.min(axis=1) < 1.0), np.flatnonzero(t.min(axis=0) < 1.0)
+    if rows.size == 0:
+        return generated
+    if not generated.flags.writeable:
+        generated = generated.copy()
+    box = slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1)
+    weight = _smoothstep(t[box])[None, :, :, None]
+    inside = generated[(slice(None), *box)]
+    np.add(inside * weight, original[box][None] * (1.0 - weight), out=inside)
+    return generated
 
 
 def output_images(generated: np.ndarray, output_type: str) -> Any:
@@ -271,10 +299,16 @@ class Run:
     image_tensor: torch.Tensor | None = None  # the padded input, ready for the encoder
     latent_size: tuple[int, int] | None = None  # (w, h) of the unpadded input on the latent grid
 
-    @property
+    @cached_property
     def longest(self) -> int:
         """Algorithm 2: only the last ``longest`` steps can change anything."""
         return int(self.steps.max())
+
+    @cached_property
+    def fewest(self) -> int:
+        """The fewest steps a latent pixel receives: re-injection holds some region at step
+        index ``i`` while ``k - i >= fewest``, and strength-0 cells exist when it is 0."""
+        return int(self.steps.min())
 
     @property
     def latent_hw(self) -> tuple[int, int]:
@@ -410,9 +444,14 @@ class DifferentialPipeline:
     # -- inside the loop ---------------------------------------------------------------------------
     def reinject(
         self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor, noise: torch.Tensor,
-        t: torch.Tensor, keep: torch.Tensor,
+        t: torch.Tensor, keep: torch.Tensor, changes: bool = True,
     ) -> torch.Tensor:
-        """Regions whose own run has not started yet go back to the original, noised to ``t``."""
+        """Regions whose own run has not started yet go back to the original, noised to ``t``.
+
+        ``changes``: False where it is known to change nothing (:func:`reinjection_changes`),
+        so the original is not noised for nothing (a few kernels a step on a GPU)."""
+        if not changes:
+            return latents
         noised = scheduler.add_noise(z_init, noise, t.repeat(z_init.shape[0]))
         return torch.where(keep, noised, latents)
 

@@ -45,6 +45,7 @@ from server.pipelines import (
     clean_estimate,
     extra_step_kwargs,
     raise_if_cancelled,
+    reinjection_changes,
     run_timesteps,
     steps_per_pixel,
     unchanged_output,
@@ -238,11 +239,13 @@ class DeepFloydIFDifferentialPipeline(DifferentialPipeline):
         if stage.noise_level is not None:
             class_labels = torch.cat([stage.noise_level] * 2) if do_cfg else stage.noise_level
         steps = stage.steps
+        fewest = int(steps.min())
         for j, t in enumerate(timesteps):
             raise_if_cancelled(cancel, progress[0], progress[1])
             i = start + j // sched.order
             # Nested masks: a region with n steps is re-injected up to and including step k-n.
-            x = self.reinject(sched, x, x_init, noise, t, keep=steps <= k - i)
+            x = self.reinject(sched, x, x_init, noise, t, keep=steps <= k - i,
+                              changes=reinjection_changes(j, i, k, fewest))
             model_input = x if stage.condition is None else torch.cat([x, stage.condition], dim=1)
             model_input = torch.cat([model_input] * 2) if do_cfg else model_input
             model_input = sched.scale_model_input(model_input, t)
@@ -263,6 +266,8 @@ class DeepFloydIFDifferentialPipeline(DifferentialPipeline):
                     step=progress[0], total=progress[1], latents=x,
                     denoised=clean_estimate(sched, out), family=self.family,
                     backdrop=run.backdrop, stage=stage.number, preview_size=preview_size))
+        if fewest > 0:
+            return x
         return torch.where(steps == 0, x_init, x)  # strength 0 ends exactly on the original
 
     def upscale(

@@ -42,6 +42,7 @@ from server.pipelines import (
     check_generators,
     padded_pixels,
     raise_if_cancelled,
+    reinjection_changes,
 )
 
 # Flow-matching schedulers by name: the model's FlowMatchEulerDiscreteScheduler config (its shift
@@ -167,9 +168,12 @@ class FlowMatchingDifferentialPipeline(DifferentialPipeline):
         return self.helper.image_processor.postprocess(decoded, output_type="np")
 
     def reinject(self, scheduler: Any, latents: torch.Tensor, z_init: torch.Tensor,
-                 noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+                 noise: torch.Tensor, t: torch.Tensor, keep: torch.Tensor,
+                 changes: bool = True) -> torch.Tensor:
         """Regions whose own run has not started yet go back to the original, noised to ``t``
-        (``scale_noise``: the sigma of the step the scheduler is at)."""
+        (``scale_noise``: the sigma of the step the scheduler is at); ``changes``: see the base."""
+        if not changes:
+            return latents
         noised = scheduler.scale_noise(z_init, t.repeat(z_init.shape[0]), noise)
         return torch.where(keep, noised, latents)
 
@@ -225,7 +229,8 @@ class FlowMatchingDifferentialPipeline(DifferentialPipeline):
             i = start + j // sched.order
             # Nested masks: a region with n steps is re-injected up to and including step k-n.
             # At the first step every region is the noised original already (a no-op there).
-            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i)
+            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i,
+                                    changes=reinjection_changes(j, i, k, run.fewest))
             velocity = self.predict(latents, t, cond, guidance_scale, true_cfg_scale, latent_hw)
             sigma = sched.sigmas[start * sched.order + j]
             previous = latents
@@ -238,8 +243,8 @@ class FlowMatchingDifferentialPipeline(DifferentialPipeline):
                                   denoised=self.from_model_layout(denoised, latent_hw),
                                   family=self.family, latent_size=run.latent_size,
                                   backdrop=run.backdrop))
-        # Strength-0 regions end exactly on the original latent.
-        latents = torch.where(steps == 0, z_init, latents)
+        if run.fewest == 0:  # strength-0 regions end exactly on the original latent
+            latents = torch.where(steps == 0, z_init, latents)
 
         # 4. Decode, crop the padding, put the kept pixels back exactly.
         return self.finish_run(run, self.from_model_layout(latents, latent_hw), len(timesteps))

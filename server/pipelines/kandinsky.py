@@ -36,6 +36,7 @@ from server.pipelines import (
     extra_step_kwargs,
     padded_pixels,
     raise_if_cancelled,
+    reinjection_changes,
     uses_learned_variance,
 )
 from shared import protocol as p
@@ -271,7 +272,8 @@ class KandinskyV22DifferentialPipeline(DifferentialPipeline):
             raise_if_cancelled(cancel, j, len(timesteps))
             i = start + j // sched.order
             # Nested masks: a region with n steps is re-injected up to and including step k-n.
-            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i)
+            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i,
+                                    changes=reinjection_changes(j, i, k, run.fewest))
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = sched.scale_model_input(model_input, t)
             noise_pred = self.unet(
@@ -292,8 +294,8 @@ class KandinskyV22DifferentialPipeline(DifferentialPipeline):
                     step=j + 1, total=len(timesteps), latents=latents,
                     denoised=clean_estimate(sched, out), family=self.family,
                     latent_size=run.latent_size, backdrop=run.backdrop, rgb_fit=rgb_fit))
-        # Strength-0 regions end exactly on the original latent.
-        latents = torch.where(steps == 0, z_init, latents)
+        if run.fewest == 0:  # strength-0 regions end exactly on the original latent
+            latents = torch.where(steps == 0, z_init, latents)
 
         # 5. Decode, crop the padding, put the kept pixels back exactly.
         return self.finish_run(run, latents, len(timesteps))

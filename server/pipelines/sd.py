@@ -35,6 +35,7 @@ from server.pipelines import (
     extra_step_kwargs,
     padded_pixels,
     raise_if_cancelled,
+    reinjection_changes,
 )
 from shared import protocol as p
 
@@ -226,7 +227,8 @@ class StableDiffusionDifferentialPipeline(DifferentialPipeline):
             i = start + j // sched.order
             # Nested masks: a region with n steps is re-injected up to and including step k-n.
             # At the first step every region is the noised original already (a no-op there).
-            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i)
+            latents = self.reinject(sched, latents, z_init, noise, t, keep=steps <= k - i,
+                                    changes=reinjection_changes(j, i, k, run.fewest))
             denoiser = [d for d in denoisers if d.first_step <= i][-1]
             model_input = torch.cat([latents] * 2) if do_cfg else latents
             model_input = sched.scale_model_input(model_input, t)
@@ -244,8 +246,8 @@ class StableDiffusionDifferentialPipeline(DifferentialPipeline):
                                   denoised=clean_estimate(sched, out), family=self.family,
                                   latent_size=run.latent_size, backdrop=run.backdrop,
                                   decoder=self.preview_decoder))
-        # Strength-0 regions end exactly on the original latent.
-        latents = torch.where(steps == 0, z_init, latents)
+        if run.fewest == 0:  # strength-0 regions end exactly on the original latent
+            latents = torch.where(steps == 0, z_init, latents)
 
         # 4. Decode, crop the padding, put the kept pixels back exactly.
         return self.finish_run(run, latents, len(timesteps))

@@ -142,6 +142,10 @@ class FakeCanvas:
             raise JobInputError("The layer is gone: pick it again.")
         return layer.bgra[region.y:region.y + region.height, region.x:region.x + region.width].tobytes()
 
+    def layer_bands(self, layer_id: str, rows: int):
+        for y in range(0, self.height, rows):
+            yield y, self.layer_pixels(layer_id, Region(0, y, self.width, min(rows, self.height - y)))
+
     def layer_thumbnail(self, layer_id: str, max_side: int) -> bytes:
         self._alive()
         layer = self.find(layer_id)

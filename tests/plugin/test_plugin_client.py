@@ -244,6 +244,24 @@ def test_a_wrong_token_is_refused_with_a_message_and_not_retried(tiny_sd):
         server.stop()
 
 
+def test_the_connection_line_names_the_studio_user_the_token_belongs_to(tiny_sd):
+    from server.users import parse_users
+
+    server = ServerThread(tiny_sd)
+    server.config.users = parse_users({"users": {"anna": {"token": "annas-long-secret"},
+                                                 "ben": {"token": "bens-long-secret"}}}, ["tiny-sd"])
+    server.start()
+    c, _, _ = controller_for(server.url)
+    try:
+        c.update_settings(token="bens-long-secret")
+        assert c.wait_connected(30), c.connection_text
+        assert " as ben " in c.connection_text and "anna" not in c.connection_text
+        assert "secret" not in c.connection_text
+    finally:
+        c.shutdown()
+        server.stop()
+
+
 def _slow(encode, seconds: float):
     def slow(*args):
         threading.Event().wait(seconds)  # a big canvas takes a while to encode

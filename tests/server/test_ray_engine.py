@@ -22,10 +22,11 @@ from tests.server.ray_helpers import steered_loader
 from tests.server.server_harness import Client, decode, gradient_map, of, serving
 from tests.server.test_server_maps import make_map
 
-from server.app import DiffusionServer, ServerConfig
+from server.app import DiffusionServer, ServerConfig, run_server
 from shared import protocol as p
 from tests.conftest import make_test_image
 
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # as the server sets it: before Ray loads
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.serve")
 
@@ -37,10 +38,10 @@ ENDS = (p.Done, p.Cancelled, p.Error)
 class PoolServer:
     """A ray-engine server on its own event loop thread; tests talk to it from theirs."""
 
-    def __init__(self, **config) -> None:
+    def __init__(self, loader=steered_loader, **config) -> None:
         self.loop = asyncio.new_event_loop()
-        self.server = DiffusionServer(ServerConfig(model="tiny-sd", port=0, engine="ray",
-                                                   replicas=2, **config), steered_loader)
+        config = {"model": "tiny-sd", "replicas": 2, **config}
+        self.server = DiffusionServer(ServerConfig(port=0, engine="ray", **config), loader)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.server.start(), timeout=240)
@@ -67,7 +68,7 @@ class PoolServer:
 @pytest.fixture(scope="module")
 def pool():
     path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING",
+    ray.init(num_cpus=3, include_dashboard=False, logging_level="WARNING",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     server = PoolServer(extra_models=("tiny-sdxl", "tiny-sd-copy"))
     try:
@@ -247,6 +248,26 @@ def test_out_of_memory_on_a_replica_fails_that_job_only(pool):
     assert isinstance(fine[-1], p.Done)
 
 
+def test_replicas_log_to_their_files_and_only_their_errors_reach_the_server_log(pool, capfd):
+    async def fine_then_oom():
+        client = await connect(pool)
+        return list((await submit_all(client, [{"seed": 42}, {"prompt": "oom"}])).values())
+
+    capfd.readouterr()  # what came before this test
+    fine, oom = run(fine_then_oom())
+    deadline, console = time.monotonic() + 30, ""
+    while f"job {oom[0].job_id}: out of memory" not in console and time.monotonic() < deadline:
+        time.sleep(0.2)  # Ray forwards a replica's console to the driver's in batches
+        console += capfd.readouterr().err
+    # The error reached the server's console; Serve's line per request did not, nor our INFO.
+    assert f"job {oom[0].job_id}: out of memory" in console, console
+    assert "CALL run" not in console and f"job {fine[0].job_id}: " not in console
+    # Both are in the replicas' files, under the Ray session's logs/serve/.
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path()) / "serve"
+    files = "".join(f.read_text() for f in logs.glob(f"replica_{pool.server.worker.app_name}_*"))
+    assert f"job {fine[0].job_id}: " in files and "CALL run OK" in files
+
+
 def test_a_replica_killed_mid_job_fails_that_job_and_the_next_ones_run(pool):
     async def kill_one():
         client = await connect(pool)
@@ -275,3 +296,44 @@ def test_a_replica_killed_mid_job_fails_that_job_and_the_next_ones_run(pool):
             break
         time.sleep(0.5)
     assert len(live) == 2 and victim not in live, live
+
+
+def test_a_second_server_on_the_same_ray_has_its_own_application_and_its_lora(pool, tmp_path):
+    from ray import serve
+
+    from tests.server.test_lora import _kohya
+
+    lora, _ = _kohya(tmp_path)
+    # A server started on the first one's port stops before it deploys anything.
+    taken = DiffusionServer(ServerConfig(model="tiny-sd", engine="ray", replicas=1,
+                                         port=pool.server.port))
+    with pytest.raises(OSError):
+        asyncio.run(taken.start())
+    assert set(serve.status().applications) == {pool.server.worker.app_name}
+    # Ray's 3 CPUs: 2 for the first pool's replicas, 1 for this one's.
+    second = PoolServer(loader=None, replicas=1, lora=str(lora))
+    try:
+        names = {pool.server.worker.app_name, second.server.worker.app_name}
+        assert len(names) == 2 and names <= set(serve.status().applications), names
+
+        async def one_job_each():
+            theirs, first = await connect(second), await connect(pool)
+            return [decode(of(events, p.Result)[0].png) for client in (theirs, first)
+                    for events in (await submit_all(client, [{"seed": 71}])).values()]
+
+        merged, plain = run(one_job_each())
+    finally:
+        second.close()
+    # Its application went with it; the first server's pool still serves.
+    assert second.server.worker.app_name not in serve.status().applications
+    assert pool.server.worker.app_name in serve.status().applications
+
+    async def in_process():  # the same LoRA, merged by the in-process engine's own loader
+        async with run_server(ServerConfig(model="tiny-sd", port=0, lora=str(lora))) as server:
+            client = await Client.connect(server)
+            OPEN.append(client)
+            events = await submit_all(client, [{"seed": 71}])
+            return decode(of(next(iter(events.values())), p.Result)[0].png)
+
+    np.testing.assert_array_equal(merged, run(in_process()))
+    assert not np.array_equal(merged, plain)

@@ -34,8 +34,12 @@ class FakeStream:
         self.items.put_nowait(RunsOn(1000 + payload.id, "fake"))
         self.items.put_nowait(p.Started(payload.id, 64, 64, p.Region(0, 0, 64, 64)))
 
-    def finish(self) -> None:
+    def finish(self, close: bool = True) -> None:
         self.items.put_nowait(p.Done(self.payload.id, 1, 3, {}))
+        if close:
+            self.close()
+
+    def close(self) -> None:  # the replica's generator returned
         self.items.put_nowait(StopAsyncIteration())
 
     def die(self) -> None:
@@ -153,6 +157,25 @@ async def test_cancels_waiting_and_running_and_a_disconnect():
     handle.streams[4].finish()
     await settle()
     assert isinstance(inbox.ended(4)[0], p.Done)
+
+
+@async_test
+async def test_a_job_whose_done_is_out_is_no_longer_its_clients_but_holds_its_replica():
+    pool, handle = engine(slots=1)
+    inbox = Inbox()
+    submit(pool, 1, "a", inbox)
+    submit(pool, 2, "b", inbox)
+    await settle()
+    handle.streams[1].finish(close=False)  # 'done' sent; the replica's generator not yet returned
+    await settle()
+    assert pool.count("a") == 0 and pool.find("a", 1) is None
+    assert pool.cancel_owner("a", "the client disconnected") == 0  # nothing of a's to cancel
+    await settle()
+    assert not handle.streams[1].cancelled and [type(e) for e in inbox.ended(1)] == [p.Done]
+    assert sorted(handle.streams) == [1]  # its replica is still busy: b's job waits
+    handle.streams[1].close()
+    await settle()
+    assert sorted(handle.streams) == [1, 2]
 
 
 @async_test

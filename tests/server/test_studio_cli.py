@@ -47,8 +47,13 @@ def test_a_users_file_counts_as_a_token_for_an_open_bind(tmp_path):
     assert SECRET not in done.stderr + done.stdout
 
 
-def test_a_lora_with_the_ray_engine_is_refused_not_ignored(tmp_path, capsys):
-    from server.__main__ import main
+def test_the_serve_application_is_named_per_server_unless_the_operator_names_it():
+    from server.ray_engine import default_app_name
 
-    assert main(["--engine", "ray", "--lora", str(tmp_path / "lcm.safetensors"), "--model", "tiny-sd"]) == 2
-    assert "--lora does not work with --engine ray" in capsys.readouterr().err
+    assert parse_args(["--ray-app-name", "studio-a"]).ray_app_name == "studio-a"
+    assert parse_args([]).ray_app_name is None
+    # One per machine and port: a restarted server takes its own application back.
+    assert default_app_name(7860, "gpu-head.studio.lan") == "diffdiff-gpu-head-7860"
+    assert default_app_name(7861, "gpu-head") != default_app_name(7860, "gpu-head")
+    # Port 0 (not bound yet): never the same twice.
+    assert default_app_name(0, "gpu-head") != default_app_name(0, "gpu-head")
