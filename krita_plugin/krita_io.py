@@ -290,7 +290,7 @@ class DocumentCanvas:
         check()
 
     def write_layer(self, node_id: str, region: Region, bgra: bytes) -> bool:
-        """Rewrite a layer's pixels in place and recompose only that layer's area."""
+        """Rewrite a layer's pixels in place and redraw the image (see `_refresh_layer`)."""
         node = self.node(node_id)
         if node is None:
             return False

@@ -21,6 +21,10 @@ from .jobs import PREVIEW_LAYER_NAME, DocumentGone, JobInputError, crop_gray, re
 from .qt import QTimer
 
 PREVIEW_INTERVAL_S = 0.25  # previews drawn at most this often; the ones in between are skipped
+# ...and at most this share of the UI thread's time: drawing one costs Krita a recomposition of the
+# whole image (the only redraw its API offers without an undo step), long on a big canvas, so the
+# interval stretches to PREVIEW_BUSY_FACTOR times the last drawing's duration.
+PREVIEW_BUSY_FACTOR = 4.0
 THUMBNAIL_PX = 64
 
 
@@ -54,6 +58,7 @@ class ResultsMixin:
         # Through the controller's inbox: events that arrive while a layer is being made wait their turn.
         self._preview_timer.timeout.connect(lambda: self._one_at_a_time(self._draw_previews))
         self._last_preview_draw = 0.0
+        self._preview_interval_s = PREVIEW_INTERVAL_S
 
     # -- previews ----------------------------------------------------------------------------------
     def _on_Preview(self, ev: protocol.Preview) -> None:
@@ -62,11 +67,18 @@ class ResultsMixin:
             return
         job.pending_preview = ev
         if not self._preview_timer.isActive():
-            wait = PREVIEW_INTERVAL_S - (time.monotonic() - self._last_preview_draw)
+            wait = self._preview_interval_s - (time.monotonic() - self._last_preview_draw)
             self._preview_timer.start(max(0, int(wait * 1000)))
 
     def _draw_previews(self) -> None:
-        self._last_preview_draw = time.monotonic()
+        started = self._last_preview_draw = time.monotonic()
+        try:
+            self._draw_newest_previews()
+        finally:
+            took = time.monotonic() - started
+            self._preview_interval_s = max(PREVIEW_INTERVAL_S, PREVIEW_BUSY_FACTOR * took)
+
+    def _draw_newest_previews(self) -> None:
         for job in list(self.jobs.values()):
             ev, job.pending_preview = job.pending_preview, None
             if ev is None or job.results:

@@ -10,6 +10,8 @@ frames, and the test decodes them with the server's own SubmitCollector.
 
 from __future__ import annotations
 
+import time
+
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -60,6 +62,7 @@ class FakeCanvas:
         self.selection: np.ndarray | None = None
         self.active_id = "bg"
         self.writes = 0  # layers rewritten in place (previews)
+        self.redraw_s = 0.0  # what redrawing the image costs after a write (Krita recomposes it all)
         self.thumbnails = 0  # layer_thumbnail calls (Live mode's looks)
         self.closed = False
         self.removed: list[FakeLayer] = []  # layers the plugin removed (Krita's undo would bring them back)
@@ -191,6 +194,7 @@ class FakeCanvas:
         assert layer.owner == "plugin", "the plugin rewrote a painter's layer"
         self.writes += 1
         self._paste(region, bgra, layer.bgra)
+        time.sleep(self.redraw_s)
         return True
 
     def blur_layer(self, layer_id, radius_px):

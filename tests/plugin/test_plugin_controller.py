@@ -7,12 +7,14 @@ own protocol.SubmitCollector, and the PNG is decoded with Pillow, not with the p
 from __future__ import annotations
 
 import io
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
 from plugin_fakes import FakeCanvas, FakeHost, RecordingClient, caps, qapp
 
+from krita_plugin import results
 from krita_plugin.controller import Controller, pump_events
 from krita_plugin.docker import DiffDiffPanel
 from krita_plugin.jobs import PREVIEW_LAYER_NAME, JobInputError
@@ -359,6 +361,35 @@ def test_previews_are_coalesced_onto_one_layer_and_the_result_replaces_it():
     assert [e.seed for e in c.history.entries] == [11, 12]
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 1
     assert c.notice and "on the server" in c.outcomes[outcome.ref].message
+
+
+def test_previews_come_less_often_when_drawing_them_is_slow():
+    """A redraw that takes long (a big canvas: Krita recomposes the whole image) stretches the
+    interval between previews, so the canvas stays free most of the time."""
+    c, client, canvas, _ = make(mode="uniform")
+    assert c.generate()
+    accept(client, job_id=9)
+    region = Region(0, 0, 12, 8)
+    drawn: list[float] = []
+    write_layer = canvas.write_layer
+
+    def timed_write(*args):
+        drawn.append(time.monotonic())
+        return write_layer(*args)
+
+    canvas.write_layer = timed_write
+    canvas.redraw_s = 0.1
+    for step in range(1, 5):
+        client.feed(protocol.Preview(9, step, region, rgba_png(np.full((8, 12, 4), 20 * step, np.uint8)), 12, 8))
+        settle(c)
+    # The first preview adds the layer; each later one rewrites it, each at least 4 redraws apart.
+    assert len(drawn) == 3 and canvas.writes == 3
+    gaps = np.diff(drawn)
+    assert (gaps >= results.PREVIEW_BUSY_FACTOR * canvas.redraw_s - 0.01).all(), gaps
+    canvas.redraw_s = 0.0
+    client.feed(protocol.Preview(9, 5, region, rgba_png(np.full((8, 12, 4), 9, np.uint8)), 12, 8))
+    settle(c)  # a quick redraw brings the interval back to the usual one
+    assert c._preview_interval_s == results.PREVIEW_INTERVAL_S
 
 
 def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it():
