@@ -42,6 +42,7 @@ from .images import ImageError, bgra_to_png
 from .jobs import (
     DocumentGone,
     JobInputError,
+    PREVIEW_LAYER_NAME,
     JobInputs,
     build_submit,
     pick_seed,
@@ -268,9 +269,15 @@ class Controller(ResultsMixin, ModelChoicesMixin, QObject):
         above, below = (inputs.source_node_id, None) if inputs.source_node_id else (None, inputs.map_layer_id)
         crop = inputs.crop or Region(0, 0, inputs.width, inputs.height)
         layer = JobLayer(job.canvas, above, below, job.map_gray8, crop)
-        self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=inputs.label,
-                                      layer=layer, variants=job.request.variants, seed=job.seed,
-                                      submitted_at=time.monotonic(), outcome=outcome, live=live)
+        active = self.pending[ref] = ActiveJob(ref=ref, canvas=job.canvas, prompt=settings.prompt, label=inputs.label,
+                                               layer=layer, variants=job.request.variants, seed=job.seed,
+                                               submitted_at=time.monotonic(), outcome=outcome, live=live)
+        if not live:
+            # The job's layer is made now, empty, while the server works: inserting a layer costs
+            # Krita tens of ms on a big canvas, which would otherwise delay the first preview or
+            # result. Previews and the first result are written on it; it goes if the job fails.
+            active.preview_id = self._safely(
+                lambda: job.canvas.add_layer(PREVIEW_LAYER_NAME, None, b"", above, below), job.canvas)
         for note in inputs.notes:
             self.notice.emit("warning", note)
         self.changed.emit()

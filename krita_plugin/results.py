@@ -120,7 +120,7 @@ class ResultsMixin:
                 self.live.on_result(job, ev, region, bgra)
             return
         if job.results == 0:
-            if job.preview_id is not None and job.preview_region == region and job.layer.layer_id is None:
+            if job.preview_id is not None and job.preview_region in (None, region) and job.layer.layer_id is None:
                 # The preview's layer becomes the result's: rewritten in place, no layer removed or
                 # added (each of those costs Krita a layer-box refresh, long on a big canvas).
                 job.layer.layer_id, job.preview_id, job.pending_preview = job.preview_id, None, None

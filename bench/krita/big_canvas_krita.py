@@ -103,7 +103,7 @@ def _profile(controller, doc, top: int) -> str:
 def measure(args: dict) -> dict:
     """Every size's document and controller side by side; after a warm-up job each, the sizes take
     turns (forwards, then backwards), so a load that comes and goes falls on both alike."""
-    from differential_diffusion.krita_io import script_controller
+    from differential_diffusion.krita_host import script_controller
 
     sizes = args["sizes"]
     setups = {}

@@ -106,6 +106,8 @@ def check_common(r: dict, out_dir: Path, results: int) -> list[tuple[dict, np.nd
     for p in r["previews"]:
         for layer in p["layers"]:
             x, y, w, h = layer["bounds"]
+            if w == 0 or h == 0:
+                continue  # the job's layer, made empty at submit: not drawn on yet
             rx, ry, rw, rh = p["region"]
             assert rx <= x and ry <= y and x + w <= rx + rw and y + h <= ry + rh  # only inside its region
     assert not any("preview" in name.lower() for name in r["order"])

@@ -149,9 +149,9 @@ def test_client_runs_a_job_on_the_real_server_off_the_ui_thread(tiny_sd, monkeyp
     result = next(e for e in events if isinstance(e, protocol.Result))
     assert (result.seed, result.index) == (5, 0) and protocol.png_size(result.png) == (result.width, result.height)
     previews = kinds.count("Preview")
-    # Drawn coalesced: at most as many as came (a result arriving first supersedes them), the
-    # first one drawn making the preview layer, the others and then the result rewriting it.
-    assert previews >= 1 and outcome.previews <= previews and canvas.writes == outcome.previews
+    # Drawn coalesced: at most as many as came (a result arriving first supersedes them), each
+    # one drawn and then the result rewriting the job's layer, made empty at submit.
+    assert previews >= 1 and outcome.previews <= previews and canvas.writes == outcome.previews + 1
     # One result layer, named after prompt and seed, holding the server's picture; no preview left.
     (layer,) = canvas.plugin_layers()
     assert layer.name == "a lake · seed 5 · strength 0.70" and layer.id == outcome.layer_ids[0]

@@ -334,21 +334,26 @@ def test_progress_text_follows_queue_position_and_steps():
 def test_previews_are_coalesced_onto_one_layer_and_the_result_replaces_it():
     c, client, canvas, _ = make(mode="uniform", variants=2)
     assert c.generate()
+    # The job's layer is there at once, empty: made while the server works, not when the first
+    # preview arrives (inserting a layer is long for Krita on a big canvas).
+    (made,) = preview_layers(canvas)
+    assert not made.bgra.any() and canvas.writes == 0
     accept(client, job_id=9)
     region = Region(4, 2, 24, 16)
     for step, rgb in ((2, (50, 60, 70)), (4, (200, 90, 20))):  # two arrive before the docker draws
         small = np.full((8, 12, 4), (*rgb, 255), np.uint8)  # previews come downscaled, RGBA
         client.feed(protocol.Preview(9, step, region, rgba_png(small), 12, 8))
     settle(c)
-    (preview,) = preview_layers(canvas)
-    assert canvas.writes == 0  # only the newest was drawn: the older one was skipped, not painted over
+    assert preview_layers(canvas) == [made]
+    preview = made
+    assert canvas.writes == 1  # only the newest was drawn: the older one was skipped, not painted over
     inside = preview.bgra[2:18, 4:28].astype(int)
     # Scaled up smoothly, in Krita's BGRA order.
     assert (abs(inside[..., :3] - (20, 90, 200)) <= 1).all() and (inside[..., 3] == 255).all()
     assert preview.bgra[0].sum() == 0 and preview.bgra[:, :4].sum() == 0  # transparent outside
     client.feed(protocol.Preview(9, 6, region, rgba_png(np.full((8, 12, 4), 90, np.uint8)), 12, 8))
     settle(c)
-    assert preview_layers(canvas) == [preview] and canvas.writes == 1  # rewritten in place
+    assert preview_layers(canvas) == [preview] and canvas.writes == 2  # rewritten in place
     outcome = c.outcomes[protocol.loads(client.frames[0][0])["ref"]]
     pixels = [picture(5)[:16, :24][..., [2, 1, 0, 3]], picture(6)[:16, :24][..., [2, 1, 0, 3]]]  # RGBA
     client.feed(result(9, 0, 11, region, pixels[0]), result(9, 1, 12, region, pixels[1]),
@@ -361,6 +366,20 @@ def test_previews_are_coalesced_onto_one_layer_and_the_result_replaces_it():
     assert [e.seed for e in c.history.entries] == [11, 12]
     assert outcome.state == "done" and outcome.previews == 2 and len(outcome.layer_ids) == 1
     assert c.notice and "on the server" in c.outcomes[outcome.ref].message
+
+
+def test_the_layer_made_at_submit_goes_when_the_server_refuses_or_cancels_the_job():
+    c, client, canvas, _ = make(mode="uniform")
+    painter = [(la.id, la.bgra.copy()) for la in canvas.layers_]
+    assert c.generate() and len(preview_layers(canvas)) == 1
+    ref = protocol.loads(client.frames[-1][0])["ref"]
+    client.feed(protocol.Error(protocol.E_BAD_MESSAGE, "No.", ref=ref))  # refused before any job id
+    assert canvas.plugin_layers() == [] and not c.busy
+    assert c.generate() and len(preview_layers(canvas)) == 1
+    accept(client, job_id=21, index=-1)
+    client.feed(protocol.Cancelled(21, "the server is stopping"))
+    assert canvas.plugin_layers() == [] and not c.busy
+    assert [(la.id, la.bgra.tolist()) for la in canvas.layers_] == [(i, b.tolist()) for i, b in painter]
 
 
 def test_previews_come_less_often_when_drawing_them_is_slow():
@@ -382,8 +401,8 @@ def test_previews_come_less_often_when_drawing_them_is_slow():
     for step in range(1, 5):
         client.feed(protocol.Preview(9, step, region, rgba_png(np.full((8, 12, 4), 20 * step, np.uint8)), 12, 8))
         settle(c)
-    # The first preview adds the layer; each later one rewrites it, each at least 4 redraws apart.
-    assert len(drawn) == 3 and canvas.writes == 3
+    # Each preview rewrites the job's layer, each at least 4 redraws after the one before.
+    assert len(drawn) == 4 and canvas.writes == 4
     gaps = np.diff(drawn)
     assert (gaps >= results.PREVIEW_BUSY_FACTOR * canvas.redraw_s - 0.01).all(), gaps
     canvas.redraw_s = 0.0
@@ -407,10 +426,10 @@ def test_the_first_result_removes_the_preview_and_a_late_preview_never_covers_it
     # became the result's, rewritten in place: no layer removed and added (Krita redraws its
     # layer box for each, which is long on a big canvas).
     assert preview_layers(canvas) == [] and c.busy
-    assert canvas.plugin_layers() == [preview] and (preview.bgra == 5).all() and canvas.writes == 1
+    assert canvas.plugin_layers() == [preview] and (preview.bgra == 5).all() and canvas.writes == 2
     client.feed(protocol.Preview(12, 2, region, rgba_png(solid), W, H))  # overtaken by the result
     settle(c)
-    assert preview_layers(canvas) == [] and canvas.writes == 1 and (preview.bgra == 5).all()
+    assert preview_layers(canvas) == [] and canvas.writes == 2 and (preview.bgra == 5).all()
     client.feed(result(12, 1, 12, region, np.full((H, W, 4), 6, np.uint8)), protocol.Done(12, 2, 9, {}))
     assert [la.owner for la in canvas.layers_] == ["painter", "plugin"] and not c.busy
     assert c.outcomes[protocol.loads(client.frames[0][0])["ref"]].previews == 1
@@ -465,7 +484,7 @@ def test_history_show_apply_discard():
     item = panel.history.item(0)  # newest first: the second variant
     panel.history.itemClicked.emit(item)  # click: shown on the job's layer, in place
     assert canvas.plugin_layers() == [job_layer] and (job_layer.bgra == 60).all()
-    assert job_layer.name == second.name and canvas.writes == 1
+    assert job_layer.name == second.name and canvas.writes == 2  # the first variant, then this one
 
     panel.history.setCurrentRow(0)
     panel.apply_button.click()  # it becomes the painter's: the job leaves the list, its layer stays
