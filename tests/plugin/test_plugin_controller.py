@@ -397,14 +397,16 @@ def test_previews_come_less_often_when_drawing_them_is_slow():
         return write_layer(*args)
 
     canvas.write_layer = timed_write
-    canvas.redraw_s = 0.1
+    canvas.redraw_s = 0.15  # previews then every 0.6 s at least, not every 0.25 s
     for step in range(1, 5):
         client.feed(protocol.Preview(9, step, region, rgba_png(np.full((8, 12, 4), 20 * step, np.uint8)), 12, 8))
         settle(c)
     # Each preview rewrites the job's layer, each at least 4 redraws after the one before.
     assert len(drawn) == 4 and canvas.writes == 4
     gaps = np.diff(drawn)
-    assert (gaps >= results.PREVIEW_BUSY_FACTOR * canvas.redraw_s - 0.01).all(), gaps
+    assert c._preview_interval_s >= results.PREVIEW_BUSY_FACTOR * canvas.redraw_s
+    # Qt's coarse timers may fire a little early, and decoding comes before the write: a margin.
+    assert (gaps >= 0.75 * results.PREVIEW_BUSY_FACTOR * canvas.redraw_s).all(), gaps
     canvas.redraw_s = 0.0
     client.feed(protocol.Preview(9, 5, region, rgba_png(np.full((8, 12, 4), 9, np.uint8)), 12, 8))
     settle(c)  # a quick redraw brings the interval back to the usual one

@@ -69,7 +69,8 @@ async def test_idle_map_models_are_freed_and_the_next_map_loads_them_again(gated
         makers.loader = loader
         client = await Client.connect(server)
         first = made(await map_events(client))
-        await wait_until(lambda: not makers.is_loaded("depth"))
+        # The reaper forgets the model, frees memory, then logs: wait for the line too.
+        await wait_until(lambda: not makers.is_loaded("depth") and unload_lines(caplog))
         gc.collect()
         assert [kind for kind, _ in loads] == ["depth"]
         assert loads[0][1]() is None  # nothing holds the weights any more: their memory is free
