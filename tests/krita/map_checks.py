@@ -4,36 +4,20 @@
 from __future__ import annotations
 
 from kscript import add_paint_layer, entry, layer_pixels, new_document, picture_document, read_input
+from plugin_checks import _FakeClient
 
 
-class _MapClient:
-    """Stands in for client.ServerClient: records make_map requests; the check feeds the events."""
+class _MapClient(_FakeClient):
+    """plugin_checks' stand-in client, also recording make_map requests; the check feeds the events."""
 
     def __init__(self):
-        from krita_plugin.qt import QObject, Signal
-
-        class Signals(QObject):
-            state_changed = Signal(str, str)
-            event = Signal(object)
-
-        self.signals = Signals()
-        self.state_changed = self.signals.state_changed
-        self.event = self.signals.event
+        super().__init__()
         self.maps = []
 
     def make_map(self, request, image_png):
         request.ref = len(self.maps) + 1
         self.maps.append((request, image_png()))
         return request.ref
-
-    def cancel(self, job_id=None, ref=None):
-        pass
-
-    def connect_to(self, url, token=""):
-        pass
-
-    def close(self):
-        pass
 
 
 @entry
